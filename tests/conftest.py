@@ -1,0 +1,46 @@
+"""Shared pytest fixtures: tiny random models built once per session, CUDA skipping."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory):
+    """`factory(arch, **overrides) -> folder`, cached per (arch, overrides) for the session."""
+    from tests.tiny_models import make_tiny_model
+
+    cache: dict = {}
+
+    def factory(arch: str = "llama", **kw) -> str:
+        key = (arch, tuple(sorted(kw.items())))
+        if key not in cache:
+            cache[key] = make_tiny_model(tmp_path_factory.mktemp(f"tiny_{arch}"), arch, **kw)
+        return cache[key]
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_model_factory):
+    return tiny_model_factory("llama")
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+        has_cuda = torch.cuda.is_available()
+        n_gpu = torch.cuda.device_count()
+    except Exception:
+        has_cuda, n_gpu = False, 0
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs CUDA"))
+        if "multi_gpu" in item.keywords and n_gpu < 2:
+            item.add_marker(pytest.mark.skip(reason="needs 2+ CUDA devices"))
