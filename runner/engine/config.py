@@ -1,0 +1,376 @@
+"""Engine configuration: LLM(...) keyword arguments -> validated config dataclasses.
+
+`EngineArgs` holds every argument vLLM's `LLM` and its engine kwargs accept (the names and
+defaults are vLLM's). `EngineArgs.create_configs()` validates them and resolves what depends on
+the model: the local model folder (hub or GGUF), the HF config, the torch dtype and
+max_model_len. Every value this engine does not support yet raises an error naming the argument;
+nothing is silently ignored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+logger = logging.getLogger("runner.engine")
+
+_STR_TO_DTYPE = {
+    "half": torch.float16, "float16": torch.float16, "fp16": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float": torch.float32, "float32": torch.float32, "fp32": torch.float32,
+}
+_LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy", "gguf")
+_DEVICES = ("auto", "cpu", "cuda")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+@dataclass
+class ModelConfig:
+    model: str                      # as the user gave it (hub id, folder or .gguf file)
+    model_path: str                 # resolved local folder with config.json
+    tokenizer: str
+    tokenizer_mode: str
+    trust_remote_code: bool
+    dtype: torch.dtype
+    seed: int
+    revision: Optional[str]
+    tokenizer_revision: Optional[str]
+    max_model_len: int
+    hf_config: Any
+    load_format: str
+    skip_tokenizer_init: bool
+    weight_files: list = field(default_factory=list)   # the user's source weight files
+    max_logprobs: int = 20
+
+    @property
+    def architecture(self) -> str:
+        archs = getattr(self.hf_config, "architectures", None) or []
+        return archs[0] if archs else "<none in config.json>"
+
+
+@dataclass
+class CacheConfig:
+    block_size: int
+    gpu_memory_utilization: float
+    swap_space: float
+    num_gpu_blocks_override: Optional[int]
+    enable_prefix_caching: bool
+    num_gpu_blocks: Optional[int] = None   # set by the model runner after sizing
+
+
+@dataclass
+class SchedulerConfig:
+    max_num_batched_tokens: int
+    max_num_seqs: int
+    max_model_len: int
+    enable_chunked_prefill: bool
+
+
+@dataclass
+class DeviceConfig:
+    device: torch.device
+
+    @property
+    def device_type(self) -> str:
+        return self.device.type
+
+
+@dataclass
+class ParallelConfig:
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    disable_custom_all_reduce: bool = False
+
+
+@dataclass
+class EngineConfig:
+    model_config: ModelConfig
+    cache_config: CacheConfig
+    scheduler_config: SchedulerConfig
+    device_config: DeviceConfig
+    parallel_config: ParallelConfig
+    enforce_eager: bool
+    max_seq_len_to_capture: int
+    disable_async_output_proc: bool
+
+
+@dataclass
+class EngineArgs:
+    """vLLM's LLM(...) arguments plus the engine kwargs this engine understands."""
+    model: str
+    tokenizer: Optional[str] = None
+    tokenizer_mode: str = "auto"
+    skip_tokenizer_init: bool = False
+    trust_remote_code: bool = False
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+    dtype: str = "auto"
+    quantization: Optional[str] = None
+    revision: Optional[str] = None
+    tokenizer_revision: Optional[str] = None
+    seed: int = 0
+    gpu_memory_utilization: float = 0.9
+    swap_space: float = 4
+    cpu_offload_gb: float = 0
+    enforce_eager: Optional[bool] = None
+    max_seq_len_to_capture: int = 8192
+    disable_custom_all_reduce: bool = False
+    disable_async_output_proc: bool = False
+    # engine kwargs
+    max_model_len: Optional[int] = None
+    max_num_seqs: int = 256
+    max_num_batched_tokens: Optional[int] = None
+    block_size: int = 16
+    load_format: str = "auto"
+    device: str = "auto"
+    num_gpu_blocks_override: Optional[int] = None
+    enable_chunked_prefill: Optional[bool] = None
+    enable_prefix_caching: bool = False
+    kv_cache_dtype: str = "auto"
+    max_logprobs: int = 20
+    download_dir: Optional[str] = None
+    disable_log_stats: bool = True
+
+    @classmethod
+    def field_names(cls) -> set:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    # ---------------------------------------------------------------- validation
+    def _check_unsupported(self) -> None:
+        if self.tensor_parallel_size != 1:
+            if not isinstance(self.tensor_parallel_size, int) or self.tensor_parallel_size < 1:
+                raise ValueError(f"tensor_parallel_size must be an integer >= 1, got "
+                                 f"{self.tensor_parallel_size!r}.")
+            raise NotImplementedError(
+                f"tensor_parallel_size={self.tensor_parallel_size} is not supported yet "
+                "(only 1); tensor parallelism is a planned engine feature.")
+        if self.pipeline_parallel_size != 1:
+            raise NotImplementedError(
+                f"pipeline_parallel_size={self.pipeline_parallel_size} is not supported "
+                "(only 1).")
+        if self.quantization is not None:
+            raise NotImplementedError(
+                f"quantization={self.quantization!r} is not supported yet; use quantization=None "
+                "(GGUF files are loaded dequantized without it).")
+        if self.cpu_offload_gb:
+            raise NotImplementedError(
+                f"cpu_offload_gb={self.cpu_offload_gb} is not supported yet; use 0.")
+        if self.kv_cache_dtype != "auto":
+            raise NotImplementedError(
+                f"kv_cache_dtype={self.kv_cache_dtype!r} is not supported yet; use 'auto'.")
+        if self.enable_prefix_caching:
+            raise NotImplementedError(
+                "enable_prefix_caching=True is not supported yet; use False.")
+        if self.tokenizer_mode not in ("auto", "slow"):
+            raise NotImplementedError(
+                f"tokenizer_mode={self.tokenizer_mode!r} is not supported; use 'auto' or 'slow'.")
+
+    def _check_values(self) -> None:
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"model must be a non-empty string, got {self.model!r}.")
+        if not 0.0 < float(self.gpu_memory_utilization) <= 1.0:
+            raise ValueError("gpu_memory_utilization must be in (0, 1], got "
+                             f"{self.gpu_memory_utilization}.")
+        if self.block_size not in (1, 2, 4, 8, 16, 32, 64, 128):
+            raise ValueError(f"block_size must be a power of two from 1 to 128, got "
+                             f"{self.block_size}.")
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}.")
+        if self.max_num_batched_tokens is not None and self.max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens must be >= 1, got "
+                             f"{self.max_num_batched_tokens}.")
+        if self.num_gpu_blocks_override is not None and self.num_gpu_blocks_override < 1:
+            raise ValueError(f"num_gpu_blocks_override must be >= 1, got "
+                             f"{self.num_gpu_blocks_override}.")
+        if self.load_format not in _LOAD_FORMATS:
+            raise ValueError(f"load_format must be one of {list(_LOAD_FORMATS)}, got "
+                             f"{self.load_format!r}.")
+        if self.device not in _DEVICES:
+            raise ValueError(f"device must be one of {list(_DEVICES)}, got {self.device!r}.")
+        if not isinstance(self.dtype, torch.dtype) and str(self.dtype).lower() not in (
+                "auto", *_STR_TO_DTYPE):
+            raise ValueError(f"dtype must be one of ['auto', 'half', 'float16', 'bfloat16', "
+                             f"'float', 'float32'], got {self.dtype!r}.")
+        if self.max_seq_len_to_capture < 1:
+            raise ValueError("max_seq_len_to_capture must be >= 1, got "
+                             f"{self.max_seq_len_to_capture}.")
+
+    # ------------------------------------------------------------ resolution
+    def create_configs(self) -> EngineConfig:
+        self._check_values()
+        self._check_unsupported()
+        device = self._resolve_device()
+        model_path, weight_files, load_format = resolve_model_path(
+            self.model, self.revision, self.load_format, self.download_dir)
+        hf_config = load_hf_config(model_path, self.trust_remote_code)
+        dtype = resolve_dtype(self.dtype, hf_config, device)
+        max_model_len = resolve_max_model_len(hf_config, self.max_model_len)
+        tokenizer = self.tokenizer or model_path
+        if self.tokenizer is not None and os.path.isfile(self.tokenizer) and \
+                self.tokenizer.endswith(".gguf"):
+            from runner.engine.gguf_loader import gguf_to_hf_dir
+            tokenizer = gguf_to_hf_dir(self.tokenizer)
+        model_config = ModelConfig(
+            model=self.model, model_path=model_path, tokenizer=tokenizer,
+            tokenizer_mode=self.tokenizer_mode, trust_remote_code=self.trust_remote_code,
+            dtype=dtype, seed=self.seed, revision=self.revision,
+            tokenizer_revision=self.tokenizer_revision, max_model_len=max_model_len,
+            hf_config=hf_config, load_format=load_format,
+            skip_tokenizer_init=self.skip_tokenizer_init, weight_files=weight_files,
+            max_logprobs=self.max_logprobs)
+        chunked = True if self.enable_chunked_prefill is None else bool(self.enable_chunked_prefill)
+        max_batched = self.max_num_batched_tokens
+        if max_batched is None:
+            max_batched = 8192 if chunked else max(max_model_len, 8192)
+        if not chunked and max_batched < max_model_len:
+            raise ValueError(
+                f"max_num_batched_tokens ({max_batched}) is smaller than max_model_len "
+                f"({max_model_len}) with enable_chunked_prefill=False: a long prompt could never "
+                "be scheduled. Raise max_num_batched_tokens, lower max_model_len, or enable "
+                "chunked prefill.")
+        if max_batched < self.max_num_seqs and max_batched < max_model_len:
+            logger.info("max_num_batched_tokens=%d < max_num_seqs=%d: at most %d sequences "
+                        "decode per step.", max_batched, self.max_num_seqs, max_batched)
+        enforce_eager = bool(self.enforce_eager) if self.enforce_eager is not None else False
+        return EngineConfig(
+            model_config=model_config,
+            cache_config=CacheConfig(
+                block_size=self.block_size, gpu_memory_utilization=self.gpu_memory_utilization,
+                swap_space=self.swap_space, num_gpu_blocks_override=self.num_gpu_blocks_override,
+                enable_prefix_caching=self.enable_prefix_caching),
+            scheduler_config=SchedulerConfig(
+                max_num_batched_tokens=max_batched, max_num_seqs=self.max_num_seqs,
+                max_model_len=max_model_len, enable_chunked_prefill=chunked),
+            device_config=DeviceConfig(device),
+            parallel_config=ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size,
+                                           self.disable_custom_all_reduce),
+            enforce_eager=enforce_eager, max_seq_len_to_capture=self.max_seq_len_to_capture,
+            disable_async_output_proc=self.disable_async_output_proc)
+
+    def _resolve_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device='cuda' was asked for but no CUDA device is visible; use "
+                             "device='cpu' or 'auto'.")
+        return torch.device(self.device)
+
+
+def resolve_model_path(model: str, revision: Optional[str], load_format: str,
+                       download_dir: Optional[str] = None) -> tuple[str, list, str]:
+    """Local folder, GGUF file or hub id -> (local folder, source weight files, load_format)."""
+    if os.path.isfile(model) and model.endswith(".gguf"):
+        from runner.engine.gguf_loader import gguf_to_hf_dir
+        folder = gguf_to_hf_dir(model)
+        fmt = "safetensors" if load_format in ("auto", "gguf") else load_format
+        return folder, [os.path.abspath(model)], fmt
+    if load_format == "gguf":
+        raise ValueError(f"load_format='gguf' needs model to be a .gguf file, got {model!r}.")
+    if os.path.isdir(model):
+        folder = os.path.abspath(model)
+    else:
+        looks_local = model.startswith(("/", "./", "../", "~")) or os.sep + os.sep in model \
+            or not _REPO_ID.match(model)
+        if looks_local:
+            raise ValueError(f"model folder not found: {model!r} (no such directory; give a "
+                             "local folder with config.json, a .gguf file or a hub id).")
+        folder = _snapshot_download(model, revision, load_format, download_dir)
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise ValueError(f"model folder {folder!r} has no config.json; it is not a HF-format "
+                         "model folder.")
+    return folder, weight_files_in(folder, load_format), load_format
+
+
+def _snapshot_download(repo_id: str, revision: Optional[str], load_format: str,
+                       download_dir: Optional[str]) -> str:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import HfHubHTTPError
+
+    patterns = ["*.json", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
+    if load_format in ("auto", "safetensors"):
+        patterns.append("*.safetensors")
+    if load_format in ("auto", "pt"):
+        patterns.append("*.bin")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    try:
+        return snapshot_download(repo_id, revision=revision, allow_patterns=patterns,
+                                 cache_dir=download_dir)
+    except (HfHubHTTPError, OSError, ValueError) as exc:   # includes LocalEntryNotFoundError
+        where = "the local hub cache (HF_HUB_OFFLINE=1)" if offline else "the hub or local cache"
+        raise ValueError(
+            f"model {repo_id!r} (revision {revision or 'main'}) is not a local folder and could "
+            f"not be loaded from {where}: {type(exc).__name__}: {exc}") from None
+
+
+def weight_files_in(folder: str, load_format: str) -> list:
+    files = sorted(os.listdir(folder))
+    st = [os.path.join(folder, f) for f in files if f.endswith(".safetensors")]
+    pt = [os.path.join(folder, f) for f in files
+          if f.endswith(".bin") and not f.startswith("training_args")]
+    if load_format == "dummy":
+        return []
+    if load_format in ("auto", "safetensors") and st:
+        return st
+    if load_format in ("auto", "pt") and pt:
+        return pt
+    wanted = {"auto": "*.safetensors or *.bin", "safetensors": "*.safetensors",
+              "pt": "*.bin"}[load_format]
+    raise ValueError(f"no weight files ({wanted}) in model folder {folder!r} for "
+                     f"load_format={load_format!r}; use load_format='dummy' for random weights.")
+
+
+def load_hf_config(folder: str, trust_remote_code: bool):
+    from transformers import AutoConfig
+    try:
+        return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        raise ValueError(f"cannot read config.json in {folder!r}: {exc}") from None
+
+
+def _config_dtype(hf_config) -> Optional[torch.dtype]:
+    dt = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
+    if isinstance(dt, str):
+        dt = _STR_TO_DTYPE.get(dt.lower())
+    return dt if isinstance(dt, torch.dtype) else None
+
+
+def resolve_dtype(dtype, hf_config, device: torch.device) -> torch.dtype:
+    """vLLM's rule: 'auto' keeps the checkpoint's dtype, but float32 becomes float16 on GPU.
+
+    On CPU 'auto' is float32 (half-precision matmuls are slow there and tests compare with
+    float32 HF references); an explicit dtype is always honoured.
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).lower()
+    if key != "auto":
+        return _STR_TO_DTYPE[key]
+    if device.type == "cpu":
+        return torch.float32
+    cfg = _config_dtype(hf_config) or torch.float32
+    return torch.float16 if cfg == torch.float32 else cfg
+
+
+def resolve_max_model_len(hf_config, max_model_len: Optional[int]) -> int:
+    derived = None
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
+        val = getattr(hf_config, key, None)
+        if isinstance(val, int) and val > 0:
+            derived = val
+            break
+    if derived is None:
+        derived = 2048
+        logger.warning("config has no max_position_embeddings; assuming %d", derived)
+    if max_model_len is None:
+        return derived
+    if max_model_len < 1:
+        raise ValueError(f"max_model_len must be >= 1, got {max_model_len}.")
+    if max_model_len > derived:
+        raise ValueError(f"max_model_len={max_model_len} is larger than the model's maximum "
+                         f"length ({derived}, from its config); lower max_model_len.")
+    return max_model_len

@@ -1,0 +1,127 @@
+"""LLM: vLLM's offline entry point, with the same arguments, defaults and outputs.
+
+    from runner.engine import LLM, SamplingParams
+    llm = LLM(model="path/or/hub-id")
+    outputs = llm.generate(["Hello, my name is"], SamplingParams(temperature=0.8, top_p=0.95))
+
+generate() queues every prompt in the LLMEngine, steps it until all are finished (continuous
+batching: the scheduler mixes prefills and decodes of all prompts) and returns the
+RequestOutputs in the order of the prompts.
+"""
+from __future__ import annotations
+
+import time
+from typing import Optional, Sequence, Union
+
+from runner.engine.config import EngineArgs
+from runner.engine.llm_engine import LLMEngine
+from runner.engine.outputs import RequestOutput
+from runner.engine.sampling_params import SamplingParams
+
+
+class LLM:
+    def __init__(self, model: str, tokenizer: Optional[str] = None, tokenizer_mode: str = "auto",
+                 skip_tokenizer_init: bool = False, trust_remote_code: bool = False,
+                 tensor_parallel_size: int = 1, dtype: str = "auto",
+                 quantization: Optional[str] = None, revision: Optional[str] = None,
+                 tokenizer_revision: Optional[str] = None, seed: int = 0,
+                 gpu_memory_utilization: float = 0.9, swap_space: float = 4,
+                 cpu_offload_gb: float = 0, enforce_eager: Optional[bool] = None,
+                 max_seq_len_to_capture: int = 8192, disable_custom_all_reduce: bool = False,
+                 disable_async_output_proc: bool = False, **kwargs) -> None:
+        unknown = set(kwargs) - EngineArgs.field_names()
+        if unknown:
+            raise TypeError(f"LLM() got unexpected engine arguments {sorted(unknown)}; see "
+                            "runner.engine.EngineArgs for the supported ones.")
+        engine_args = EngineArgs(
+            model=model, tokenizer=tokenizer, tokenizer_mode=tokenizer_mode,
+            skip_tokenizer_init=skip_tokenizer_init, trust_remote_code=trust_remote_code,
+            tensor_parallel_size=tensor_parallel_size, dtype=dtype, quantization=quantization,
+            revision=revision, tokenizer_revision=tokenizer_revision, seed=seed,
+            gpu_memory_utilization=gpu_memory_utilization, swap_space=swap_space,
+            cpu_offload_gb=cpu_offload_gb, enforce_eager=enforce_eager,
+            max_seq_len_to_capture=max_seq_len_to_capture,
+            disable_custom_all_reduce=disable_custom_all_reduce,
+            disable_async_output_proc=disable_async_output_proc, **kwargs)
+        self.llm_engine = LLMEngine.from_engine_args(engine_args)
+        self.request_counter = 0
+
+    def get_tokenizer(self):
+        return self.llm_engine.get_tokenizer()
+
+    def set_tokenizer(self, tokenizer) -> None:
+        self.llm_engine.tokenizer = tokenizer
+
+    # ------------------------------------------------------------------ generate
+    def generate(self, prompts: Union[str, dict, Sequence[Union[str, dict]]],
+                 sampling_params: Optional[Union[SamplingParams, Sequence[SamplingParams]]] = None,
+                 use_tqdm: bool = True) -> list[RequestOutput]:
+        if isinstance(prompts, (str, dict)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("prompts is empty: give at least one prompt.")
+        if sampling_params is None:
+            sampling_params = SamplingParams()
+        if isinstance(sampling_params, SamplingParams):
+            params = [sampling_params] * len(prompts)
+        else:
+            params = list(sampling_params)
+            if len(params) != len(prompts):
+                raise ValueError(f"got {len(params)} sampling_params for {len(prompts)} prompts; "
+                                 "give one, or one per prompt.")
+        ids = []
+        try:
+            for prompt, p in zip(prompts, params):
+                rid = str(self.request_counter)
+                self.llm_engine.add_request(rid, prompt, p)
+                self.request_counter += 1
+                ids.append(rid)
+        except Exception:
+            self.llm_engine.abort_request(ids)      # leave the engine as it was
+            raise
+        return self._run_engine(ids, use_tqdm)
+
+    def _run_engine(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        engine = self.llm_engine
+        order = {rid: i for i, rid in enumerate(ids)}
+        results: list[Optional[RequestOutput]] = [None] * len(ids)
+        bar = None
+        if use_tqdm:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(ids), desc="Processed prompts", dynamic_ncols=True,
+                       postfix="est. speed input: 0.00 toks/s, output: 0.00 toks/s")
+        start = time.perf_counter()
+        in_toks = out_toks = 0
+        try:
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if not out.finished or out.request_id not in order:
+                        continue
+                    results[order[out.request_id]] = out
+                    if bar is not None:
+                        in_toks += len(out.prompt_token_ids)
+                        out_toks += sum(len(c.token_ids) for c in out.outputs)
+                        dt = time.perf_counter() - start
+                        bar.postfix = (f"est. speed input: {in_toks / dt:.2f} toks/s, "
+                                       f"output: {out_toks / dt:.2f} toks/s")
+                        bar.update(1)
+        except BaseException:
+            engine.abort_request(list(engine.requests))
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        return results
+
+    # ------------------------------------------------------- entry points to come
+    def beam_search(self, prompts, params):
+        raise NotImplementedError("LLM.beam_search is not implemented yet in this engine.")
+
+    def chat(self, messages, sampling_params=None, use_tqdm: bool = True, **kwargs):
+        raise NotImplementedError("LLM.chat is not implemented yet in this engine; render the "
+                                  "chat template with get_tokenizer().apply_chat_template and "
+                                  "call generate.")
+
+    def encode(self, prompts, pooling_params=None, use_tqdm: bool = True):
+        raise NotImplementedError("LLM.encode is not implemented yet in this engine.")

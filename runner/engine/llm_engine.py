@@ -1,0 +1,299 @@
+"""LLMEngine: requests in, one step at a time, RequestOutputs out (vLLM's LLMEngine API).
+
+add_request() tokenizes and validates a prompt and queues a SequenceGroup. step() runs
+    Scheduler.schedule() -> ModelRunner.execute_model() -> Scheduler.update()
+    -> append sampled tokens (fork n > 1 requests), detokenize, check stop conditions
+    -> free finished sequences -> RequestOutput for every request that progressed.
+A finished request leaves the engine with its last RequestOutput (finished=True).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterable, Optional, Union
+
+import torch
+
+from runner.engine.block_manager import BlockManager
+from runner.engine.config import EngineArgs, EngineConfig
+from runner.engine.detokenizer import IncrementalDetokenizer, find_stop_string
+from runner.engine.model_runner import ModelRunner, ModelRunnerOutput, needs_fork
+from runner.engine.outputs import CompletionOutput, Logprob, RequestOutput
+from runner.engine.sampler import SampledToken
+from runner.engine.sampling_params import SamplingParams
+from runner.engine.scheduler import Scheduler, SchedulerOutput
+from runner.engine.sequence import Sequence, SequenceGroup, SequenceStatus
+from runner.engine.tokenizer import load_tokenizer
+
+logger = logging.getLogger("runner.engine")
+
+PromptType = Union[str, dict, list]
+
+
+def seed_for(seed: int, index: int) -> int:
+    """Distinct, reproducible seeds for the n sequences of one seeded request."""
+    return (seed + index * 0x9E3779B97F4A7C15) % (1 << 63)
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.model_config = config.model_config
+        self.scheduler_config = config.scheduler_config
+        self.cache_config = config.cache_config
+        self.device_config = config.device_config
+        self.tokenizer = None if self.model_config.skip_tokenizer_init else load_tokenizer(
+            self.model_config)
+        self.eos_token_id = self._eos_token_id()
+        if not config.enforce_eager and self.device_config.device_type == "cuda":
+            logger.info("CUDA graphs are not implemented yet: running eager.")
+        self.model_runner = ModelRunner(config, self.eos_token_id)
+        self.block_manager = BlockManager(self.model_runner.num_blocks, self.cache_config.block_size)
+        self.scheduler = Scheduler(self.scheduler_config, self.block_manager)
+        self.requests: dict[str, SequenceGroup] = {}
+        self._seq_counter = 0
+        self.stats = {"num_prompt_tokens": 0, "num_generation_tokens": 0, "num_steps": 0}
+
+    @classmethod
+    def from_engine_args(cls, engine_args: EngineArgs) -> "LLMEngine":
+        return cls(engine_args.create_configs())
+
+    def _eos_token_id(self) -> Optional[int]:
+        hf = self.model_config.hf_config
+        eos = getattr(hf, "eos_token_id", None)
+        if isinstance(eos, (list, tuple)):
+            eos = eos[0] if eos else None
+        if eos is None and self.tokenizer is not None:
+            eos = self.tokenizer.eos_token_id
+        return eos
+
+    def get_tokenizer(self):
+        return self.tokenizer
+
+    # ------------------------------------------------------------------ requests
+    def _tokenize(self, prompt: PromptType) -> tuple[Optional[str], list[int]]:
+        if isinstance(prompt, str):
+            text, ids = prompt, None
+        elif isinstance(prompt, dict):
+            unknown = set(prompt) - {"prompt", "prompt_token_ids", "multi_modal_data"}
+            if unknown or ("prompt" not in prompt and "prompt_token_ids" not in prompt):
+                raise ValueError("a prompt dict needs 'prompt' (text) or 'prompt_token_ids'; "
+                                 f"got keys {sorted(prompt)}.")
+            if prompt.get("multi_modal_data"):
+                raise NotImplementedError("multi_modal_data is not supported.")
+            text, ids = prompt.get("prompt"), prompt.get("prompt_token_ids")
+        else:
+            raise ValueError(f"a prompt must be a str or a dict, got {type(prompt).__name__}.")
+        if ids is None:
+            if self.tokenizer is None:
+                raise ValueError("skip_tokenizer_init=True: give prompts as "
+                                 "{'prompt_token_ids': [...]}.")
+            ids = self.tokenizer(text).input_ids
+        ids = [int(t) for t in ids]
+        vocab = self.model_config.hf_config.vocab_size
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt token ids out of range [0, {vocab}): {bad[:5]}")
+        return text, ids
+
+    def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams,
+                    arrival_time: Optional[float] = None) -> None:
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"params must be SamplingParams, got {type(params).__name__}.")
+        if request_id in self.requests:
+            raise ValueError(f"request_id {request_id!r} is already in the engine.")
+        if params.use_beam_search:
+            raise NotImplementedError("use_beam_search=True is not supported by this engine "
+                                      "yet; use greedy or random sampling.")
+        if params.best_of is not None and params.best_of > params.n:
+            raise NotImplementedError(f"best_of={params.best_of} > n={params.n} is not "
+                                      "supported yet; set best_of=None or equal to n.")
+        max_logprobs = self.model_config.max_logprobs
+        for name in ("logprobs", "prompt_logprobs"):
+            val = getattr(params, name)
+            if val is not None and val > max_logprobs:
+                raise ValueError(f"{name}={val} exceeds max_logprobs={max_logprobs}; lower it "
+                                 "or raise the engine's max_logprobs.")
+        if params.detokenize is False and params.stop:
+            raise ValueError("stop strings need detokenize=True.")
+        text, ids = self._tokenize(prompt)
+        if params.truncate_prompt_tokens is not None:
+            ids = ids[-params.truncate_prompt_tokens:]
+        if not ids:
+            raise ValueError("the prompt is empty (0 tokens); give at least one token.")
+        max_len = self.scheduler_config.max_model_len
+        if len(ids) >= max_len:
+            raise ValueError(f"prompt of request {request_id!r} has {len(ids)} tokens, more than "
+                             f"max_model_len={max_len} allows (it needs room for at least one "
+                             "generated token); shorten it or raise max_model_len.")
+        group = SequenceGroup(request_id, text, ids, params, arrival_time)
+        dev = self.device_config.device
+        group.generators = [
+            torch.Generator(device=dev).manual_seed(seed_for(params.seed, i))
+            if params.seed is not None else None for i in range(params.n)]
+        seq = Sequence(self._next_seq_id(), group, ids, 0, group.generators[0])
+        self._attach_detokenizer(seq)
+        group.seqs.append(seq)
+        self.scheduler.add_seq_group(group)
+        self.requests[request_id] = group
+
+    def _next_seq_id(self) -> int:
+        self._seq_counter += 1
+        return self._seq_counter
+
+    def _attach_detokenizer(self, seq: Sequence) -> None:
+        p = seq.sampling_params
+        if self.tokenizer is not None and p.detokenize:
+            seq.detokenizer = IncrementalDetokenizer(
+                self.tokenizer, seq.prompt_token_ids, p.skip_special_tokens,
+                p.spaces_between_special_tokens)
+
+    def abort_request(self, request_id: Union[str, Iterable[str]]) -> None:
+        ids = [request_id] if isinstance(request_id, str) else list(request_id)
+        for rid in ids:
+            group = self.requests.pop(rid, None)
+            if group is not None:
+                self.scheduler.abort_seq_group(group)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self.requests)
+
+    # ---------------------------------------------------------------------- step
+    def step(self) -> list[RequestOutput]:
+        sched_out = self.scheduler.schedule()
+        if sched_out.is_empty:
+            return []
+        now = time.time()
+        for s in sched_out.scheduled:
+            s.seq.group.maybe_set_first_scheduled(now)
+        runner_out = self.model_runner.execute_model(sched_out)
+        self.scheduler.update(sched_out)
+        touched = self._process_outputs(sched_out, runner_out)
+        self.scheduler.free_finished()
+        self.stats["num_steps"] += 1
+        self.stats["num_prompt_tokens"] += sum(
+            s.num_new_tokens for s in sched_out.scheduled if s.start < s.seq.prompt_len)
+        outputs = []
+        for group in touched:
+            finished = group.is_finished()
+            if finished:
+                group.metrics.finished_time = time.time()
+                self.requests.pop(group.request_id, None)
+            outputs.append(self._make_output(group, finished))
+        return outputs
+
+    def _process_outputs(self, sched_out: SchedulerOutput,
+                         runner_out: ModelRunnerOutput) -> list[SequenceGroup]:
+        touched: dict[str, SequenceGroup] = {}
+        now = time.time()
+        for i, s in enumerate(sched_out.scheduled):
+            seq, group = s.seq, s.seq.group
+            if i in runner_out.prompt_logprobs:
+                self._add_prompt_logprobs(group, runner_out.prompt_logprobs[i], s)
+            tokens = runner_out.sampled.get(i)
+            if not tokens:
+                continue
+            touched[group.request_id] = group
+            if group.metrics.first_token_time is None:
+                group.metrics.first_token_time = now
+            group.metrics.last_token_time = now
+            if needs_fork(seq):
+                for idx, tok in enumerate(tokens[1:], start=1):
+                    child = seq.fork(self._next_seq_id(), idx, group.generators[idx])
+                    self._attach_detokenizer(child)
+                    group.seqs.append(child)
+                    self.scheduler.fork(seq, child)
+                    self._append(child, tok)
+            self._append(seq, tokens[0])
+        return list(touched.values())
+
+    def _add_prompt_logprobs(self, group: SequenceGroup, entries: list, s) -> None:
+        first = len(group.prompt_logprobs)          # prompt token index of the first entry
+        for j, (lp, rank, top) in enumerate(entries):
+            target = group.prompt_token_ids[first + j]
+            group.prompt_logprobs.append(self._logprob_dict(target, lp, rank, top))
+
+    def _decode_token(self, token_id: int) -> Optional[str]:
+        return None if self.tokenizer is None else self.tokenizer.decode([token_id])
+
+    def _logprob_dict(self, token_id: int, lp: float, rank: int, top) -> dict[int, Logprob]:
+        d = {token_id: Logprob(lp, rank, self._decode_token(token_id))}
+        for r, (tid, tlp) in enumerate(top or [], start=1):
+            if tid not in d:
+                d[tid] = Logprob(tlp, r, self._decode_token(tid))
+        return d
+
+    def _append(self, seq: Sequence, tok: SampledToken) -> None:
+        p = seq.sampling_params
+        seq.append_token(tok.token_id, tok.logprob)
+        self.stats["num_generation_tokens"] += 1
+        if p.logprobs is not None:
+            seq.output_logprobs.append(
+                self._logprob_dict(tok.token_id, tok.logprob, tok.rank, tok.top_logprobs))
+        new_chars = 0
+        if seq.detokenizer is not None:
+            new_text = seq.detokenizer.append([tok.token_id])
+            new_chars = len(new_text)
+            seq.output_text = seq.detokenizer.output_text
+        self._check_stop(seq, tok.token_id, new_chars)
+
+    def _check_stop(self, seq: Sequence, token_id: int, new_chars: int) -> None:
+        p = seq.sampling_params
+        if seq.num_output_tokens >= p.min_tokens:
+            if token_id == self.eos_token_id and not p.ignore_eos:
+                seq.status = SequenceStatus.FINISHED_STOPPED
+                return
+            if p.stop_token_ids and token_id in p.stop_token_ids:
+                seq.status = SequenceStatus.FINISHED_STOPPED
+                seq.stop_reason = token_id
+                return
+            if p.stop and seq.detokenizer is not None:
+                hit = find_stop_string(seq.output_text, new_chars, p.stop,
+                                       p.include_stop_str_in_output)
+                if hit is not None:
+                    seq.stop_reason, cut = hit
+                    seq.output_text = seq.output_text[:cut]
+                    seq.status = SequenceStatus.FINISHED_STOPPED
+                    return
+        if p.max_tokens is not None and seq.num_output_tokens >= p.max_tokens:
+            seq.status = SequenceStatus.FINISHED_LENGTH_CAPPED
+        elif seq.num_tokens >= self.scheduler_config.max_model_len:
+            seq.status = SequenceStatus.FINISHED_LENGTH_CAPPED
+
+    # -------------------------------------------------------------------- outputs
+    def _make_output(self, group: SequenceGroup, finished: bool) -> RequestOutput:
+        p = group.sampling_params
+        seqs = sorted(group.seqs, key=lambda s: s.index)
+        completions = []
+        for seq in seqs:
+            text = seq.output_text
+            if not seq.is_finished() and p.output_text_buffer_length:
+                text = text[:-p.output_text_buffer_length] or ""
+            completions.append(CompletionOutput(
+                index=seq.index, text=text, token_ids=seq.output_token_ids,
+                cumulative_logprob=seq.cumulative_logprob,
+                logprobs=list(seq.output_logprobs) if p.logprobs is not None else None,
+                finish_reason=seq.status.finish_reason, stop_reason=seq.stop_reason))
+        return RequestOutput(
+            request_id=group.request_id, prompt=group.prompt,
+            prompt_token_ids=group.prompt_token_ids,
+            prompt_logprobs=list(group.prompt_logprobs) if group.prompt_logprobs is not None
+            else None,
+            outputs=completions, finished=finished, metrics=group.metrics)
+
+    def get_stats(self) -> dict:
+        bs = self.cache_config.block_size
+        return {
+            **self.stats,
+            "num_preemptions": self.scheduler.num_preemptions,
+            "num_gpu_blocks": self.model_runner.num_blocks,
+            "block_size": bs,
+            "kv_cache_token_capacity": self.model_runner.num_blocks * bs,
+            "kv_cache_bytes": self.model_runner.num_blocks * self.model_runner.block_bytes,
+            "model_load_seconds": round(self.model_runner.load_seconds, 3),
+            "device": str(self.device_config.device),
+            "dtype": str(self.model_config.dtype).replace("torch.", ""),
+        }

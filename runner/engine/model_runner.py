@@ -1,0 +1,236 @@
+"""The model runner: owns the model and the KV cache tensors, and runs one scheduled step.
+
+execute_model(SchedulerOutput):
+  1. copy-on-write block copies the block manager asked for;
+  2. prepare inputs: the scheduled tokens of every sequence flattened into one batch, their
+     positions, the cache slot of each (slot_mapping), block tables, query/context lengths;
+  3. forward (eager torch; CUDA graphs and Triton kernels plug in here in the GPU path);
+  4. logits only for the rows that need them (the last token of each sequence that samples, and
+     prompt positions whose prompt_logprobs were asked for);
+  5. the Sampler -> SampledToken per sampled row. A request with n > 1 samples its first token n
+     times from the one prompt row, once per output sequence (the engine forks afterwards).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from runner.engine.attention import AttentionMetadata
+from runner.engine.block_manager import cdiv
+from runner.engine.config import EngineConfig
+from runner.engine.model_loader import get_model
+from runner.engine.sampler import Sampler, SampledToken, SamplingRequest, compute_prompt_logprobs
+from runner.engine.scheduler import SchedulerOutput
+from runner.engine.sequence import Sequence
+
+logger = logging.getLogger("runner.engine")
+
+_CPU_KV_CACHE_BYTES = 4 << 30   # CPU has no memory profiling: cap the cache at 4 GiB
+
+
+@dataclass
+class ModelRunnerOutput:
+    # index into SchedulerOutput.scheduled -> sampled tokens (n of them when the request forks)
+    sampled: dict[int, list[SampledToken]] = field(default_factory=dict)
+    # index into SchedulerOutput.scheduled -> prompt logprob entries, in prompt order
+    prompt_logprobs: dict[int, list] = field(default_factory=dict)
+
+
+def needs_fork(seq: Sequence) -> bool:
+    """The first sample of a request with n > 1 produces all n sequences' first tokens."""
+    return seq.num_output_tokens == 0 and len(seq.group.seqs) < seq.group.n
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, eos_token_id: int | None):
+        self.config = config
+        self.model_config = config.model_config
+        self.device = config.device_config.device
+        self.block_size = config.cache_config.block_size
+        self.eos_token_id = eos_token_id
+        hf = self.model_config.hf_config
+        t0 = time.perf_counter()
+        self.model = get_model(self.model_config, self.device)
+        self.load_seconds = time.perf_counter() - t0
+        self.num_layers = hf.num_hidden_layers
+        self.num_kv_heads = getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads
+        self.head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+        self.dtype = self.model_config.dtype
+        self.vocab_size = hf.vocab_size
+        self.sampler = Sampler(torch.Generator(device=self.device).manual_seed(
+            self.model_config.seed))
+        self.num_blocks = self._determine_num_blocks()
+        max_len = config.scheduler_config.max_model_len
+        if self.num_blocks * self.block_size < max_len:
+            raise ValueError(
+                f"the KV cache holds {self.num_blocks * self.block_size} tokens "
+                f"({self.num_blocks} blocks of {self.block_size}), fewer than max_model_len="
+                f"{max_len}: one sequence could never finish. Raise num_gpu_blocks_override "
+                "or gpu_memory_utilization, or lower max_model_len.")
+        config.cache_config.num_gpu_blocks = self.num_blocks
+        # one tensor per layer: [2 (k, v), num_blocks, block_size, num_kv_heads, head_dim]
+        self.kv_caches = [torch.zeros(2, self.num_blocks, self.block_size, self.num_kv_heads,
+                                      self.head_dim, dtype=self.dtype, device=self.device)
+                          for _ in range(self.num_layers)]
+        logger.info("KV cache: %d blocks x %d tokens = %d tokens (%.1f MiB)", self.num_blocks,
+                    self.block_size, self.num_blocks * self.block_size,
+                    self.num_blocks * self.block_bytes / 2**20)
+
+    # ---------------------------------------------------------------- KV sizing
+    @property
+    def block_bytes(self) -> int:
+        return (2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim
+                * torch.empty((), dtype=self.dtype).element_size())
+
+    def _determine_num_blocks(self) -> int:
+        cache = self.config.cache_config
+        if cache.num_gpu_blocks_override is not None:
+            return cache.num_gpu_blocks_override
+        sched = self.config.scheduler_config
+        if self.device.type != "cuda":
+            wanted = sched.max_num_seqs * cdiv(sched.max_model_len, self.block_size)
+            return max(1, min(wanted, _CPU_KV_CACHE_BYTES // self.block_bytes))
+        return self._profile_num_gpu_blocks()
+
+    @torch.inference_mode()
+    def _profile_num_gpu_blocks(self) -> int:
+        """Peak memory of a forward pass at max_num_batched_tokens, then what is left of the
+        gpu_memory_utilization fraction of the card goes to the KV cache."""
+        sched = self.config.scheduler_config
+        num_tokens = sched.max_num_batched_tokens
+        seq_len = min(sched.max_model_len, num_tokens)
+        num_seqs = cdiv(num_tokens, seq_len)
+        tmp_blocks = num_seqs * cdiv(seq_len, self.block_size)
+        tmp_caches = [torch.zeros(2, tmp_blocks, self.block_size, self.num_kv_heads,
+                                  self.head_dim, dtype=self.dtype, device=self.device)
+                      for _ in range(self.num_layers)]
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        lens = [seq_len] * (num_tokens // seq_len) + ([num_tokens % seq_len]
+                                                      if num_tokens % seq_len else [])
+        ids, pos, slots, qsl, tables = [], [], [], [0], []
+        for b, n in enumerate(lens):
+            blocks = list(range(b * cdiv(seq_len, self.block_size),
+                                (b + 1) * cdiv(seq_len, self.block_size)))
+            ids += [0] * n
+            pos += list(range(n))
+            slots += [blocks[p // self.block_size] * self.block_size + p % self.block_size
+                      for p in range(n)]
+            qsl.append(qsl[-1] + n)
+            tables.append(blocks)
+        meta = self._metadata(slots, qsl, lens, tables)
+        hidden = self.model(torch.tensor(ids, device=self.device),
+                            torch.tensor(pos, device=self.device), tmp_caches, meta)
+        self.model.compute_logits(hidden[-min(len(hidden), sched.max_num_seqs):])
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        tmp_bytes = sum(c.numel() * c.element_size() for c in tmp_caches)
+        del tmp_caches, hidden
+        torch.cuda.empty_cache()
+        _, total = torch.cuda.mem_get_info()
+        budget = total * self.config.cache_config.gpu_memory_utilization
+        available = budget - (peak - tmp_bytes)
+        num_blocks = int(available // self.block_bytes)
+        logger.info("memory profile: peak %.2f GiB without cache, budget %.2f GiB -> %d blocks",
+                    (peak - tmp_bytes) / 2**30, budget / 2**30, num_blocks)
+        if num_blocks < 1:
+            raise ValueError(
+                f"no memory left for the KV cache: the model and a forward pass of "
+                f"{num_tokens} tokens take {(peak - tmp_bytes) / 2**30:.2f} GiB of the "
+                f"{budget / 2**30:.2f} GiB that gpu_memory_utilization="
+                f"{self.config.cache_config.gpu_memory_utilization} allows. Raise it or lower "
+                "max_num_batched_tokens.")
+        return num_blocks
+
+    # ------------------------------------------------------------ inputs
+    def _metadata(self, slots, qsl, seq_lens, tables) -> AttentionMetadata:
+        width = max(len(t) for t in tables)
+        padded = [t + [0] * (width - len(t)) for t in tables]
+        decode = [b for b in range(len(seq_lens)) if qsl[b + 1] - qsl[b] == 1]
+        prefill = tuple(b for b in range(len(seq_lens)) if qsl[b + 1] - qsl[b] > 1)
+        dev = self.device
+        return AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
+            query_start_loc=qsl, seq_lens=seq_lens,
+            block_tables=torch.tensor(padded, dtype=torch.long, device=dev),
+            decode_idx=torch.tensor(decode, dtype=torch.long, device=dev),
+            prefill_idx=prefill,
+            decode_seq_lens=torch.tensor([seq_lens[b] for b in decode], dtype=torch.long,
+                                         device=dev),
+            decode_query_rows=torch.tensor([qsl[b] for b in decode], dtype=torch.long,
+                                           device=dev))
+
+    def _prepare(self, out: SchedulerOutput):
+        bs = self.block_size
+        ids, pos, slots, qsl, seq_lens, tables = [], [], [], [0], [], []
+        for s in out.scheduled:
+            seq, start, k = s.seq, s.start, s.num_new_tokens
+            bt = seq.block_table
+            ids += seq.token_ids[start:start + k]
+            pos += range(start, start + k)
+            slots += [bt[p // bs] * bs + p % bs for p in range(start, start + k)]
+            qsl.append(qsl[-1] + k)
+            seq_lens.append(start + k)
+            tables.append(bt)
+        dev = self.device
+        return (torch.tensor(ids, dtype=torch.long, device=dev),
+                torch.tensor(pos, dtype=torch.long, device=dev),
+                self._metadata(slots, qsl, seq_lens, tables))
+
+    # ------------------------------------------------------------ step
+    @torch.inference_mode()
+    def execute_model(self, out: SchedulerOutput) -> ModelRunnerOutput:
+        for src, dst in out.blocks_to_copy:
+            for cache in self.kv_caches:
+                cache[:, dst].copy_(cache[:, src])
+        input_ids, positions, meta = self._prepare(out)
+        hidden = self.model(input_ids, positions, self.kv_caches, meta)        # [T, H]
+
+        rows: list[int] = []               # hidden rows whose logits are needed
+        sample_rows: list[tuple[int, int]] = []   # (scheduled index, row position in `rows`)
+        prompt_rows: list[tuple[int, int, int]] = []   # (scheduled index, first pos, count)
+        for i, s in enumerate(out.scheduled):
+            base = meta.query_start_loc[i]
+            group = s.seq.group
+            if (group.prompt_logprobs is not None and not group.prompt_logprobs_done()
+                    and s.seq.index == 0):
+                first = max(s.start, len(group.prompt_logprobs) - 1)
+                last = min(s.start + s.num_new_tokens, s.seq.prompt_len - 1)
+                if last > first:
+                    prompt_rows.append((i, len(rows), last - first))
+                    rows += range(base + first - s.start, base + last - s.start)
+            if s.do_sample:
+                sample_rows.append((i, len(rows)))
+                rows.append(base + s.num_new_tokens - 1)
+        result = ModelRunnerOutput()
+        if not rows:
+            return result
+        logits = self.model.compute_logits(hidden[rows]).float()              # [R, V]
+
+        for i, at, count in prompt_rows:
+            s = out.scheduled[i]
+            first = max(s.start, len(s.seq.group.prompt_logprobs) - 1)
+            targets = s.seq.token_ids[first + 1:first + 1 + count]
+            result.prompt_logprobs[i] = compute_prompt_logprobs(
+                logits[at:at + count], targets, s.seq.sampling_params.prompt_logprobs)
+
+        requests, owners, logit_rows = [], [], []
+        for i, at in sample_rows:
+            seq = out.scheduled[i].seq
+            group = seq.group
+            gens = group.generators if needs_fork(seq) else [seq.generator]
+            for gen in gens:
+                requests.append(SamplingRequest(
+                    params=group.sampling_params, prompt_token_ids=group.prompt_token_ids,
+                    output_token_ids=seq.output_token_ids, generator=gen,
+                    eos_token_id=self.eos_token_id))
+                owners.append(i)
+                logit_rows.append(at)
+        if requests:
+            sampled = self.sampler(logits[logit_rows], requests)
+            for owner, tok in zip(owners, sampled):
+                result.sampled.setdefault(owner, []).append(tok)
+        return result

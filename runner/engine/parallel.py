@@ -1,0 +1,25 @@
+"""Tensor-parallel context handed explicitly to model layers (no process-global state).
+
+With tensor_parallel_size=1 (all this engine runs today) rank is 0, size is 1 and all_reduce is
+the identity; the layers are already written to shard their weights by rank.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+@dataclass
+class ParallelContext:
+    tp_rank: int = 0
+    tp_size: int = 1
+    all_reduce: Callable[[torch.Tensor], torch.Tensor] = _identity
+
+    def tp_kwargs(self) -> dict:
+        return {"tp_rank": self.tp_rank, "tp_size": self.tp_size}

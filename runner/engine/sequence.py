@@ -1,0 +1,147 @@
+"""Sequences and requests: the token state the scheduler and the engine share.
+
+A `Sequence` is one stream of tokens (prompt + generated) with its block table and the count of
+tokens whose KV is already in the cache (`num_computed_tokens`). Every step the scheduler gives
+a sequence some of its not-yet-computed tokens; the step samples a new token only when those
+reach the end of the sequence. Prefill, chunked prefill, decode and recompute after preemption
+are all this one rule.
+
+A `SequenceGroup` is one request: its sampling params, its n sequences (forked from the first
+when the prompt's first token is sampled) and the request-level outputs (prompt logprobs,
+timing metrics).
+"""
+from __future__ import annotations
+
+import enum
+import time
+from typing import Optional
+
+import torch
+
+from runner.engine.outputs import Logprob, RequestMetrics
+from runner.engine.sampling_params import SamplingParams
+
+
+class SequenceStatus(enum.IntEnum):
+    WAITING = 0
+    RUNNING = 1
+    FINISHED_STOPPED = 2
+    FINISHED_LENGTH_CAPPED = 3
+    FINISHED_ABORTED = 4
+
+    @property
+    def is_finished(self) -> bool:
+        return self >= SequenceStatus.FINISHED_STOPPED
+
+    @property
+    def finish_reason(self) -> Optional[str]:
+        return {SequenceStatus.FINISHED_STOPPED: "stop",
+                SequenceStatus.FINISHED_LENGTH_CAPPED: "length",
+                SequenceStatus.FINISHED_ABORTED: "abort"}.get(self)
+
+
+class Sequence:
+    def __init__(self, seq_id: int, group: "SequenceGroup", prompt_token_ids: list[int],
+                 index: int = 0, generator: Optional[torch.Generator] = None):
+        self.seq_id = seq_id
+        self.group = group
+        self.index = index                      # position among the request's n outputs
+        self.prompt_len = len(prompt_token_ids)
+        self.token_ids: list[int] = list(prompt_token_ids)   # prompt + output
+        self.num_computed_tokens = 0
+        self.block_table: list[int] = []
+        self.status = SequenceStatus.WAITING
+        self.generator = generator
+        self.cumulative_logprob = 0.0
+        self.output_logprobs: list[dict[int, Logprob]] = []
+        self.output_text = ""
+        self.detokenizer = None                 # IncrementalDetokenizer, set by the engine
+        self.stop_reason: Optional[int | str] = None
+
+    @property
+    def request_id(self) -> str:
+        return self.group.request_id
+
+    @property
+    def sampling_params(self) -> SamplingParams:
+        return self.group.sampling_params
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def prompt_token_ids(self) -> list[int]:
+        return self.token_ids[:self.prompt_len]
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.prompt_len:]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.prompt_len
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return len(self.token_ids) - self.num_computed_tokens
+
+    def is_finished(self) -> bool:
+        return self.status.is_finished
+
+    def append_token(self, token_id: int, logprob: float) -> None:
+        self.token_ids.append(token_id)
+        self.cumulative_logprob += logprob
+
+    def fork(self, seq_id: int, index: int, generator: Optional[torch.Generator]) -> "Sequence":
+        """A child that shares everything computed so far (the block table is shared by the
+        block manager's reference counts, not here)."""
+        child = Sequence(seq_id, self.group, self.token_ids[:self.prompt_len], index, generator)
+        child.token_ids = list(self.token_ids)
+        child.num_computed_tokens = self.num_computed_tokens
+        child.status = self.status
+        child.cumulative_logprob = self.cumulative_logprob
+        child.output_logprobs = list(self.output_logprobs)
+        return child
+
+    def __repr__(self) -> str:
+        return (f"Sequence(seq_id={self.seq_id}, request_id={self.request_id!r}, "
+                f"status={self.status.name}, num_tokens={self.num_tokens}, "
+                f"num_computed_tokens={self.num_computed_tokens}, blocks={self.block_table})")
+
+
+class SequenceGroup:
+    """One request: n sequences sharing a prompt and sampling params."""
+
+    def __init__(self, request_id: str, prompt: Optional[str], prompt_token_ids: list[int],
+                 sampling_params: SamplingParams, arrival_time: Optional[float] = None):
+        self.request_id = request_id
+        self.prompt = prompt
+        self.prompt_token_ids = list(prompt_token_ids)
+        self.sampling_params = sampling_params
+        self.seqs: list[Sequence] = []
+        now = time.time() if arrival_time is None else arrival_time
+        self.metrics = RequestMetrics(arrival_time=now, last_token_time=now,
+                                      first_scheduled_time=None, first_token_time=None,
+                                      time_in_queue=None, finished_time=None)
+        # prompt_logprobs[i] is for prompt token i (None for the first), filled chunk by chunk
+        self.prompt_logprobs: Optional[list] = (
+            [None] if sampling_params.prompt_logprobs is not None else None)
+
+    @property
+    def n(self) -> int:
+        return self.sampling_params.n
+
+    def prompt_logprobs_done(self) -> bool:
+        return self.prompt_logprobs is None or len(self.prompt_logprobs) >= len(
+            self.prompt_token_ids)
+
+    def is_finished(self) -> bool:
+        return len(self.seqs) >= self.n and all(s.is_finished() for s in self.seqs) or (
+            bool(self.seqs) and all(s.status == SequenceStatus.FINISHED_ABORTED
+                                    for s in self.seqs))
+
+    def maybe_set_first_scheduled(self, now: float) -> None:
+        if self.metrics.first_scheduled_time is None:
+            self.metrics.first_scheduled_time = now
+            self.metrics.time_in_queue = now - self.metrics.arrival_time
