@@ -102,6 +102,11 @@ def make_tiny_model(path, arch: str = "llama", *, safetensors: bool = True, seed
     cfg = _config(arch, vocab_size, **overrides)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    model.save_pretrained(path, safe_serialization=safetensors)
+    model.save_pretrained(path)
+    if not safetensors:   # transformers 5 always writes safetensors: convert to a .bin checkpoint
+        from safetensors.torch import load_file
+        st = path / "model.safetensors"
+        torch.save(load_file(st), path / "pytorch_model.bin")
+        st.unlink()
     make_tokenizer(vocab_size).save_pretrained(path)
     return os.fspath(path)

@@ -239,6 +239,11 @@ class LLMEngine:
             new_chars = len(new_text)
             seq.output_text = seq.detokenizer.output_text
         self._check_stop(seq, tok.token_id, new_chars)
+        if (seq.is_finished() and seq.detokenizer is not None
+                and not isinstance(seq.stop_reason, str)):
+            # the sequence ends: emit bytes held back as an incomplete character
+            seq.detokenizer.flush()
+            seq.output_text = seq.detokenizer.output_text
 
     def _check_stop(self, seq: Sequence, token_id: int, new_chars: int) -> None:
         p = seq.sampling_params

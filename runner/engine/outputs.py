@@ -1,0 +1,153 @@
+"""Output objects the engine hands back to the user, with vLLM's names, fields and reprs.
+
+Data moves in one direction: the engine's step loop fills a `CompletionOutput` per sequence
+(text from the detokenizer, token ids and `Logprob`s from the sampler), groups the n sequences of
+a request into a `RequestOutput` (with prompt data and `RequestMetrics`), and `LLM.generate`
+returns those in prompt order. `LLM.encode` returns `EmbeddingRequestOutput`s built from
+`PoolingParams`; `LLM.beam_search` returns `BeamSearchOutput`s of `BeamSearchSequence`s.
+These are plain containers: no torch tensors, nothing that needs the engine to read them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+
+@dataclass
+class Logprob:
+    """Log-probability of one token, its 1-based rank in the vocabulary and its decoded text."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+# One dict per generated token: {token_id: Logprob} for the sampled token and the top-k.
+SampleLogprobs = list[dict[int, Logprob]]
+# One entry per prompt token; the first is None because nothing predicts the first token.
+PromptLogprobs = list[Union[dict[int, Logprob], None]]
+
+
+@dataclass
+class CompletionOutput:
+    """One generated sequence of a request (there are n of them in a RequestOutput).
+
+    finish_reason is "stop" (eos, stop string or stop token) or "length"; stop_reason is the
+    stop string or stop token id that ended it, None for eos or length.
+    """
+
+    index: int
+    text: str
+    token_ids: list[int]
+    cumulative_logprob: float | None
+    logprobs: SampleLogprobs | None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def __repr__(self) -> str:
+        return (f"CompletionOutput(index={self.index}, text={self.text!r}, "
+                f"token_ids={list(self.token_ids)}, "
+                f"cumulative_logprob={self.cumulative_logprob}, logprobs={self.logprobs}, "
+                f"finish_reason={self.finish_reason}, stop_reason={self.stop_reason})")
+
+
+@dataclass
+class RequestMetrics:
+    """Wall-clock timestamps (time.time()) of one request's life in the engine."""
+
+    arrival_time: float
+    last_token_time: float
+    first_scheduled_time: float | None
+    first_token_time: float | None
+    time_in_queue: float | None
+    finished_time: float | None = None
+
+
+@dataclass(repr=False)
+class RequestOutput:
+    """Everything the engine produced for one prompt: its n completions plus prompt data."""
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int] | None
+    prompt_logprobs: PromptLogprobs | None
+    outputs: list[CompletionOutput]
+    finished: bool
+    metrics: RequestMetrics | None = None
+    num_cached_tokens: int = 0
+
+    def __repr__(self) -> str:
+        return (f"RequestOutput(request_id={self.request_id}, prompt={self.prompt!r}, "
+                f"prompt_token_ids={self.prompt_token_ids}, "
+                f"prompt_logprobs={self.prompt_logprobs}, outputs={self.outputs}, "
+                f"finished={self.finished}, metrics={self.metrics}, "
+                f"num_cached_tokens={self.num_cached_tokens})")
+
+
+@dataclass
+class PoolingParams:
+    """Parameters of `LLM.encode`: whether to L2-normalize and how many leading dims to keep."""
+
+    normalize: bool | None = None
+    dimensions: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.normalize is not None and not isinstance(self.normalize, bool):
+            raise ValueError(
+                f"normalize must be True, False or None, got {self.normalize!r}.")
+        if self.dimensions is not None and (
+                isinstance(self.dimensions, bool) or not isinstance(self.dimensions, int)
+                or self.dimensions < 1):
+            raise ValueError(
+                f"dimensions must be an int of at least 1 or None, got {self.dimensions!r}.")
+
+    def clone(self) -> PoolingParams:
+        return PoolingParams(normalize=self.normalize, dimensions=self.dimensions)
+
+
+@dataclass(repr=False)
+class EmbeddingOutput:
+    """The pooled embedding of one prompt."""
+
+    embedding: list[float]
+
+    def __repr__(self) -> str:
+        # Printing thousands of floats helps no one; the size is what a reader checks.
+        return f"EmbeddingOutput(hidden_size={len(self.embedding)})"
+
+
+@dataclass(repr=False)
+class EmbeddingRequestOutput:
+    """What `LLM.encode` returns per prompt."""
+
+    request_id: str
+    outputs: EmbeddingOutput
+    prompt_token_ids: list[int]
+    finished: bool
+
+    def __repr__(self) -> str:
+        return (f"EmbeddingRequestOutput(request_id={self.request_id!r}, "
+                f"outputs={self.outputs!r}, prompt_token_ids={self.prompt_token_ids}, "
+                f"finished={self.finished})")
+
+
+@dataclass
+class BeamSearchSequence:
+    """One beam: all its tokens (prompt included, as in vLLM), per-token logprobs and score."""
+
+    tokens: list[int]
+    logprobs: list[dict[int, Logprob]] = field(default_factory=list)
+    cum_logprob: float = 0.0
+    text: str | None = None
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+
+@dataclass
+class BeamSearchOutput:
+    """What `LLM.beam_search` returns per prompt: the best beam_width sequences, best first."""
+
+    sequences: list[BeamSearchSequence]

@@ -1,0 +1,293 @@
+"""The batched sampler: one row of logits per running sequence in, one sampled token per row out.
+
+The model runner calls `Sampler()(logits, requests)` once per step with logits [num_rows, vocab]
+(one row per sequence that produces a token this step) and one `SamplingRequest` per row. Each row
+goes through, in this order:
+
+  1. raw log-probabilities: log_softmax of the model logits as they came in (float32). These are
+     what `SampledToken.logprob`, `.rank` and `.top_logprobs` report, like vLLM v1's default
+     ("raw_logprobs"): they do not depend on penalties, temperature or filters.
+  2. logits processors (params.logits_processors), in list order, row by row;
+  3. min_tokens: while fewer than min_tokens tokens were generated, eos and the stop token ids
+     are set to -inf so that the sequence cannot end;
+  4. repetition penalty over tokens seen in the prompt or the output (positive logits divided by
+     the penalty, others multiplied), then frequency and presence penalties over output tokens:
+     logit -= frequency_penalty * count + presence_penalty * (count > 0);
+  5. greedy rows (and legacy beam rows, whose temperature is 0) take the argmax, ties to the
+     lowest id;
+  6. random rows: divide by temperature, keep the top_k highest, keep the smallest prefix whose
+     probability mass reaches top_p (the best token always stays), drop tokens whose probability
+     is below min_p times the best one, then draw one token.
+
+Steps 3-6 are batched tensor operations over all rows that need them; only logits processors
+and the final draw of seeded rows loop in Python. The draw uses the exponential race
+(argmax of probs / q with q ~ Exp(1), equivalent to sampling from probs): each seeded row
+draws its own q from its own generator, so its tokens depend on its seed and its logits alone,
+never on the other rows in the batch. Unseeded rows share one draw from the sampler's default
+generator (or torch's global one).
+
+`compute_prompt_logprobs` serves prompt_logprobs: the raw log-probability and rank of each
+prompt token given the positions before it, plus the top few alternatives.
+"""
+from __future__ import annotations
+
+import inspect
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+from runner.engine.sampling_params import SamplingParams, SamplingType
+
+
+@dataclass
+class SamplingRequest:
+    """One row of logits to sample from, with what the sampler needs to know about its sequence."""
+
+    params: SamplingParams
+    prompt_token_ids: list[int]
+    output_token_ids: list[int]  # tokens this sequence generated before this step
+    generator: torch.Generator | None = None  # per-sequence, for seeded requests
+    eos_token_id: int | None = None
+
+
+@dataclass(slots=True)  # one per row per step: slots keep creation cheap
+class SampledToken:
+    """The token drawn for one row, with raw (pre-processing) log-probabilities."""
+
+    token_id: int
+    logprob: float
+    rank: int  # 1-based rank of token_id under the raw distribution
+    top_logprobs: list[tuple[int, float]] | None  # best first; None unless params.logprobs set
+
+
+# What one sampler call returns, one entry per logits row (the DESIGN's "SamplerOutput").
+SamplerOutput = list[SampledToken]
+
+
+class Sampler:
+    """Turns a batch of logits rows into tokens; holds no state besides the default generator."""
+
+    def __init__(self, generator: torch.Generator | None = None) -> None:
+        self.generator = generator
+
+    def __call__(self, logits: torch.Tensor, requests: list[SamplingRequest]) -> SamplerOutput:
+        if logits.dim() != 2 or logits.shape[0] != len(requests):
+            raise ValueError(
+                f"logits must be [num_rows, vocab] with one row per request, got shape "
+                f"{tuple(logits.shape)} for {len(requests)} requests.")
+        num_rows, vocab_size = logits.shape
+        if num_rows == 0:
+            return []
+        device = logits.device
+        raw_logprobs = torch.log_softmax(logits.float(), dim=-1)  # [R, V]
+        x = logits.to(torch.float32, copy=True)  # [R, V], processed in place below
+
+        _apply_logits_processors(x, requests)
+        _apply_min_tokens(x, requests)
+        _apply_penalties(x, requests)
+
+        token_ids = torch.empty(num_rows, dtype=torch.long, device=device)  # [R]
+        is_random = [r.params.sampling_type == SamplingType.RANDOM for r in requests]
+        random_rows = [i for i, rand in enumerate(is_random) if rand]
+        greedy_rows = [i for i, rand in enumerate(is_random) if not rand]
+        if greedy_rows:
+            idx = torch.tensor(greedy_rows, device=device)
+            token_ids[idx] = x[idx].argmax(dim=-1)
+        if random_rows:
+            idx = torch.tensor(random_rows, device=device)
+            token_ids[idx] = self._sample(x[idx], [requests[i] for i in random_rows])
+
+        return _gather_logprobs(raw_logprobs, token_ids, requests)
+
+    def _sample(self, x: torch.Tensor, requests: list[SamplingRequest]) -> torch.Tensor:
+        """Temperature, top-k, top-p, min-p and one draw per row; x [r, V] -> token ids [r]."""
+        r, vocab_size = x.shape
+        device = x.device
+        params = [req.params for req in requests]
+        temperature = torch.tensor([p.temperature for p in params], device=device)  # [r]
+        x.div_(temperature[:, None])
+
+        top_k = [p.top_k if 0 < p.top_k < vocab_size else vocab_size for p in params]
+        # top_p >= 1 must keep everything, even when the float cumsum reaches 1.0 early.
+        top_p = [p.top_p if p.top_p < 1.0 else float("inf") for p in params]
+        need_k = any(k < vocab_size for k in top_k)
+        need_p = any(p != float("inf") for p in top_p)
+        if need_k or need_p:
+            sorted_x, order = x.sort(dim=-1, descending=True)  # [r, V] each
+            if need_k:
+                positions = torch.arange(vocab_size, device=device)  # [V]
+                k = torch.tensor(top_k, device=device)  # [r]
+                sorted_x.masked_fill_(positions[None, :] >= k[:, None], float("-inf"))
+            if need_p:
+                probs = sorted_x.softmax(dim=-1)  # [r, V]
+                mass_before = probs.cumsum(dim=-1) - probs  # mass of strictly better tokens
+                p = torch.tensor(top_p, device=device)  # [r]
+                drop = mass_before >= p[:, None]
+                drop[:, 0] = False  # the best token always survives
+                sorted_x.masked_fill_(drop, float("-inf"))
+            x = torch.empty_like(x).scatter_(1, order, sorted_x)
+
+        if any(p.min_p > 0.0 for p in params):
+            min_p = torch.tensor([p.min_p for p in params], device=device)  # [r]
+            probs = x.softmax(dim=-1)  # [r, V]
+            threshold = probs.max(dim=-1, keepdim=True).values * min_p[:, None]  # [r, 1]
+            x.masked_fill_(probs < threshold, float("-inf"))
+
+        probs = x.softmax(dim=-1)  # [r, V]
+        q = torch.empty_like(probs)  # [r, V] exponential race variables
+        shared = [i for i, req in enumerate(requests) if req.generator is None]
+        if shared:
+            idx = torch.tensor(shared, device=device)
+            q[idx] = torch.empty(len(shared), vocab_size, device=device).exponential_(
+                generator=self.generator)
+        for i, req in enumerate(requests):
+            if req.generator is not None:
+                # A fresh [V] draw, so the numbers depend only on this row's generator state.
+                q[i] = torch.empty(vocab_size, device=device).exponential_(
+                    generator=req.generator)
+        # Exp(1) can round to 0.0; 0/0 would be NaN, which argmax would pick.
+        q.clamp_(min=torch.finfo(q.dtype).tiny)
+        return (probs / q).argmax(dim=-1)
+
+
+def compute_prompt_logprobs(
+    logits: torch.Tensor, target_token_ids: list[int], num_logprobs: int,
+) -> list[tuple[float, int, list[tuple[int, float]]]]:
+    """Raw log-probabilities of prompt tokens.
+
+    logits [T, vocab] at prompt positions; row i predicts target_token_ids[i]. Returns, per row,
+    (logprob of the target, its 1-based rank, the num_logprobs best (id, logprob), best first).
+    """
+    if logits.dim() != 2 or logits.shape[0] != len(target_token_ids):
+        raise ValueError(
+            f"logits must be [T, vocab] with one row per target token, got shape "
+            f"{tuple(logits.shape)} for {len(target_token_ids)} targets.")
+    if logits.shape[0] == 0:
+        return []
+    logprobs = torch.log_softmax(logits.float(), dim=-1)  # [T, V]
+    targets = torch.tensor(target_token_ids, dtype=torch.long, device=logits.device)  # [T]
+    target_lp = logprobs.gather(1, targets[:, None])  # [T, 1]
+    ranks = (logprobs > target_lp).sum(dim=-1) + 1  # [T]
+    k = min(num_logprobs, logprobs.shape[1])
+    if k > 0:
+        top_vals, top_ids = logprobs.topk(k, dim=-1)  # [T, k] each
+        tops = [list(zip(ids, vals)) for ids, vals in zip(top_ids.tolist(), top_vals.tolist())]
+    else:
+        tops = [[] for _ in target_token_ids]
+    return [(lp, rank, top) for lp, rank, top
+            in zip(target_lp.squeeze(1).tolist(), ranks.tolist(), tops)]
+
+
+# ---------------------------------------------------------------------- processing steps
+
+
+def _processor_wants_prompt(fn) -> bool:
+    """vLLM accepts fn(output_ids, logits) and fn(prompt_ids, output_ids, logits)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins without a signature: assume the 2-arg form
+        return False
+    positional = [p for p in sig.parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) == 3
+
+
+def _apply_logits_processors(x: torch.Tensor, requests: list[SamplingRequest]) -> None:
+    for i, req in enumerate(requests):
+        processors = req.params.logits_processors
+        if not processors:
+            continue
+        row = x[i]  # [V]
+        for fn in processors:
+            if _processor_wants_prompt(fn):
+                row = fn(req.prompt_token_ids, req.output_token_ids, row)
+            else:
+                row = fn(req.output_token_ids, row)
+        x[i] = row
+
+
+def _apply_min_tokens(x: torch.Tensor, requests: list[SamplingRequest]) -> None:
+    vocab_size = x.shape[1]
+    rows: list[int] = []
+    cols: list[int] = []
+    for i, req in enumerate(requests):
+        p = req.params
+        if len(req.output_token_ids) >= p.min_tokens:
+            continue
+        banned = set(p.stop_token_ids)
+        if req.eos_token_id is not None:
+            banned.add(req.eos_token_id)
+        for t in banned:
+            if 0 <= t < vocab_size:
+                rows.append(i)
+                cols.append(t)
+    if rows:
+        x[torch.tensor(rows, device=x.device), torch.tensor(cols, device=x.device)] = float("-inf")
+
+
+def _token_counts(token_lists: list[list[int]], vocab_size: int,
+                  device: torch.device) -> torch.Tensor:
+    """How often each token occurs in each list: [len(token_lists), vocab_size] float32."""
+    num_lists = len(token_lists)
+    lengths = torch.tensor([len(t) for t in token_lists], dtype=torch.long)  # [P]
+    flat = torch.tensor(list(itertools.chain.from_iterable(token_lists)), dtype=torch.long)  # [N]
+    row_ids = torch.repeat_interleave(torch.arange(num_lists), lengths)  # [N]
+    # One bincount over row * V + token counts every row at once, with no padding.
+    counts = torch.bincount((row_ids * vocab_size + flat).to(device),
+                            minlength=num_lists * vocab_size)
+    return counts.view(num_lists, vocab_size).float()
+
+
+def _apply_penalties(x: torch.Tensor, requests: list[SamplingRequest]) -> None:
+    rows = [i for i, r in enumerate(requests)
+            if r.params.repetition_penalty != 1.0 or r.params.frequency_penalty != 0.0
+            or r.params.presence_penalty != 0.0]
+    if not rows:
+        return
+    device = x.device
+    vocab_size = x.shape[1]
+    idx = torch.tensor(rows, device=device)
+    sub = x[idx]  # [P, V] copy
+    reqs = [requests[i] for i in rows]
+    output_counts = _token_counts([r.output_token_ids for r in reqs], vocab_size, device)  # [P, V]
+
+    repetition = torch.tensor([r.params.repetition_penalty for r in reqs], device=device)  # [P]
+    if (repetition != 1.0).any():
+        # Prompts only matter for the repetition penalty; skip counting them for other rows.
+        prompts = [r.prompt_token_ids if r.params.repetition_penalty != 1.0 else [] for r in reqs]
+        seen = (_token_counts(prompts, vocab_size, device) > 0) | (output_counts > 0)  # [P, V]
+        penalty = torch.where(seen, repetition[:, None], torch.ones_like(sub))  # [P, V]
+        sub = torch.where(sub > 0, sub / penalty, sub * penalty)
+
+    frequency = torch.tensor([r.params.frequency_penalty for r in reqs], device=device)  # [P]
+    presence = torch.tensor([r.params.presence_penalty for r in reqs], device=device)  # [P]
+    sub -= frequency[:, None] * output_counts + presence[:, None] * (output_counts > 0).float()
+    x[idx] = sub
+
+
+def _gather_logprobs(raw_logprobs: torch.Tensor, token_ids: torch.Tensor,
+                     requests: list[SamplingRequest]) -> SamplerOutput:
+    """Package sampled ids with their raw logprob, rank and the requested top alternatives."""
+    chosen = raw_logprobs.gather(1, token_ids[:, None])  # [R, 1]
+    ranks = (raw_logprobs > chosen).sum(dim=-1) + 1  # [R]
+    wanted = [r.params.logprobs for r in requests]
+    max_k = min(max((k or 0) for k in wanted), raw_logprobs.shape[1])
+    top_ids = top_vals = None
+    if max_k > 0:
+        vals, ids = raw_logprobs.topk(max_k, dim=-1)  # [R, max_k] each
+        top_ids, top_vals = ids.tolist(), vals.tolist()
+
+    out: SamplerOutput = []
+    # One .tolist() per tensor: a single device sync instead of one per row.
+    for i, (tok, lp, rank) in enumerate(zip(token_ids.tolist(), chosen.squeeze(1).tolist(),
+                                            ranks.tolist())):
+        k = wanted[i]
+        if k is None:
+            top = None
+        elif k == 0:
+            top = []
+        else:
+            top = list(zip(top_ids[i][:k], top_vals[i][:k]))
+        out.append(SampledToken(token_id=tok, logprob=lp, rank=rank, top_logprobs=top))
+    return out

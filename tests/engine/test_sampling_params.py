@@ -1,0 +1,177 @@
+"""SamplingParams / BeamSearchParams: vLLM's defaults, normalization, per-mode validation, repr."""
+from __future__ import annotations
+
+import pytest
+
+from runner.engine.sampling_params import (
+    _SAMPLING_EPS, BeamSearchParams, SamplingParams, SamplingType,
+)
+
+
+def test_defaults_match_vllm():
+    p = SamplingParams()
+    expected = dict(
+        n=1, best_of=1, presence_penalty=0.0, frequency_penalty=0.0, repetition_penalty=1.0,
+        temperature=1.0, top_p=1.0, top_k=-1, min_p=0.0, seed=None, use_beam_search=False,
+        length_penalty=1.0, early_stopping=False, stop=[], stop_token_ids=[],
+        include_stop_str_in_output=False, ignore_eos=False, max_tokens=16, min_tokens=0,
+        logprobs=None, prompt_logprobs=None, detokenize=True, skip_special_tokens=True,
+        spaces_between_special_tokens=True, logits_processors=None, truncate_prompt_tokens=None,
+    )
+    for name, value in expected.items():
+        assert getattr(p, name) == value, name
+    assert p.sampling_type == SamplingType.RANDOM
+    assert _SAMPLING_EPS == 1e-5
+    assert [t.value for t in SamplingType] == [0, 1, 2]
+    assert [t.name for t in SamplingType] == ["GREEDY", "RANDOM", "BEAM"]
+
+
+def test_normalization():
+    assert SamplingParams(stop="###").stop == ["###"]
+    assert SamplingParams(stop=("a", "bc")).stop == ["a", "bc"]
+    assert SamplingParams(stop_token_ids=(5, 7)).stop_token_ids == [5, 7]
+    assert SamplingParams(top_k=0).top_k == -1
+    assert SamplingParams(n=3).best_of == 3
+    assert SamplingParams(n=2, best_of=4).best_of == 4
+    assert SamplingParams(max_tokens=None).max_tokens is None
+    p = SamplingParams(temperature=1, top_p=1)
+    assert isinstance(p.temperature, float) and isinstance(p.top_p, float)
+
+
+def test_sampling_type():
+    assert SamplingParams(temperature=0.0).sampling_type == SamplingType.GREEDY
+    assert SamplingParams(temperature=1e-6).sampling_type == SamplingType.GREEDY
+    assert SamplingParams(temperature=0.7).sampling_type == SamplingType.RANDOM
+    beam = SamplingParams(n=2, use_beam_search=True, temperature=0.0)
+    assert beam.sampling_type == SamplingType.BEAM
+
+
+def test_output_text_buffer_length():
+    assert SamplingParams().output_text_buffer_length == 0
+    assert SamplingParams(stop=["a", "abcd", "xy"]).output_text_buffer_length == 3
+    assert SamplingParams(stop=["abcd"], include_stop_str_in_output=True
+                          ).output_text_buffer_length == 0
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(n=0), ["n", "0"]),
+    (dict(n=2, best_of=1), ["best_of", "n=2", "best_of=1"]),
+    (dict(presence_penalty=2.5), ["presence_penalty", "[-2, 2]", "2.5"]),
+    (dict(frequency_penalty=-3.0), ["frequency_penalty", "[-2, 2]", "-3.0"]),
+    (dict(repetition_penalty=0.0), ["repetition_penalty", "greater than zero", "0.0"]),
+    (dict(temperature=-0.1), ["temperature", "non-negative", "-0.1"]),
+    (dict(top_p=1.5), ["top_p must be in (0, 1], got 1.5."]),
+    (dict(top_p=0.0), ["top_p", "(0, 1]", "0.0"]),
+    (dict(top_k=-2), ["top_k", "-1", "-2"]),
+    (dict(min_p=1.5), ["min_p", "[0, 1]", "1.5"]),
+    (dict(max_tokens=0), ["max_tokens", "at least 1", "0"]),
+    (dict(min_tokens=-1), ["min_tokens", "-1"]),
+    (dict(min_tokens=20, max_tokens=10), ["min_tokens", "max_tokens=10", "20"]),
+    (dict(logprobs=-1), ["logprobs", "non-negative", "-1"]),
+    (dict(prompt_logprobs=-2), ["prompt_logprobs", "non-negative", "-2"]),
+    (dict(stop=["ok", ""]), ["stop", "empty"]),
+    (dict(seed=1.5), ["seed", "int", "1.5"]),
+    (dict(truncate_prompt_tokens=0), ["truncate_prompt_tokens", "at least 1", "0"]),
+    # unknown or wrong types
+    (dict(temperature="0.7"), ["temperature", "number", "'0.7'", "str"]),
+    (dict(n=1.0), ["n", "int", "1.0"]),
+    (dict(n=True), ["n", "int", "True"]),
+    (dict(top_k=2.5), ["top_k", "int"]),
+    (dict(stop=5), ["stop", "str", "5"]),
+    (dict(stop=["a", 3]), ["stop", "str", "3"]),
+    (dict(stop_token_ids=7), ["stop_token_ids", "list", "7"]),
+    (dict(stop_token_ids=["a"]), ["stop_token_ids", "int", "'a'"]),
+    (dict(ignore_eos="yes"), ["ignore_eos", "True or False", "'yes'"]),
+    (dict(early_stopping="sometimes"), ["early_stopping", "'never'", "'sometimes'"]),
+    (dict(logits_processors=[1]), ["logits_processors", "callable"]),
+    (dict(logits_processors=lambda ids, row: row), ["logits_processors", "list"]),
+])
+def test_general_validation(kwargs, words):
+    with pytest.raises(ValueError) as err:
+        SamplingParams(**kwargs)
+    for w in words:
+        assert w in str(err.value), (w, str(err.value))
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(n=1), ["best_of", "greater than 1", "1"]),
+    (dict(n=2, temperature=0.5), ["temperature", "0", "0.5", "beam search"]),
+    (dict(n=2, temperature=0.0, top_p=0.9), ["top_p", "1", "0.9", "beam search"]),
+    (dict(n=2, temperature=0.0, top_k=5), ["top_k", "-1", "5", "beam search"]),
+])
+def test_beam_validation(kwargs, words):
+    kwargs = {"use_beam_search": True, "temperature": 0.0, **kwargs}
+    with pytest.raises(ValueError) as err:
+        SamplingParams(**kwargs)
+    for w in words:
+        assert w in str(err.value), (w, str(err.value))
+
+
+@pytest.mark.parametrize("early_stopping", [True, False, "never"])
+def test_beam_accepts_early_stopping_values(early_stopping):
+    p = SamplingParams(n=2, use_beam_search=True, temperature=0.0, length_penalty=0.6,
+                       early_stopping=early_stopping)
+    assert p.early_stopping == early_stopping
+    assert p.length_penalty == 0.6
+
+
+def test_non_beam_validation():
+    with pytest.raises(ValueError, match="early_stopping.*use_beam_search=True"):
+        SamplingParams(early_stopping=True)
+    with pytest.raises(ValueError, match="early_stopping"):
+        SamplingParams(early_stopping="never")
+    with pytest.raises(ValueError, match=r"length_penalty is only used with use_beam_search=True"):
+        SamplingParams(length_penalty=0.5)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(n=2), ["best_of must be 1", "greedy", "2", "temperature > 0"]),
+    (dict(best_of=3), ["best_of must be 1", "3"]),
+    (dict(top_p=0.9), ["top_p must be 1", "0.9", "set temperature > 0 to sample with top_p"]),
+    (dict(top_k=10), ["top_k must be -1", "10", "set temperature > 0 to sample with top_k"]),
+])
+def test_greedy_validation(kwargs, words):
+    with pytest.raises(ValueError) as err:
+        SamplingParams(temperature=0.0, **kwargs)
+    for w in words:
+        assert w in str(err.value), (w, str(err.value))
+
+
+def test_greedy_accepts_disabled_filters():
+    p = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, seed=3, logprobs=5, min_tokens=2)
+    assert p.sampling_type == SamplingType.GREEDY and p.top_k == -1
+
+
+def test_clone_is_deep_but_shares_processors():
+    def proc(ids, row):
+        return row
+    p = SamplingParams(stop=["x"], stop_token_ids=[3], logits_processors=[proc], seed=7)
+    q = p.clone()
+    assert q == p and q is not p
+    q.stop.append("y")
+    q.stop_token_ids.append(4)
+    assert p.stop == ["x"] and p.stop_token_ids == [3]
+    assert q.logits_processors[0] is proc
+
+
+def test_repr_reads_like_vllm():
+    r = repr(SamplingParams(temperature=0.5, stop="\n", max_tokens=32))
+    assert r.startswith("SamplingParams(n=1, best_of=1, presence_penalty=0.0, "
+                        "frequency_penalty=0.0, repetition_penalty=1.0, temperature=0.5, "
+                        "top_p=1.0, top_k=-1, min_p=0.0, seed=None, ")
+    assert "stop=['\\n']" in r and "max_tokens=32" in r and r.endswith(")")
+
+
+def test_beam_search_params():
+    p = BeamSearchParams(beam_width=4, max_tokens=20)
+    assert (p.ignore_eos, p.temperature, p.length_penalty, p.include_stop_str_in_output) == (
+        False, 0.0, 1.0, False)
+    with pytest.raises(ValueError, match=r"beam_width must be at least 1, got 0"):
+        BeamSearchParams(beam_width=0, max_tokens=5)
+    with pytest.raises(ValueError, match=r"max_tokens must be at least 1, got 0"):
+        BeamSearchParams(beam_width=2, max_tokens=0)
+    with pytest.raises(ValueError, match=r"beam_width must be an int"):
+        BeamSearchParams(beam_width="2", max_tokens=5)
+    with pytest.raises(ValueError, match=r"temperature"):
+        BeamSearchParams(beam_width=2, max_tokens=5, temperature=-1.0)
+    assert p.clone() == p
