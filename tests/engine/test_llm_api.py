@@ -1,0 +1,197 @@
+"""The LLM front end: prompt forms, stop conditions, hub loading, and every bad-input error."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+
+from runner.engine import LLM, SamplingParams
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_model_factory):
+    return LLM(tiny_model_factory("llama"), max_model_len=96, max_num_batched_tokens=64)
+
+
+GREEDY = dict(temperature=0, max_tokens=12, ignore_eos=True)
+
+
+def test_prompt_forms_and_order(llm):
+    tok = llm.get_tokenizer()
+    ids = tok("Hello world").input_ids
+    outs = llm.generate(["Hello world", {"prompt": "Hello world"}, {"prompt_token_ids": ids}],
+                        SamplingParams(**GREEDY), use_tqdm=False)
+    assert [o.prompt_token_ids for o in outs] == [ids, ids, ids]
+    assert outs[0].outputs[0].token_ids == outs[1].outputs[0].token_ids == \
+        outs[2].outputs[0].token_ids
+    assert outs[2].prompt is None
+    # per-prompt params, results in prompt order
+    outs = llm.generate(["a", "b", "c"], [SamplingParams(temperature=0, max_tokens=k,
+                                                         ignore_eos=True) for k in (3, 1, 2)],
+                        use_tqdm=False)
+    assert [len(o.outputs[0].token_ids) for o in outs] == [3, 1, 2]
+    assert "RequestOutput(request_id=" in repr(outs[0]) and "CompletionOutput(index=0" in \
+        repr(outs[0])
+
+
+def test_text_equals_tokenizer_decode(llm):
+    out = llm.generate("The river flows", SamplingParams(temperature=0.8, seed=3,
+                                                         max_tokens=30, ignore_eos=True),
+                       use_tqdm=False)[0].outputs[0]
+    tok = llm.get_tokenizer()
+    assert out.text == tok.decode(out.token_ids, skip_special_tokens=True)
+
+
+def test_stop_strings_stop_token_ids_min_tokens(llm):
+    tok = llm.get_tokenizer()
+    base = llm.generate("Paris is", SamplingParams(**GREEDY), use_tqdm=False)[0].outputs[0]
+    text = base.text
+    # a stop string taken from the middle of the greedy text: output is cut before it
+    stop = text[4:7]
+    assert stop and text.find(stop) >= 0
+    cut = llm.generate("Paris is", SamplingParams(**GREEDY, stop=[stop]),
+                       use_tqdm=False)[0].outputs[0]
+    assert cut.finish_reason == "stop" and cut.stop_reason == stop
+    assert cut.text == text[:text.find(stop)]
+    incl = llm.generate("Paris is", SamplingParams(**GREEDY, stop=[stop],
+                                                   include_stop_str_in_output=True),
+                        use_tqdm=False)[0].outputs[0]
+    assert incl.text == text[:text.find(stop) + len(stop)]
+    # stop_token_ids: stops at the first occurrence of the 4th greedy token, kept in token_ids
+    target = base.token_ids[3]
+    first = base.token_ids.index(target)
+    out = llm.generate("Paris is", SamplingParams(**GREEDY, stop_token_ids=[target]),
+                       use_tqdm=False)[0].outputs[0]
+    assert out.token_ids == base.token_ids[:first + 1]
+    assert out.finish_reason == "stop" and out.stop_reason == target
+    # min_tokens: the stop token is masked until min_tokens are out
+    out = llm.generate("Paris is", SamplingParams(**GREEDY, stop_token_ids=[target],
+                                                  min_tokens=first + 2),
+                       use_tqdm=False)[0].outputs[0]
+    assert target not in out.token_ids[:first + 2]
+    assert len(out.token_ids) >= first + 2
+    del tok
+
+
+def test_eos_stops_unless_ignored(tiny_model_factory):
+    path = tiny_model_factory("llama")
+    llm = LLM(path, max_model_len=96)
+    base = llm.generate("Paris is", SamplingParams(**GREEDY), use_tqdm=False)[0].outputs[0]
+    # make the 3rd greedy token the model's eos: generation must stop there
+    llm.llm_engine.eos_token_id = base.token_ids[2]
+    llm.llm_engine.model_runner.eos_token_id = base.token_ids[2]
+    out = llm.generate("Paris is", SamplingParams(temperature=0, max_tokens=12),
+                       use_tqdm=False)[0].outputs[0]
+    assert out.token_ids == base.token_ids[:3] and out.finish_reason == "stop"
+    assert out.stop_reason is None
+    out = llm.generate("Paris is", SamplingParams(**GREEDY), use_tqdm=False)[0].outputs[0]
+    assert out.token_ids == base.token_ids
+
+
+def test_max_model_len_caps_generation(llm):
+    out = llm.generate({"prompt_token_ids": list(range(5, 90))},
+                       SamplingParams(temperature=0, max_tokens=50, ignore_eos=True),
+                       use_tqdm=False)[0]
+    assert len(out.prompt_token_ids) + len(out.outputs[0].token_ids) == 96
+    assert out.outputs[0].finish_reason == "length"
+
+
+def test_hub_id_from_local_cache_offline(tiny_model_factory, tmp_path, monkeypatch):
+    """A hub id resolves through huggingface_hub's cache layout with HF_HUB_OFFLINE=1,
+    honouring the revision."""
+    src = tiny_model_factory("llama")
+    repo = tmp_path / "hub" / "models--acme--tiny-llama"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(src, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "refs" / "v1").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants as c
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    llm = LLM("acme/tiny-llama", revision="v1", max_model_len=64)
+    assert llm.llm_engine.model_config.model_path.endswith(commit)
+    ref = LLM(src, max_model_len=64)
+    p = SamplingParams(**GREEDY)
+    assert llm.generate("Hello", p, use_tqdm=False)[0].outputs[0].token_ids == \
+        ref.generate("Hello", p, use_tqdm=False)[0].outputs[0].token_ids
+    with pytest.raises(ValueError, match="acme/absent.*could not be loaded"):
+        LLM("acme/absent", max_model_len=64)
+
+
+# ------------------------------------------------------------------------ bad input
+def test_empty_prompt_list_and_empty_prompt(llm):
+    with pytest.raises(ValueError, match="prompts is empty"):
+        llm.generate([], use_tqdm=False)
+    with pytest.raises(ValueError, match="prompt is empty"):
+        llm.generate({"prompt_token_ids": []}, use_tqdm=False)
+    with pytest.raises(ValueError, match="2 sampling_params for 3 prompts"):
+        llm.generate(["a", "b", "c"], [SamplingParams()] * 2, use_tqdm=False)
+
+
+def test_prompt_longer_than_max_model_len(llm):
+    with pytest.raises(ValueError, match="100 tokens.*max_model_len=96"):
+        llm.generate({"prompt_token_ids": [5] * 100}, use_tqdm=False)
+    # the failed call left nothing behind: the engine still serves
+    assert not llm.llm_engine.has_unfinished_requests()
+    assert llm.generate("ok", SamplingParams(**GREEDY), use_tqdm=False)[0].finished
+
+
+def test_missing_model_folder_and_bad_config(tmp_path):
+    with pytest.raises(ValueError, match="model folder not found"):
+        LLM(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no config.json"):
+        LLM(str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("kwargs, exc, pattern", [
+    (dict(dtype="float17"), ValueError, "dtype must be one of"),
+    (dict(load_format="zip"), ValueError, "load_format must be one of"),
+    (dict(device="tpu"), ValueError, "device must be one of"),
+    (dict(gpu_memory_utilization=1.5), ValueError, "gpu_memory_utilization"),
+    (dict(block_size=3), ValueError, "block_size"),
+    (dict(max_model_len=100000), ValueError, "larger than the model's maximum"),
+    (dict(tensor_parallel_size=2), NotImplementedError, "tensor_parallel_size=2"),
+    (dict(quantization="awq"), NotImplementedError, "quantization='awq'"),
+    (dict(cpu_offload_gb=2), NotImplementedError, "cpu_offload_gb"),
+    (dict(enable_prefix_caching=True), NotImplementedError, "enable_prefix_caching"),
+    (dict(not_an_arg=1), TypeError, "not_an_arg"),
+])
+def test_bad_engine_arguments(tiny_llama, kwargs, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        LLM(tiny_llama, **kwargs)
+
+
+def test_unsupported_architecture(tmp_path, tiny_llama):
+    import json
+    dst = tmp_path / "weird"
+    shutil.copytree(tiny_llama, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["architectures"] = ["FancyNetForCausalLM"]
+    (dst / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="FancyNetForCausalLM.*LlamaForCausalLM.*"
+                                         "Qwen2ForCausalLM"):
+        LLM(str(dst))
+
+
+def test_sampling_params_rules_surface_as_value_errors():
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(temperature=0, top_p=0.5)
+    with pytest.raises(ValueError, match="best_of"):
+        SamplingParams(use_beam_search=True, best_of=1, temperature=0)
+    with pytest.raises(ValueError, match="max_tokens"):
+        SamplingParams(max_tokens=0)
+    with pytest.raises(ValueError, match="logprobs"):
+        SamplingParams(logprobs=-1)
+
+
+def test_dtype_auto_is_float32_on_cpu_and_explicit_dtype_honoured(tiny_llama):
+    assert LLM(tiny_llama, max_model_len=32).llm_engine.model_config.dtype == torch.float32
+    llm = LLM(tiny_llama, dtype="bfloat16", max_model_len=32)
+    assert llm.llm_engine.model_runner.kv_caches[0].dtype == torch.bfloat16
+    assert os.path.isdir(llm.llm_engine.model_config.model_path)
