@@ -139,7 +139,8 @@ def test_smol_tokenizer_matches_reference(smol_converted, smol_ref_tokenizer):
         ids = tok(text).input_ids
         assert ids == ref(text).input_ids, text
         assert tok.decode(ids) == ref.decode(ids) == text
-    assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<|im_start|>", "<|im_end|>", "<|im_end|>")
+    specials = (tok.bos_token, tok.eos_token, tok.pad_token)
+    assert specials == ("<|im_start|>", "<|im_end|>", "<|im_end|>")
     assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (1, 2, 2)
 
 
@@ -149,8 +150,9 @@ def test_smol_chat_template_present(smol_converted, smol_ref_tokenizer):
     tok = AutoTokenizer.from_pretrained(smol_converted["folder"])
     assert tok.chat_template and "<|im_start|>" in tok.chat_template
     msgs = [{"role": "user", "content": "What is 2+2?"}]
-    text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    ref_text = smol_ref_tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    kw = dict(tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(msgs, **kw)
+    ref_text = smol_ref_tokenizer.apply_chat_template(msgs, **kw)
     assert text == ref_text
     assert text.endswith("<|im_start|>assistant\n") and "What is 2+2?" in text
 
@@ -158,7 +160,8 @@ def test_smol_chat_template_present(smol_converted, smol_ref_tokenizer):
 def test_smol_logits_equal_reference(smol_converted, smol_reference, smol_ref_tokenizer):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(smol_converted["folder"], dtype=torch.float32).eval()
+    folder = smol_converted["folder"]
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     ids = torch.tensor([smol_ref_tokenizer(TEXTS[1]).input_ids])
     with torch.no_grad():
         got = model(ids).logits  # [1, seq, vocab]
