@@ -15,8 +15,8 @@ from typing import Optional, Sequence, Union
 
 from runner.engine.config import EngineArgs
 from runner.engine.llm_engine import LLMEngine
-from runner.engine.outputs import RequestOutput
-from runner.engine.sampling_params import SamplingParams
+from runner.engine.outputs import BeamSearchOutput, BeamSearchSequence, RequestOutput
+from runner.engine.sampling_params import BeamSearchParams, SamplingParams
 
 
 class LLM:
@@ -70,17 +70,20 @@ class LLM:
             if len(params) != len(prompts):
                 raise ValueError(f"got {len(params)} sampling_params for {len(prompts)} prompts; "
                                  "give one, or one per prompt.")
+        return self._run_engine(self._add_requests(prompts, params), use_tqdm)
+
+    def _add_requests(self, prompts: list, params: list, **kwargs) -> list[str]:
         ids = []
         try:
             for prompt, p in zip(prompts, params):
                 rid = str(self.request_counter)
-                self.llm_engine.add_request(rid, prompt, p)
+                self.llm_engine.add_request(rid, prompt, p, **kwargs)
                 self.request_counter += 1
                 ids.append(rid)
         except Exception:
             self.llm_engine.abort_request(ids)      # leave the engine as it was
             raise
-        return self._run_engine(ids, use_tqdm)
+        return ids
 
     def _run_engine(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         engine = self.llm_engine
@@ -114,9 +117,42 @@ class LLM:
                 bar.close()
         return results
 
+    # --------------------------------------------------------------- beam search
+    def beam_search(self, prompts: Union[str, dict, Sequence[Union[str, dict]]],
+                    params: BeamSearchParams, use_tqdm: bool = False) -> list[BeamSearchOutput]:
+        """Beam search inside the engine: the beams of every prompt decode together, sharing
+        their prompt's KV blocks. Returns, per prompt, beam_width sequences best first; each
+        sequence's tokens and text include the prompt, as vLLM's do."""
+        if not isinstance(params, BeamSearchParams):
+            raise ValueError(f"params must be BeamSearchParams, got {type(params).__name__}.")
+        if isinstance(prompts, (str, dict)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("prompts is empty: give at least one prompt.")
+        sp = SamplingParams(n=params.beam_width, temperature=1.0, max_tokens=params.max_tokens,
+                            ignore_eos=params.ignore_eos)
+        ids = self._add_requests(prompts, [sp] * len(prompts), beam_params=params)
+        outputs = self._run_engine(ids, use_tqdm)
+        tok = self.get_tokenizer()
+        eos = self.llm_engine.eos_token_id
+        results = []
+        for out in outputs:
+            seqs = []
+            for c in out.outputs:
+                gen = list(c.token_ids)
+                if gen and gen[-1] == eos and c.finish_reason == "stop" and \
+                        not params.include_stop_str_in_output:
+                    gen = gen[:-1]
+                tokens = list(out.prompt_token_ids) + gen
+                text = tok.decode(tokens, skip_special_tokens=True) if tok is not None else None
+                seqs.append(BeamSearchSequence(tokens=tokens, logprobs=[],
+                                               cum_logprob=c.cumulative_logprob, text=text,
+                                               finish_reason=c.finish_reason))
+            results.append(BeamSearchOutput(sequences=seqs))
+        return results
+
     # ------------------------------------------------------- entry points to come
-    def beam_search(self, prompts, params):
-        raise NotImplementedError("LLM.beam_search is not implemented yet in this engine.")
 
     def chat(self, messages, sampling_params=None, use_tqdm: bool = True, **kwargs):
         raise NotImplementedError("LLM.chat is not implemented yet in this engine; render the "

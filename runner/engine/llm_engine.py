@@ -14,13 +14,14 @@ from typing import Iterable, Optional, Union
 
 import torch
 
+from runner.engine.beam_search import BeamSearchState
 from runner.engine.block_manager import BlockManager
 from runner.engine.config import EngineArgs, EngineConfig
 from runner.engine.detokenizer import IncrementalDetokenizer, find_stop_string
 from runner.engine.model_runner import ModelRunner, ModelRunnerOutput, needs_fork
 from runner.engine.outputs import CompletionOutput, Logprob, RequestOutput
 from runner.engine.sampler import SampledToken
-from runner.engine.sampling_params import SamplingParams
+from runner.engine.sampling_params import BeamSearchParams, SamplingParams
 from runner.engine.scheduler import Scheduler, SchedulerOutput
 from runner.engine.sequence import Sequence, SequenceGroup, SequenceStatus
 from runner.engine.tokenizer import load_tokenizer
@@ -97,17 +98,17 @@ class LLMEngine:
         return text, ids
 
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams,
-                    arrival_time: Optional[float] = None) -> None:
+                    arrival_time: Optional[float] = None,
+                    beam_params: Optional[BeamSearchParams] = None) -> None:
+        """Queue one request. `beam_params` (from LLM.beam_search) runs it as a beam search;
+        so does params.use_beam_search=True (the legacy form: best_of beams, n returned)."""
         if not isinstance(params, SamplingParams):
             raise ValueError(f"params must be SamplingParams, got {type(params).__name__}.")
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in the engine.")
-        if params.use_beam_search:
-            raise NotImplementedError("use_beam_search=True is not supported by this engine "
-                                      "yet; use greedy or random sampling.")
-        if params.best_of is not None and params.best_of > params.n:
-            raise NotImplementedError(f"best_of={params.best_of} > n={params.n} is not "
-                                      "supported yet; set best_of=None or equal to n.")
+        if (params.use_beam_search or beam_params is not None) and params.stop:
+            raise ValueError("stop strings are not supported with beam search; use "
+                             "stop_token_ids or max_tokens.")
         max_logprobs = self.model_config.max_logprobs
         for name in ("logprobs", "prompt_logprobs"):
             val = getattr(params, name)
@@ -127,15 +128,34 @@ class LLMEngine:
                              f"max_model_len={max_len} allows (it needs room for at least one "
                              "generated token); shorten it or raise max_model_len.")
         group = SequenceGroup(request_id, text, ids, params, arrival_time)
+        if params.use_beam_search or beam_params is not None:
+            self._init_beam(group, params, beam_params, max_len - len(ids))
         dev = self.device_config.device
         group.generators = [
             torch.Generator(device=dev).manual_seed(seed_for(params.seed, i))
-            if params.seed is not None else None for i in range(params.n)]
+            if params.seed is not None else None for i in range(group.num_seqs)]
         seq = Sequence(self._next_seq_id(), group, ids, 0, group.generators[0])
         self._attach_detokenizer(seq)
         group.seqs.append(seq)
         self.scheduler.add_seq_group(group)
         self.requests[request_id] = group
+
+    def _init_beam(self, group: SequenceGroup, params: SamplingParams,
+                   beam_params: Optional[BeamSearchParams], room: int) -> None:
+        if beam_params is not None:
+            width, lp, es = beam_params.beam_width, beam_params.length_penalty, False
+            max_tokens, ignore_eos = beam_params.max_tokens, beam_params.ignore_eos
+            group.beam_temperature = beam_params.temperature
+            group.beam_include_eos = beam_params.include_stop_str_in_output
+        else:
+            width, lp, es = params.best_of, params.length_penalty, params.early_stopping
+            max_tokens, ignore_eos = params.max_tokens, params.ignore_eos
+        eos = [] if ignore_eos or self.eos_token_id is None else [self.eos_token_id]
+        eos += [t for t in (params.stop_token_ids or []) if t not in eos]
+        group.beam = BeamSearchState(
+            beam_width=width, length_penalty=lp, early_stopping=es,
+            max_tokens=min(max_tokens or room, room), eos_token_ids=eos)
+        group.num_seqs = width
 
     def _next_seq_id(self) -> int:
         self._seq_counter += 1
@@ -143,7 +163,7 @@ class LLMEngine:
 
     def _attach_detokenizer(self, seq: Sequence) -> None:
         p = seq.sampling_params
-        if self.tokenizer is not None and p.detokenize:
+        if self.tokenizer is not None and p.detokenize and seq.group.beam is None:
             seq.detokenizer = IncrementalDetokenizer(
                 self.tokenizer, seq.prompt_token_ids, p.skip_special_tokens,
                 p.spaces_between_special_tokens)
@@ -189,10 +209,15 @@ class LLMEngine:
                          runner_out: ModelRunnerOutput) -> list[SequenceGroup]:
         touched: dict[str, SequenceGroup] = {}
         now = time.time()
+        beam_groups: dict[str, SequenceGroup] = {}
         for i, s in enumerate(sched_out.scheduled):
             seq, group = s.seq, s.seq.group
             if i in runner_out.prompt_logprobs:
                 self._add_prompt_logprobs(group, runner_out.prompt_logprobs[i], s)
+            if i in runner_out.beam_candidates:
+                seq.beam_candidates = runner_out.beam_candidates[i]
+                beam_groups[group.request_id] = group
+                continue
             tokens = runner_out.sampled.get(i)
             if not tokens:
                 continue
@@ -201,6 +226,7 @@ class LLMEngine:
                 group.metrics.first_token_time = now
             group.metrics.last_token_time = now
             if needs_fork(seq):
+                group.forked = True
                 for idx, tok in enumerate(tokens[1:], start=1):
                     child = seq.fork(self._next_seq_id(), idx, group.generators[idx])
                     self._attach_detokenizer(child)
@@ -208,7 +234,75 @@ class LLMEngine:
                     self.scheduler.fork(seq, child)
                     self._append(child, tok)
             self._append(seq, tokens[0])
+        for group in beam_groups.values():
+            live = [q for q in group.seqs if not q.is_finished()]
+            if all(q.beam_candidates is not None for q in live):
+                self._beam_step(group, live, now)
+                touched[group.request_id] = group
         return list(touched.values())
+
+    # ---------------------------------------------------------------- beam search
+    def _beam_step(self, group: SequenceGroup, live: list[Sequence], now: float) -> None:
+        """Every live beam has its candidates: choose the next beams (forking the parents'
+        blocks), record finished hypotheses, free the beams that died."""
+        state = group.beam
+        want_lps = group.sampling_params.logprobs
+        cands = [list(zip(*q.beam_candidates)) for q in live]
+        running = state.step([q.cumulative_logprob for q in live], cands,
+                             live[0].num_output_tokens)
+        if group.metrics.first_token_time is None:
+            group.metrics.first_token_time = now
+        group.metrics.last_token_time = now
+        self.stats["num_generation_tokens"] += len(live)
+        for hyp in state.finished:
+            c = getattr(hyp, "_candidate", None)
+            if c is None:
+                continue
+            parent = live[c.parent]
+            hyp.token_ids = parent.output_token_ids + [c.token_id]
+            if want_lps is not None:
+                hyp.logprobs = parent.output_logprobs + [self._beam_logprobs(parent, c)]
+            del hyp._candidate
+        new_beams: list[Sequence] = []
+        if not state.done:
+            # first decide who continues each candidate: the parent itself for its best child,
+            # a fork of the (still unchanged) parent for any further child
+            assigned: list[tuple[Sequence, object]] = []
+            used: set[int] = set()
+            for c in running:
+                parent = live[c.parent]
+                if c.parent in used:
+                    beam = parent.fork(self._next_seq_id(), 0, None)
+                    self.scheduler.fork(parent, beam)
+                else:
+                    used.add(c.parent)
+                    beam = parent
+                assigned.append((beam, c))
+            for beam, c in assigned:
+                if want_lps is not None:
+                    beam.output_logprobs.append(self._beam_logprobs(live[c.parent], c))
+                beam.append_token(c.token_id, c.logprob)
+                new_beams.append(beam)
+            group.forked = True
+        for q in live:
+            q.beam_candidates = None
+            if state.done or q not in new_beams:
+                q.status = SequenceStatus.FINISHED_STOPPED      # freed by the scheduler
+        if state.done:
+            beams = [(q.output_token_ids, q.cumulative_logprob,
+                      q.output_logprobs if want_lps is not None else None) for q in live]
+            group.beam_results = state.final(beams, group.sampling_params.n)
+            group.seqs = live
+        else:
+            for i, beam in enumerate(new_beams):
+                beam.index = i
+            group.seqs = new_beams
+
+    def _beam_logprobs(self, parent: Sequence, c) -> dict[int, Logprob]:
+        ids, lps = parent.beam_candidates
+        k = parent.sampling_params.logprobs or 0
+        rank = ids.index(c.token_id) + 1 if c.token_id in ids else None
+        return self._logprob_dict(c.token_id, c.logprob, rank, list(zip(ids[:k], lps[:k])))
 
     def _add_prompt_logprobs(self, group: SequenceGroup, entries: list, s) -> None:
         first = len(group.prompt_logprobs)          # prompt token index of the first entry
@@ -271,23 +365,49 @@ class LLMEngine:
     # -------------------------------------------------------------------- outputs
     def _make_output(self, group: SequenceGroup, finished: bool) -> RequestOutput:
         p = group.sampling_params
-        seqs = sorted(group.seqs, key=lambda s: s.index)
-        completions = []
-        for seq in seqs:
-            text = seq.output_text
-            if not seq.is_finished() and p.output_text_buffer_length:
-                text = text[:-p.output_text_buffer_length] or ""
-            completions.append(CompletionOutput(
-                index=seq.index, text=text, token_ids=seq.output_token_ids,
-                cumulative_logprob=seq.cumulative_logprob,
-                logprobs=list(seq.output_logprobs) if p.logprobs is not None else None,
-                finish_reason=seq.status.finish_reason, stop_reason=seq.stop_reason))
+        if group.beam is not None:
+            completions = self._beam_completions(group, finished)
+        else:
+            seqs = sorted(group.seqs, key=lambda s: s.index)
+            if finished and group.num_seqs > p.n:
+                # best_of: keep the n candidates with the highest cumulative logprob
+                seqs = sorted(seqs, key=lambda s: -s.cumulative_logprob)[:p.n]
+            completions = []
+            for i, seq in enumerate(seqs):
+                text = seq.output_text
+                if not seq.is_finished() and p.output_text_buffer_length:
+                    text = text[:-p.output_text_buffer_length] or ""
+                completions.append(CompletionOutput(
+                    index=i if finished else seq.index, text=text,
+                    token_ids=seq.output_token_ids, cumulative_logprob=seq.cumulative_logprob,
+                    logprobs=list(seq.output_logprobs) if p.logprobs is not None else None,
+                    finish_reason=seq.status.finish_reason, stop_reason=seq.stop_reason))
         return RequestOutput(
             request_id=group.request_id, prompt=group.prompt,
             prompt_token_ids=group.prompt_token_ids,
             prompt_logprobs=list(group.prompt_logprobs) if group.prompt_logprobs is not None
             else None,
             outputs=completions, finished=finished, metrics=group.metrics)
+
+    def _beam_completions(self, group: SequenceGroup, finished: bool) -> list[CompletionOutput]:
+        """Finished: the n best hypotheses by length-penalized score. Running: the live beams,
+        best first."""
+        p = group.sampling_params
+        if finished and group.beam_results is not None:
+            items = [(h.token_ids, h.cumulative_logprob, h.logprobs, h.finish_reason)
+                     for h in group.beam_results]
+        else:
+            items = [(q.output_token_ids, q.cumulative_logprob,
+                      list(q.output_logprobs) if p.logprobs is not None else None, None)
+                     for q in group.seqs[:p.n]]
+        out = []
+        for i, (tokens, cum, lps, reason) in enumerate(items):
+            text = "" if self.tokenizer is None or not p.detokenize else self.tokenizer.decode(
+                tokens, skip_special_tokens=p.skip_special_tokens)
+            out.append(CompletionOutput(index=i, text=text, token_ids=list(tokens),
+                                        cumulative_logprob=cum, logprobs=lps,
+                                        finish_reason=reason))
+        return out
 
     def get_stats(self) -> dict:
         bs = self.cache_config.block_size

@@ -37,11 +37,15 @@ class ModelRunnerOutput:
     sampled: dict[int, list[SampledToken]] = field(default_factory=dict)
     # index into SchedulerOutput.scheduled -> prompt logprob entries, in prompt order
     prompt_logprobs: dict[int, list] = field(default_factory=dict)
+    # index into SchedulerOutput.scheduled -> a beam's best (token ids, logprobs)
+    beam_candidates: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)
 
 
 def needs_fork(seq: Sequence) -> bool:
-    """The first sample of a request with n > 1 produces all n sequences' first tokens."""
-    return seq.num_output_tokens == 0 and len(seq.group.seqs) < seq.group.n
+    """The first sample of a request with n > 1 (or best_of > 1) produces all its sequences'
+    first tokens. Beams fork in the beam-search step instead."""
+    group = seq.group
+    return group.beam is None and not group.forked and group.num_seqs > 1
 
 
 class ModelRunner:
@@ -218,9 +222,14 @@ class ModelRunner:
                 logits[at:at + count], targets, s.seq.sampling_params.prompt_logprobs)
 
         requests, owners, logit_rows = [], [], []
+        beam_rows = [(i, at) for i, at in sample_rows if out.scheduled[i].seq.group.beam]
+        if beam_rows:
+            self._beam_candidates(out, logits, beam_rows, result)
         for i, at in sample_rows:
             seq = out.scheduled[i].seq
             group = seq.group
+            if group.beam is not None:
+                continue
             gens = group.generators if needs_fork(seq) else [seq.generator]
             for gen in gens:
                 requests.append(SamplingRequest(
@@ -234,3 +243,23 @@ class ModelRunner:
             for owner, tok in zip(owners, sampled):
                 result.sampled.setdefault(owner, []).append(tok)
         return result
+
+    def _beam_candidates(self, out: SchedulerOutput, logits: torch.Tensor,
+                         beam_rows: list[tuple[int, int]], result: ModelRunnerOutput) -> None:
+        """Each beam's best tokens by log-probability (HF's beam scores: log_softmax of the
+        logits, EOS masked to -inf while fewer than min_tokens are out)."""
+        rows = logits[[at for _, at in beam_rows]]                          # [Rb, V]
+        temps = torch.tensor([max(out.scheduled[i].seq.group.beam_temperature, 0.0) or 1.0
+                              for i, _ in beam_rows], device=rows.device).view(-1, 1)
+        lps = torch.log_softmax(rows / temps, dim=-1)
+        for r, (i, _) in enumerate(beam_rows):
+            seq = out.scheduled[i].seq
+            p = seq.sampling_params
+            if seq.num_output_tokens < p.min_tokens:
+                for t in seq.group.beam.eos_token_ids:
+                    lps[r, t] = float("-inf")
+        k = max(max(out.scheduled[i].seq.group.beam.num_candidates,
+                    out.scheduled[i].seq.sampling_params.logprobs or 0) for i, _ in beam_rows)
+        vals, ids = lps.topk(min(k, lps.shape[-1]), dim=-1)
+        for r, (i, _) in enumerate(beam_rows):
+            result.beam_candidates[i] = (ids[r].tolist(), vals[r].tolist())

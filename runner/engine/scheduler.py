@@ -60,9 +60,11 @@ class Scheduler:
 
     # --------------------------------------------------------------- requests
     def add_seq_group(self, group: SequenceGroup) -> None:
-        if group.n > self.config.max_num_seqs:
-            raise ValueError(f"n={group.n} is larger than max_num_seqs="
-                             f"{self.config.max_num_seqs}; raise max_num_seqs or lower n.")
+        width = group.beam.beam_width if group.beam is not None else group.num_seqs
+        if width > self.config.max_num_seqs:
+            raise ValueError(f"the request needs {width} sequences at once (n, best_of or beam "
+                             f"width), more than max_num_seqs={self.config.max_num_seqs}; raise "
+                             "max_num_seqs or lower it.")
         for seq in group.seqs:
             seq.status = SequenceStatus.WAITING
             self.waiting.append(seq)
@@ -89,19 +91,50 @@ class Scheduler:
 
     # --------------------------------------------------------------- schedule
     def _seq_slots(self, seq: Sequence) -> int:
-        """Slots a sequence will hold: a request with n > 1 forks after its first sample."""
-        if len(seq.group.seqs) < seq.group.n:
-            return seq.group.n
-        return 1
+        """Slots a sequence will hold: a request with n > 1 (or best_of, or beams) forks after
+        its first sample."""
+        group = seq.group
+        if group.forked:
+            return 1
+        return group.beam.beam_width if group.beam is not None else group.num_seqs
 
-    def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
-        self.running.remove(seq)
-        self.block_manager.free(seq)
-        seq.num_computed_tokens = 0
-        seq.status = SequenceStatus.WAITING
-        self.waiting.appendleft(seq)
-        out.preempted.append(seq)
-        self.num_preemptions += 1
+    def _unit(self, seq: Sequence) -> list[Sequence]:
+        """What is preempted and admitted together: the live beams of a beam-search request
+        (each step waits for all of them, so a lone beam could never progress), else the
+        sequence alone."""
+        if seq.group.beam is None:
+            return [seq]
+        return [s for s in seq.group.seqs if not s.is_finished()]
+
+    def _preempt_unit(self, seq: Sequence, out: SchedulerOutput) -> int:
+        """Preempt `seq`'s unit by recompute; returns the tokens it gives back to the budget."""
+        refund = 0
+        unit = [s for s in self._unit(seq) if s.status == SequenceStatus.RUNNING]
+        for s in reversed(unit):              # appendleft in reverse keeps their order
+            for j, sched in enumerate(out.scheduled):
+                if sched.seq is s:
+                    refund += sched.num_new_tokens
+                    del out.scheduled[j]
+                    break
+            self.running.remove(s)
+            self.block_manager.free(s)
+            s.num_computed_tokens = 0
+            s.status = SequenceStatus.WAITING
+            s.beam_candidates = None          # recomputed with the sequence
+            self.waiting.appendleft(s)
+            out.preempted.append(s)
+            self.num_preemptions += 1
+        return refund
+
+    def _newest_victim(self, seq: Sequence, visited: set[int]) -> Sequence | None:
+        """The newest running sequence not yet scheduled this step and not in `seq`'s unit."""
+        unit = {id(s) for s in self._unit(seq)}
+        for cand in reversed(self.running):
+            if id(cand) in visited:
+                return None                   # everything older is already scheduled
+            if id(cand) not in unit:
+                return cand
+        return None
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
@@ -109,27 +142,39 @@ class Scheduler:
         bm = self.block_manager
 
         # 1. running sequences, oldest first; preempt from the newest end when blocks run out
-        i = 0
-        while i < len(self.running) and budget > 0:
-            seq = self.running[i]
-            k = min(seq.num_uncomputed_tokens, budget)
-            while not bm.can_append(seq, k):
-                victim = self.running[-1]
-                self._preempt(victim, out)
-                if victim is seq:
-                    break
+        visited: set[int] = set()
+        for seq in list(self.running):
+            if budget <= 0:
+                break
             if seq.status != SequenceStatus.RUNNING:
-                break                       # seq itself was the newest: nothing after it runs
+                continue                      # preempted earlier in this loop
+            visited.add(id(seq))
+            k = min(seq.num_uncomputed_tokens, budget)
+            if k == 0:                        # a beam waiting for its siblings' candidates
+                continue
+            while not bm.can_append(seq, k):
+                victim = self._newest_victim(seq, visited)
+                if victim is None:            # seq's unit is the newest: it goes back
+                    budget += self._preempt_unit(seq, out)
+                    break
+                budget += self._preempt_unit(victim, out)
+            if seq.status != SequenceStatus.RUNNING:
+                continue
             out.blocks_to_copy += bm.append_slots(seq, k)
             out.scheduled.append(ScheduledSequence(seq, seq.num_computed_tokens, k))
             budget -= k
-            i += 1
 
         # 2. admit waiting sequences, unless this step had to preempt (memory is tight)
         if not out.preempted:
             used_slots = sum(self._seq_slots(s) for s in self.running)
             while self.waiting and budget > 0:
                 seq = self.waiting[0]
+                if seq.group.beam is not None and seq.group.forked:
+                    admitted, budget = self._admit_beam_unit(seq, out, budget, used_slots)
+                    if not admitted:
+                        break
+                    used_slots += admitted
+                    continue
                 need = seq.num_uncomputed_tokens
                 k = min(need, budget)
                 if k < need and not self.config.enable_chunked_prefill:
@@ -147,13 +192,43 @@ class Scheduler:
                 out.scheduled.append(ScheduledSequence(seq, seq.num_computed_tokens, k))
                 budget -= k
 
-        if out.is_empty and self.waiting and not self.running:
+        if out.is_empty and self.waiting and not any(
+                s.num_uncomputed_tokens for s in self.running):
             seq = self.waiting[0]
             raise RuntimeError(
                 f"cannot schedule {seq}: it needs {bm.num_blocks_needed(seq, 1)} KV blocks and "
                 f"the cache has {bm.num_blocks} in all; raise num_gpu_blocks_override / "
                 "gpu_memory_utilization or lower max_model_len.")
         return out
+
+    def _admit_beam_unit(self, seq: Sequence, out: SchedulerOutput, budget: int,
+                         used_slots: int) -> tuple[int, int]:
+        """Readmit a preempted beam-search request: all its beams or none. Returns (slots
+        taken, budget left); (0, budget) when it does not fit yet."""
+        bm = self.block_manager
+        unit = []
+        for s in self.waiting:
+            if s.group is not seq.group:
+                break
+            unit.append(s)
+        blocks = sum(-(-s.num_tokens // bm.block_size) for s in unit)
+        if blocks > bm.num_blocks:
+            raise RuntimeError(
+                f"beam search request {seq.request_id!r} needs {blocks} KV blocks to recompute "
+                f"its {len(unit)} beams, more than the cache's {bm.num_blocks}; raise "
+                "num_gpu_blocks_override / gpu_memory_utilization or lower the beam width.")
+        if blocks > bm.num_free_blocks or used_slots + len(unit) > self.config.max_num_seqs:
+            return 0, budget
+        for s in unit:
+            self.waiting.popleft()
+            s.status = SequenceStatus.RUNNING
+            self.running.append(s)
+            k = min(s.num_uncomputed_tokens, budget)
+            if k > 0:
+                out.blocks_to_copy += bm.append_slots(s, k)
+                out.scheduled.append(ScheduledSequence(s, s.num_computed_tokens, k))
+                budget -= k
+        return len(unit), budget
 
     # ----------------------------------------------------------------- update
     def update(self, out: SchedulerOutput) -> None:

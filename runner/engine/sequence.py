@@ -57,6 +57,9 @@ class Sequence:
         self.output_text = ""
         self.detokenizer = None                 # IncrementalDetokenizer, set by the engine
         self.stop_reason: Optional[int | str] = None
+        # beam search: this beam's best (token ids, logprobs) after its last forward, held until
+        # every live beam of the request has its own
+        self.beam_candidates: Optional[tuple[list[int], list[float]]] = None
 
     @property
     def request_id(self) -> str:
@@ -120,6 +123,14 @@ class SequenceGroup:
         self.prompt_token_ids = list(prompt_token_ids)
         self.sampling_params = sampling_params
         self.seqs: list[Sequence] = []
+        # sequences forked from the prompt's first sample: best_of (>= n) for random sampling
+        self.num_seqs = sampling_params.best_of or sampling_params.n
+        self.forked = False
+        self.generators: list = []
+        self.beam = None                  # BeamSearchState for beam-search requests
+        self.beam_temperature = 0.0
+        self.beam_include_eos = True
+        self.beam_results: Optional[list] = None
         now = time.time() if arrival_time is None else arrival_time
         self.metrics = RequestMetrics(arrival_time=now, last_token_time=now,
                                       first_scheduled_time=None, first_token_time=None,
@@ -137,9 +148,11 @@ class SequenceGroup:
             self.prompt_token_ids)
 
     def is_finished(self) -> bool:
-        return len(self.seqs) >= self.n and all(s.is_finished() for s in self.seqs) or (
-            bool(self.seqs) and all(s.status == SequenceStatus.FINISHED_ABORTED
-                                    for s in self.seqs))
+        if self.seqs and all(s.status == SequenceStatus.FINISHED_ABORTED for s in self.seqs):
+            return True
+        if self.beam is not None:
+            return self.beam.done
+        return len(self.seqs) >= self.num_seqs and all(s.is_finished() for s in self.seqs)
 
     def maybe_set_first_scheduled(self, now: float) -> None:
         if self.metrics.first_scheduled_time is None:
