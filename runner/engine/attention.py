@@ -9,6 +9,10 @@ The torch backend writes the new keys and values by slot, then attends each quer
 sequence's cached context: decode tokens (one query each) in one batched, masked pass; prefill
 chunks (several queries, causal with an offset for the cached prefix) one sequence at a time.
 It is the reference the Triton kernels are compared with, and it runs on CPU.
+
+With use_triton the layer runs kernels/: reshape_and_cache, then paged_decode_attention for a
+batch of decode tokens only (the CUDA-graph case: no value is read back on the host) or
+prefill_attention for any batch with prefill chunks (it handles one-token queries too).
 """
 from __future__ import annotations
 
@@ -22,10 +26,16 @@ from torch import nn
 
 @dataclass
 class AttentionMetadata:
-    slot_mapping: torch.Tensor        # [T] int64: cache slot of each new token
+    slot_mapping: torch.Tensor        # [T] int64: cache slot of each new token (< 0: skip)
     query_start_loc: list[int]        # [B+1]: sequence b's queries are rows [qs[b], qs[b+1])
     seq_lens: list[int]               # [B]: context length of sequence b after this step
-    block_tables: torch.Tensor        # [B, max_blocks] int64, padded with 0
+    block_tables: torch.Tensor        # [B, max_blocks] int32, padded with 0
+    max_query_len: int = 1
+    max_seq_len: int = 1
+    decode_only: bool = False         # every sequence has exactly one query token
+    num_splits: Optional[int] = None  # decode kernel's KV-length partitions (None: kernel picks)
+    query_start_loc_t: Optional[torch.Tensor] = None    # [B+1] int32 on the device
+    seq_lens_t: Optional[torch.Tensor] = None           # [B] int32 on the device
     decode_idx: Optional[torch.Tensor] = None   # [Bd] sequences with exactly one query token
     prefill_idx: tuple[int, ...] = ()           # sequences with several query tokens
     decode_seq_lens: Optional[torch.Tensor] = None   # [Bd] on device
@@ -58,7 +68,7 @@ def paged_attention_ref(q: torch.Tensor, kv_cache: torch.Tensor, meta: Attention
 
     if meta.decode_idx is not None and meta.decode_idx.numel():
         rows = meta.decode_query_rows
-        tables = meta.block_tables[meta.decode_idx]                    # [Bd, MB]
+        tables = meta.block_tables[meta.decode_idx].long()             # [Bd, MB]
         k = k_cache[tables].flatten(1, 2)                               # [Bd, MB*bs, Hk, D]
         v = v_cache[tables].flatten(1, 2)
         qd = q[rows].view(-1, hk, group, d).float()                     # [Bd, Hk, G, D]
@@ -77,8 +87,9 @@ def paged_attention_ref(q: torch.Tensor, kv_cache: torch.Tensor, meta: Attention
     for b in meta.prefill_idx:
         start, end = qs[b], qs[b + 1]
         qlen, ctx = end - start, meta.seq_lens[b]
-        k = _gather_context(k_cache, meta.block_tables[b], ctx)          # [ctx, Hk, D]
-        v = _gather_context(v_cache, meta.block_tables[b], ctx)
+        table = meta.block_tables[b].long()
+        k = _gather_context(k_cache, table, ctx)                         # [ctx, Hk, D]
+        v = _gather_context(v_cache, table, ctx)
         k = k.repeat_interleave(group, dim=1).transpose(0, 1)            # [Hq, ctx, D]
         v = v.repeat_interleave(group, dim=1).transpose(0, 1)
         qpos = torch.arange(ctx - qlen, ctx, device=q.device).view(-1, 1)
@@ -96,8 +107,9 @@ class Attention(nn.Module):
     """Paged attention of one layer; the model runner owns the cache tensor it is given."""
 
     def __init__(self, num_heads: int, head_dim: int, scale: float, num_kv_heads: int,
-                 sliding_window: Optional[int] = None):
+                 sliding_window: Optional[int] = None, use_triton: bool = False):
         super().__init__()
+        self.use_triton = use_triton
         self.num_heads, self.head_dim, self.num_kv_heads = num_heads, head_dim, num_kv_heads
         self.scale = scale
         self.sliding_window = sliding_window
@@ -108,6 +120,24 @@ class Attention(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        write_kv_cache_ref(k, v, kv_cache, meta.slot_mapping)
-        out = paged_attention_ref(q, kv_cache, meta, self.scale, self.sliding_window)
+        if self.use_triton:
+            out = self._forward_triton(q, k, v, kv_cache, meta)
+        else:
+            write_kv_cache_ref(k, v, kv_cache, meta.slot_mapping)
+            out = paged_attention_ref(q, kv_cache, meta, self.scale, self.sliding_window)
         return out.view(-1, self.num_heads * self.head_dim)
+
+    def _forward_triton(self, q, k, v, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
+        from kernels.paged_decode_attention import paged_decode_attention
+        from kernels.prefill_attention import prefill_attention
+        from kernels.reshape_and_cache import reshape_and_cache
+
+        reshape_and_cache(k, v, kv_cache, meta.slot_mapping)
+        if meta.decode_only:
+            return paged_decode_attention(q, kv_cache, meta.block_tables, meta.seq_lens_t,
+                                          self.scale, self.sliding_window,
+                                          num_splits=meta.num_splits,
+                                          max_seq_len=meta.max_seq_len)
+        return prefill_attention(q, kv_cache, meta.query_start_loc_t, meta.seq_lens_t,
+                                 meta.block_tables, self.scale, meta.max_query_len,
+                                 self.sliding_window)

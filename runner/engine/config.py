@@ -97,6 +97,7 @@ class EngineConfig:
     enforce_eager: bool
     max_seq_len_to_capture: int
     disable_async_output_proc: bool
+    kernel_backend: str = "torch"     # resolved: 'triton' or 'torch'
 
 
 @dataclass
@@ -135,6 +136,7 @@ class EngineArgs:
     max_logprobs: int = 20
     download_dir: Optional[str] = None
     disable_log_stats: bool = True
+    kernel_backend: str = "auto"      # 'auto' (Triton on CUDA), 'triton' or 'torch' (reference)
 
     @classmethod
     def field_names(cls) -> set:
@@ -196,6 +198,9 @@ class EngineArgs:
                 "auto", *_STR_TO_DTYPE):
             raise ValueError(f"dtype must be one of ['auto', 'half', 'float16', 'bfloat16', "
                              f"'float', 'float32'], got {self.dtype!r}.")
+        if self.kernel_backend not in ("auto", "triton", "torch"):
+            raise ValueError(f"kernel_backend must be one of ['auto', 'triton', 'torch'], got "
+                             f"{self.kernel_backend!r}.")
         if self.max_seq_len_to_capture < 1:
             raise ValueError("max_seq_len_to_capture must be >= 1, got "
                              f"{self.max_seq_len_to_capture}.")
@@ -250,7 +255,22 @@ class EngineArgs:
             parallel_config=ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size,
                                            self.disable_custom_all_reduce),
             enforce_eager=enforce_eager, max_seq_len_to_capture=self.max_seq_len_to_capture,
-            disable_async_output_proc=self.disable_async_output_proc)
+            disable_async_output_proc=self.disable_async_output_proc,
+            kernel_backend=self._resolve_kernel_backend(device))
+
+    def _resolve_kernel_backend(self, device: torch.device) -> str:
+        if self.kernel_backend == "torch" or (self.kernel_backend == "auto"
+                                              and device.type != "cuda"):
+            return "torch"
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            if self.kernel_backend == "triton":
+                raise ValueError("kernel_backend='triton' needs the triton package; install "
+                                 "it or use kernel_backend='torch'.") from None
+            logger.warning("triton is not installed: running the torch reference ops on CUDA")
+            return "torch"
+        return "triton"
 
     def _resolve_device(self) -> torch.device:
         if self.device == "auto":

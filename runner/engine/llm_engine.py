@@ -46,8 +46,6 @@ class LLMEngine:
         self.tokenizer = None if self.model_config.skip_tokenizer_init else load_tokenizer(
             self.model_config)
         self.eos_token_id = self._eos_token_id()
-        if not config.enforce_eager and self.device_config.device_type == "cuda":
-            logger.info("CUDA graphs are not implemented yet: running eager.")
         self.model_runner = ModelRunner(config, self.eos_token_id)
         self.block_manager = BlockManager(self.model_runner.num_blocks, self.cache_config.block_size)
         self.scheduler = Scheduler(self.scheduler_config, self.block_manager)
@@ -421,4 +419,6 @@ class LLMEngine:
             "model_load_seconds": round(self.model_runner.load_seconds, 3),
             "device": str(self.device_config.device),
             "dtype": str(self.model_config.dtype).replace("torch.", ""),
+            "kernel_backend": self.config.kernel_backend,
+            "cuda_graph_steps": self.model_runner.num_graph_steps,
         }

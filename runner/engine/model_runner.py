@@ -21,7 +21,10 @@ import torch
 from runner.engine.attention import AttentionMetadata
 from runner.engine.block_manager import cdiv
 from runner.engine.config import EngineConfig
+from runner.engine.cuda_graphs import CUDAGraphRunner, capture_batch_sizes, decode_num_splits
+from runner.engine.input_batch import InputBuilder
 from runner.engine.model_loader import get_model
+from runner.engine.parallel import ParallelContext
 from runner.engine.sampler import Sampler, SampledToken, SamplingRequest, compute_prompt_logprobs
 from runner.engine.scheduler import SchedulerOutput
 from runner.engine.sequence import Sequence
@@ -56,8 +59,10 @@ class ModelRunner:
         self.block_size = config.cache_config.block_size
         self.eos_token_id = eos_token_id
         hf = self.model_config.hf_config
+        self.use_triton = config.kernel_backend == "triton"
         t0 = time.perf_counter()
-        self.model = get_model(self.model_config, self.device)
+        self.model = get_model(self.model_config, self.device,
+                               ParallelContext(use_triton=self.use_triton))
         self.load_seconds = time.perf_counter() - t0
         self.num_layers = hf.num_hidden_layers
         self.num_kv_heads = getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads
@@ -82,6 +87,23 @@ class ModelRunner:
         logger.info("KV cache: %d blocks x %d tokens = %d tokens (%.1f MiB)", self.num_blocks,
                     self.block_size, self.num_blocks * self.block_size,
                     self.num_blocks * self.block_bytes / 2**20)
+        sched = config.scheduler_config
+        self.inputs = InputBuilder(self.block_size, self.device, sched.max_num_batched_tokens,
+                                   sched.max_num_seqs, sched.max_model_len,
+                                   for_torch_reference=not self.use_triton)
+        self.graph_runner = None
+        if self.device.type == "cuda" and not config.enforce_eager:
+            if self.use_triton:
+                self.graph_runner = CUDAGraphRunner(
+                    self.model, self.kv_caches, sched.max_num_seqs,
+                    min(config.max_seq_len_to_capture, sched.max_model_len), self.block_size,
+                    self.device)
+                self.graph_runner.capture()
+            else:
+                logger.info("CUDA graphs need kernel_backend='triton': running eager.")
+        self.num_graph_steps = 0
+        self.capture_len = min(config.max_seq_len_to_capture, sched.max_model_len)
+        self.capture_sizes = capture_batch_sizes(sched.max_num_seqs)
 
     # ---------------------------------------------------------------- KV sizing
     @property
@@ -125,10 +147,12 @@ class ModelRunner:
                       for p in range(n)]
             qsl.append(qsl[-1] + n)
             tables.append(blocks)
-        meta = self._metadata(slots, qsl, lens, tables)
+        meta = self._profile_metadata(slots, qsl, lens, tables)
         hidden = self.model(torch.tensor(ids, device=self.device),
                             torch.tensor(pos, device=self.device), tmp_caches, meta)
-        self.model.compute_logits(hidden[-min(len(hidden), sched.max_num_seqs):])
+        logits = self.model.compute_logits(hidden[-min(len(hidden), sched.max_num_seqs):])
+        # the sampler's largest transient: a sorted softmax over every row (top-p / top-k)
+        logits.float().softmax(dim=-1).sort(dim=-1)
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
         tmp_bytes = sum(c.numel() * c.element_size() for c in tmp_caches)
@@ -150,39 +174,18 @@ class ModelRunner:
         return num_blocks
 
     # ------------------------------------------------------------ inputs
-    def _metadata(self, slots, qsl, seq_lens, tables) -> AttentionMetadata:
-        width = max(len(t) for t in tables)
-        padded = [t + [0] * (width - len(t)) for t in tables]
-        decode = [b for b in range(len(seq_lens)) if qsl[b + 1] - qsl[b] == 1]
-        prefill = tuple(b for b in range(len(seq_lens)) if qsl[b + 1] - qsl[b] > 1)
+    def _profile_metadata(self, slots, qsl, seq_lens, tables) -> AttentionMetadata:
+        """Metadata for the memory-profiling pass: prefill-only sequences (no decode rows)."""
         dev = self.device
         return AttentionMetadata(
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
             query_start_loc=qsl, seq_lens=seq_lens,
-            block_tables=torch.tensor(padded, dtype=torch.long, device=dev),
-            decode_idx=torch.tensor(decode, dtype=torch.long, device=dev),
-            prefill_idx=prefill,
-            decode_seq_lens=torch.tensor([seq_lens[b] for b in decode], dtype=torch.long,
-                                         device=dev),
-            decode_query_rows=torch.tensor([qsl[b] for b in decode], dtype=torch.long,
-                                           device=dev))
-
-    def _prepare(self, out: SchedulerOutput):
-        bs = self.block_size
-        ids, pos, slots, qsl, seq_lens, tables = [], [], [], [0], [], []
-        for s in out.scheduled:
-            seq, start, k = s.seq, s.start, s.num_new_tokens
-            bt = seq.block_table
-            ids += seq.token_ids[start:start + k]
-            pos += range(start, start + k)
-            slots += [bt[p // bs] * bs + p % bs for p in range(start, start + k)]
-            qsl.append(qsl[-1] + k)
-            seq_lens.append(start + k)
-            tables.append(bt)
-        dev = self.device
-        return (torch.tensor(ids, dtype=torch.long, device=dev),
-                torch.tensor(pos, dtype=torch.long, device=dev),
-                self._metadata(slots, qsl, seq_lens, tables))
+            block_tables=torch.tensor(tables, dtype=torch.int32, device=dev),
+            max_query_len=max(seq_lens), max_seq_len=max(seq_lens),
+            query_start_loc_t=torch.tensor(qsl, dtype=torch.int32, device=dev),
+            seq_lens_t=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
+            decode_idx=torch.zeros(0, dtype=torch.long, device=dev),
+            prefill_idx=tuple(range(len(seq_lens))))
 
     # ------------------------------------------------------------ step
     @torch.inference_mode()
@@ -190,8 +193,18 @@ class ModelRunner:
         for src, dst in out.blocks_to_copy:
             for cache in self.kv_caches:
                 cache[:, dst].copy_(cache[:, src])
-        input_ids, positions, meta = self._prepare(out)
-        hidden = self.model(input_ids, positions, self.kv_caches, meta)        # [T, H]
+        input_ids, positions, meta = self.inputs.build(out)
+        if self.use_triton and meta.decode_only and meta.max_seq_len <= self.capture_len and \
+                self.device.type == "cuda":
+            # decode as the captured graph would: same split count, graph or not
+            meta.max_seq_len = self.capture_len
+            meta.num_splits = decode_num_splits(len(meta.seq_lens), self.num_kv_heads,
+                                                self.capture_len, self.capture_sizes, self.device)
+        if self.graph_runner is not None and self.graph_runner.can_run(meta):
+            hidden = self.graph_runner.run(input_ids, positions, meta)       # [T, H]
+            self.num_graph_steps += 1
+        else:
+            hidden = self.model(input_ids, positions, self.kv_caches, meta)    # [T, H]
 
         rows: list[int] = []               # hidden rows whose logits are needed
         sample_rows: list[tuple[int, int]] = []   # (scheduled index, row position in `rows`)

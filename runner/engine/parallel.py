@@ -1,7 +1,8 @@
-"""Tensor-parallel context handed explicitly to model layers (no process-global state).
+"""Context handed explicitly to model layers (no process-global state): tensor-parallel rank and
+size with their all_reduce, and whether layers run Triton kernels or their torch references.
 
-With tensor_parallel_size=1 (all this engine runs today) rank is 0, size is 1 and all_reduce is
-the identity; the layers are already written to shard their weights by rank.
+With tensor_parallel_size=1 rank is 0, size is 1 and all_reduce is the identity; the layers are
+already written to shard their weights by rank.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class ParallelContext:
     tp_rank: int = 0
     tp_size: int = 1
     all_reduce: Callable[[torch.Tensor], torch.Tensor] = _identity
+    use_triton: bool = False      # kernels/ (Triton) instead of the torch reference ops
 
     def tp_kwargs(self) -> dict:
         return {"tp_rank": self.tp_rank, "tp_size": self.tp_size}

@@ -35,8 +35,10 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
 
 class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, max_position: int, base: float,
-                 rope_scaling: Optional[dict] = None, partial_rotary_factor: float = 1.0):
+                 rope_scaling: Optional[dict] = None, partial_rotary_factor: float = 1.0,
+                 use_triton: bool = False):
         super().__init__()
+        self.use_triton = use_triton
         self.head_dim = head_dim
         self.rotary_dim = int(head_dim * partial_rotary_factor)
         inv_freq = _inv_freq(self.rotary_dim, base)
@@ -59,11 +61,14 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         """positions [T]; q [T, Hq, D]; k [T, Hk, D] -> rotated (q, k), same dtypes."""
+        if self.use_triton:          # rotates in place, in the table's float32
+            from kernels.rotary_embedding import rotary_embedding
+            return rotary_embedding(positions, q, k, self.cos_sin_cache, self.rotary_dim)
         cos, sin = self.cos_sin_cache[positions].chunk(2, dim=-1)   # [T, rotary_dim/2] each
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        return self._apply(q, cos, sin), self._apply(k, cos, sin)
+        return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
 
-    def _apply(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         rot, passthrough = x[..., :self.rotary_dim], x[..., self.rotary_dim:]
         x1, x2 = rot.float().chunk(2, dim=-1)
         out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)

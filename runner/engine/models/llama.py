@@ -30,7 +30,7 @@ class LlamaMLP(nn.Module):
                                                        **pc.tp_kwargs())
         self.down_proj = RowParallelLinear(intermediate, hidden, bias, **pc.tp_kwargs(),
                                            all_reduce=pc.all_reduce)
-        self.act_fn = SiluAndMul()
+        self.act_fn = SiluAndMul(pc.use_triton)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act_fn(self.gate_up_proj(x)))   # [T, H] -> [T, 2I] -> [T, H]
@@ -62,12 +62,12 @@ class LlamaAttention(nn.Module):
                 rope_scaling = rope_params
         self.rotary_emb = RotaryEmbedding(
             self.head_dim, config.max_position_embeddings, float(rope_theta or 10000.0),
-            rope_scaling, getattr(config, "partial_rotary_factor", 1.0))
+            rope_scaling, getattr(config, "partial_rotary_factor", 1.0), pc.use_triton)
         window = getattr(config, "sliding_window", None)
         if getattr(config, "use_sliding_window", True) is False:
             window = None
         self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5,
-                              self.num_kv_heads, window)
+                              self.num_kv_heads, window, pc.use_triton)
 
     def forward(self, positions, hidden, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
         qkv = self.qkv_proj(hidden)                                  # [T, (Hq + 2Hk) D]
@@ -90,8 +90,9 @@ class LlamaDecoderLayer(nn.Module):
         self.self_attn = LlamaAttention(config, pc, qkv_bias)
         self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size,
                             getattr(config, "mlp_bias", False), pc)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, pc.use_triton)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps,
+                                                pc.use_triton)
 
     def forward(self, positions, hidden, residual: Optional[torch.Tensor], kv_cache, meta):
         if residual is None:
@@ -111,7 +112,7 @@ class LlamaModel(nn.Module):
                                                    **pc.tp_kwargs(), all_reduce=pc.all_reduce)
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, pc, qkv_bias)
                                     for _ in range(config.num_hidden_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pc.use_triton)
 
     def forward(self, input_ids, positions, kv_caches: list[torch.Tensor],
                 meta: AttentionMetadata) -> torch.Tensor:

@@ -1,0 +1,215 @@
+"""Prefill attention over the paged KV cache for a variable-length batch (chunked prefill).
+
+    q                [T, Hq, D]     the query tokens of all sequences, flattened (row views ok)
+    kv_cache         [2, num_blocks, block_size, Hk, D], this step's k/v already written
+    query_start_loc  [B+1] int32    sequence b's queries are rows [qsl[b], qsl[b+1])
+    seq_lens         [B] int32      context length after this step (cached prefix + chunk)
+    block_tables     [B, max_blocks] int32/int64, padded
+    out              [T, Hq, D]
+
+Query j of sequence b sits at position seq_lens[b] - qlen_b + j and sees keys 0..position
+(minus those older than the sliding window). Grid (cdiv(max_query_len, BLOCK_M), B, Hq): a
+program takes BLOCK_M queries of one head and streams BLOCK_N-key tiles gathered through the
+block table, flash-attention style (online softmax in fp32, QK^T and PV on tl.dot). Tiles wholly
+below the diagonal skip the causal mask; only the last few tiles of a program pay for it.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.utils import dot_precision, dot_upcast, next_power_of_2, prefill_tile_config
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _prefill_tile(acc, l_i, m_i, q, k_base, v_base, block_table, start, q_pos, kv_hi,
+                  sliding_window, qk_scale, stride_c_blk, stride_c_tok, dims,
+                  HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
+                  MASKED: tl.constexpr, USE_SLIDING: tl.constexpr,
+                  DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr):
+    """One BLOCK_N-key tile of the online softmax; MASKED tiles apply causal/window/length."""
+    n = start + tl.arange(0, BLOCK_N)                                    # [BLOCK_N] positions
+    d_mask = dims < HEAD_DIM
+    if MASKED:
+        n_in = n < kv_hi
+        block_id = tl.load(block_table + n // BLOCK_SIZE, mask=n_in, other=0)
+        kv_mask = n_in[:, None] & d_mask[None, :]
+    else:
+        block_id = tl.load(block_table + n // BLOCK_SIZE)
+        kv_mask = d_mask[None, :]
+    offs = block_id.to(tl.int64) * stride_c_blk + (n % BLOCK_SIZE) * stride_c_tok
+    k = tl.load(k_base + offs[:, None] + dims[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(v_base + offs[:, None] + dims[None, :], mask=kv_mask, other=0.0)
+    if DOT_UPCAST:
+        k = k.to(tl.float32)                                             # [BLOCK_N, BLOCK_D]
+        v = v.to(tl.float32)
+
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
+    if MASKED:
+        allowed = n[None, :] <= q_pos[:, None]
+        if USE_SLIDING:
+            allowed = allowed & (n[None, :] > q_pos[:, None] - sliding_window)
+        s = tl.where(allowed, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    if DOT_UPCAST:
+        p_v = p.to(tl.bfloat16).to(tl.float32)    # round P as the bf16 GPU path does
+    else:
+        p_v = p.to(v.dtype)
+    acc = acc * alpha[:, None] + tl.dot(p_v, v, input_precision=DOT_PRECISION)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def prefill_attention_kernel(
+    q_ptr, kv_cache_ptr, query_start_loc_ptr, seq_lens_ptr, block_tables_ptr, out_ptr,
+    qk_scale,                                   # softmax scale * log2(e)
+    stride_q_tok, stride_q_head,
+    stride_c_kv, stride_c_blk, stride_c_tok, stride_c_head,
+    stride_bt_seq,
+    stride_o_tok, stride_o_head,
+    num_queries_per_kv, sliding_window,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,                   # tokens per cache block
+    BLOCK_M: tl.constexpr,                      # query rows per program
+    BLOCK_N: tl.constexpr,                      # keys per tile
+    BLOCK_D: tl.constexpr,                      # HEAD_DIM padded to a power of two
+    USE_SLIDING: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    DOT_UPCAST: tl.constexpr,
+):
+    seq = tl.program_id(1)
+    head = tl.program_id(2)
+    q_start = tl.load(query_start_loc_ptr + seq)
+    q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
+    # the grid is sized for max_query_len; run the diagonal-heavy (last) row blocks first
+    m_block = tl.cdiv(q_len, BLOCK_M) - 1 - tl.program_id(0)
+    if m_block < 0:
+        return
+    seq_len = tl.load(seq_lens_ptr + seq)
+    prefix = seq_len - q_len                    # keys already cached before this chunk
+    kv_head = head // num_queries_per_kv
+
+    rows = m_block * BLOCK_M + tl.arange(0, BLOCK_M)                     # [BLOCK_M]
+    dims = tl.arange(0, BLOCK_D)
+    row_mask = rows < q_len
+    q_pos = prefix + rows                                                # [BLOCK_M]
+    tok = (q_start + rows).to(tl.int64)
+    io_mask = row_mask[:, None] & (dims[None, :] < HEAD_DIM)
+    q = tl.load(q_ptr + tok[:, None] * stride_q_tok + head * stride_q_head + dims[None, :],
+                mask=io_mask, other=0.0)                                 # [BLOCK_M, BLOCK_D]
+    if DOT_UPCAST:
+        q = q.to(tl.float32)
+
+    first_pos = prefix + m_block * BLOCK_M
+    kv_hi = prefix + tl.minimum(m_block * BLOCK_M + BLOCK_M, q_len)     # last row's pos + 1
+    if USE_SLIDING:
+        kv_lo = tl.maximum(first_pos - sliding_window + 1, 0)
+        kv_lo = (kv_lo // BLOCK_N) * BLOCK_N
+        full_hi = kv_lo                         # every tile needs the window mask
+    else:
+        kv_lo = 0
+        # keys <= first_pos are visible to every row: whole tiles below need no mask
+        full_hi = ((first_pos + 1) // BLOCK_N) * BLOCK_N
+
+    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)   # finite: no NaN on masked tiles
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    block_table = block_tables_ptr + seq.to(tl.int64) * stride_bt_seq
+    k_base = kv_cache_ptr + kv_head.to(tl.int64) * stride_c_head
+    v_base = k_base + stride_c_kv
+
+    for start in range(kv_lo, full_hi, BLOCK_N):
+        acc, l_i, m_i = _prefill_tile(
+            acc, l_i, m_i, q, k_base, v_base, block_table, start, q_pos, kv_hi,
+            sliding_window, qk_scale, stride_c_blk, stride_c_tok, dims,
+            HEAD_DIM, BLOCK_SIZE, BLOCK_N, False, USE_SLIDING, DOT_PRECISION, DOT_UPCAST)
+    for start in range(full_hi, kv_hi, BLOCK_N):
+        acc, l_i, m_i = _prefill_tile(
+            acc, l_i, m_i, q, k_base, v_base, block_table, start, q_pos, kv_hi,
+            sliding_window, qk_scale, stride_c_blk, stride_c_tok, dims,
+            HEAD_DIM, BLOCK_SIZE, BLOCK_N, True, USE_SLIDING, DOT_PRECISION, DOT_UPCAST)
+
+    o = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]                     # [BLOCK_M, BLOCK_D]
+    tl.store(out_ptr + tok[:, None] * stride_o_tok + head * stride_o_head + dims[None, :],
+             o.to(out_ptr.dtype.element_ty), mask=io_mask)
+
+
+def prefill_attention(q: torch.Tensor, kv_cache: torch.Tensor, query_start_loc: torch.Tensor,
+                      seq_lens: torch.Tensor, block_tables: torch.Tensor, scale: float,
+                      max_query_len: int, sliding_window: Optional[int] = None,
+                      out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """q [T, Hq, D] -> [T, Hq, D], causal over each sequence's cached prefix + chunk.
+
+    max_query_len: host int bound of the per-sequence query lengths (sizes the grid).
+    out: optional preallocated [T, Hq, D] output.
+    """
+    num_tokens, num_heads, head_dim = q.shape
+    _, _, block_size, num_kv_heads, cache_head_dim = kv_cache.shape
+    assert cache_head_dim == head_dim and num_heads % num_kv_heads == 0, \
+        (q.shape, kv_cache.shape)
+    batch = seq_lens.shape[0]
+    assert query_start_loc.shape[0] == batch + 1 and block_tables.shape[0] >= batch
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    assert kv_cache.stride(-1) == 1 and block_tables.stride(-1) == 1
+    if out is None:
+        out = torch.empty((num_tokens, num_heads, head_dim), dtype=q.dtype, device=q.device)
+    if num_tokens == 0 or batch == 0 or max_query_len <= 0:
+        return out
+    cfg = prefill_tile_config(head_dim, q.dtype)
+    grid = (triton.cdiv(max_query_len, cfg.block_m), batch, num_heads)
+    prefill_attention_kernel[grid](
+        q, kv_cache, query_start_loc, seq_lens, block_tables, out,
+        scale * LOG2E,
+        q.stride(0), q.stride(1),
+        kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
+        block_tables.stride(0),
+        out.stride(0), out.stride(1),
+        num_heads // num_kv_heads, sliding_window or 0,
+        HEAD_DIM=head_dim,
+        BLOCK_SIZE=block_size,
+        BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n,
+        BLOCK_D=next_power_of_2(head_dim),
+        USE_SLIDING=sliding_window is not None,
+        DOT_PRECISION=dot_precision(q.dtype),
+        DOT_UPCAST=dot_upcast(q.dtype),
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+    return out
+
+
+def prefill_attention_ref(q: torch.Tensor, kv_cache: torch.Tensor, query_start_loc: torch.Tensor,
+                          seq_lens: torch.Tensor, block_tables: torch.Tensor, scale: float,
+                          sliding_window: Optional[int] = None) -> torch.Tensor:
+    """Pure-torch twin of `prefill_attention`: one sequence at a time, explicit fp32 softmax."""
+    num_heads = q.shape[1]
+    block_size, num_kv_heads = kv_cache.shape[2], kv_cache.shape[3]
+    group = num_heads // num_kv_heads
+    out = torch.zeros_like(q)
+    for b in range(seq_lens.shape[0]):
+        start, end = int(query_start_loc[b]), int(query_start_loc[b + 1])
+        seq_len = int(seq_lens[b])
+        if end == start:
+            continue
+        pos = torch.arange(seq_len, device=q.device)                     # [S] key positions
+        blocks = block_tables[b].long()[pos // block_size]
+        k = kv_cache[0, blocks, pos % block_size].float().repeat_interleave(group, 1)  # [S,Hq,D]
+        v = kv_cache[1, blocks, pos % block_size].float().repeat_interleave(group, 1)
+        q_pos = torch.arange(seq_len - (end - start), seq_len, device=q.device)  # [L]
+        allowed = pos[None, :] <= q_pos[:, None]                         # [L, S]
+        if sliding_window is not None:
+            allowed &= pos[None, :] > q_pos[:, None] - sliding_window
+        scores = torch.einsum("lhd,shd->hls", q[start:end].float(), k) * scale  # [Hq, L, S]
+        probs = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+        out[start:end] = torch.einsum("hls,shd->lhd", probs, v).to(q.dtype)
+    return out

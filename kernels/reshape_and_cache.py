@@ -1,0 +1,89 @@
+"""KV-cache write by slot: the new keys and values of a step go into their paged cache slots.
+
+    k, v          [T, num_kv_heads, head_dim]     this step's keys and values (row views allowed)
+    kv_cache      [2, num_blocks, block_size, num_kv_heads, head_dim]   0 = keys, 1 = values
+    slot_mapping  [T] int64 = block_id * block_size + offset; a slot < 0 skips the token
+                  (padding rows of a CUDA-graph batch)
+
+One program per token copies that token's [num_kv_heads, head_dim] key and value rows; a
+padding token's program returns at once. The launcher never reads slot_mapping on the host, so
+it is safe inside CUDA-graph capture.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.utils import next_power_of_2
+
+
+@triton.jit
+def reshape_and_cache_kernel(
+    k_ptr, v_ptr, kv_cache_ptr, slot_mapping_ptr,
+    stride_k_tok, stride_k_head, stride_v_tok, stride_v_head,
+    stride_c_kv, stride_c_blk, stride_c_tok, stride_c_head,
+    num_kv_heads, head_dim,
+    BLOCK_SIZE: tl.constexpr,   # tokens per cache block
+    BLOCK_H: tl.constexpr,      # num_kv_heads padded to a power of two
+    BLOCK_D: tl.constexpr,      # head_dim padded to a power of two
+):
+    tok = tl.program_id(0).to(tl.int64)
+    slot = tl.load(slot_mapping_ptr + tok).to(tl.int64)
+    if slot < 0:
+        return                                  # padding token (CUDA-graph batch): no write
+    heads = tl.arange(0, BLOCK_H)
+    dims = tl.arange(0, BLOCK_D)
+    mask = (heads[:, None] < num_kv_heads) & (dims[None, :] < head_dim)
+
+    k = tl.load(k_ptr + tok * stride_k_tok + heads[:, None] * stride_k_head + dims[None, :],
+                mask=mask)                                               # [BLOCK_H, BLOCK_D]
+    v = tl.load(v_ptr + tok * stride_v_tok + heads[:, None] * stride_v_head + dims[None, :],
+                mask=mask)
+
+    block_id = slot // BLOCK_SIZE
+    offset = slot % BLOCK_SIZE
+    dst = (kv_cache_ptr + block_id * stride_c_blk + offset * stride_c_tok
+           + heads[:, None] * stride_c_head + dims[None, :])             # [BLOCK_H, BLOCK_D]
+    tl.store(dst, k.to(kv_cache_ptr.dtype.element_ty), mask=mask)
+    tl.store(dst + stride_c_kv, v.to(kv_cache_ptr.dtype.element_ty), mask=mask)
+
+
+def reshape_and_cache(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
+                      slot_mapping: torch.Tensor) -> None:
+    """Writes k, v [T, Hk, D] into kv_cache [2, num_blocks, block_size, Hk, D] at slot_mapping."""
+    num_tokens, num_kv_heads, head_dim = k.shape
+    assert v.shape == k.shape, (v.shape, k.shape)
+    assert kv_cache.shape[0] == 2 and kv_cache.shape[3:] == (num_kv_heads, head_dim), \
+        (kv_cache.shape, k.shape)
+    assert slot_mapping.shape[0] >= num_tokens, (slot_mapping.shape, num_tokens)
+    # the kernel addresses the head_dim axis with unit stride (rows of a fused qkv are fine)
+    if k.stride(-1) != 1:
+        k = k.contiguous()
+    if v.stride(-1) != 1:
+        v = v.contiguous()
+    assert kv_cache.stride(-1) == 1
+    if num_tokens == 0:
+        return
+    block_size = kv_cache.shape[2]
+    reshape_and_cache_kernel[(num_tokens,)](
+        k, v, kv_cache, slot_mapping,
+        k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
+        num_kv_heads, head_dim,
+        BLOCK_SIZE=block_size,
+        BLOCK_H=next_power_of_2(num_kv_heads),
+        BLOCK_D=next_power_of_2(head_dim),
+        num_warps=4,
+    )
+
+
+def reshape_and_cache_ref(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
+                          slot_mapping: torch.Tensor) -> None:
+    """Pure-torch twin of `reshape_and_cache`: scatter rows by flat slot, skipping slots < 0."""
+    num_blocks, block_size, num_kv_heads, head_dim = kv_cache.shape[1:]
+    slots = slot_mapping[:k.shape[0]]
+    keep = slots >= 0                                                    # [T] bool
+    flat = (num_blocks * block_size, num_kv_heads, head_dim)
+    kv_cache[0].view(flat)[slots[keep]] = k[keep].to(kv_cache.dtype)
+    kv_cache[1].view(flat)[slots[keep]] = v[keep].to(kv_cache.dtype)

@@ -1,0 +1,97 @@
+"""Step inputs: a SchedulerOutput -> flat token batch tensors and AttentionMetadata.
+
+Every scheduled sequence contributes tokens [start, start + num_new_tokens). Positions, slot
+mapping and the padded block table are computed with numpy (no per-token Python loops), staged in
+pinned host buffers on CUDA and copied with non_blocking=True, so the copies overlap with the
+rest of input preparation. The pinned buffers are reused every step: that is safe because each
+step ends by reading the sampled tokens back, which waits for the copies.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Optional
+
+import numpy as np
+import torch
+
+from runner.engine.attention import AttentionMetadata
+from runner.engine.scheduler import SchedulerOutput
+
+
+class InputBuilder:
+    def __init__(self, block_size: int, device: torch.device, max_num_batched_tokens: int,
+                 max_num_seqs: int, max_model_len: int, for_torch_reference: bool):
+        self.block_size = block_size
+        self.device = device
+        self.for_torch_reference = for_torch_reference
+        self.pinned = device.type == "cuda"
+        max_blocks = -(-max_model_len // block_size)
+        # staging buffers, sized for the largest step (rows beyond max_num_seqs: forks/beams)
+        rows = max(max_num_seqs, 1) * 4
+        self._i64 = self._buffer((3, max(max_num_batched_tokens, rows)), torch.int64)
+        self._i32 = self._buffer((2, rows + 1), torch.int32)
+        self._tables = self._buffer((rows, max_blocks), torch.int32)
+
+    def _buffer(self, shape, dtype) -> Optional[torch.Tensor]:
+        return torch.zeros(shape, dtype=dtype, pin_memory=self.pinned)
+
+    def _to_device(self, host: torch.Tensor) -> torch.Tensor:
+        return host.to(self.device, non_blocking=self.pinned)
+
+    def build(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        scheduled = out.scheduled
+        n = len(scheduled)
+        bs = self.block_size
+        starts = np.fromiter((s.start for s in scheduled), np.int64, n)
+        qlens = np.fromiter((s.num_new_tokens for s in scheduled), np.int64, n)
+        qsl = np.zeros(n + 1, np.int64)
+        np.cumsum(qlens, out=qsl[1:])
+        num_tokens = int(qsl[-1])
+        seq_lens = starts + qlens
+        width = max(len(s.seq.block_table) for s in scheduled)
+        if num_tokens > self._i64.shape[1] or n + 1 > self._i32.shape[1] or \
+                n > self._tables.shape[0] or width > self._tables.shape[1]:
+            self._grow(num_tokens, n, width)
+        tables = self._tables.numpy()[:n, :width]
+        tables.fill(0)
+        for b, s in enumerate(scheduled):
+            bt = s.seq.block_table
+            tables[b, :len(bt)] = bt
+        seq_of_token = np.repeat(np.arange(n), qlens)
+        positions = np.arange(num_tokens) - np.repeat(qsl[:-1] - starts, qlens)
+        slots = tables[seq_of_token, positions // bs].astype(np.int64) * bs + positions % bs
+        i64 = self._i64.numpy()
+        if n == num_tokens:        # decode-only: one token per sequence
+            i64[0, :n] = [s.seq.token_ids[s.start] for s in scheduled]
+        else:
+            i64[0, :num_tokens] = list(itertools.chain.from_iterable(
+                s.seq.token_ids[s.start:s.start + s.num_new_tokens] for s in scheduled))
+        i64[1, :num_tokens] = positions
+        i64[2, :num_tokens] = slots
+        i32 = self._i32.numpy()
+        i32[0, :n + 1] = qsl
+        i32[1, :n] = seq_lens
+
+        dev_i64 = self._to_device(self._i64[:, :num_tokens])
+        dev_i32 = self._to_device(self._i32[:, :n + 1])
+        dev_tables = self._to_device(self._tables[:n, :width])
+        qsl_list = qsl.tolist()
+        seq_lens_list = seq_lens.tolist()
+        meta = AttentionMetadata(
+            slot_mapping=dev_i64[2], query_start_loc=qsl_list, seq_lens=seq_lens_list,
+            block_tables=dev_tables, max_query_len=int(qlens.max()),
+            max_seq_len=int(seq_lens.max()), decode_only=n == num_tokens,
+            query_start_loc_t=dev_i32[0], seq_lens_t=dev_i32[1, :n])
+        if self.for_torch_reference:
+            decode = np.nonzero(qlens == 1)[0]
+            meta.decode_idx = torch.from_numpy(decode).to(self.device)
+            meta.prefill_idx = tuple(np.nonzero(qlens > 1)[0].tolist())
+            meta.decode_seq_lens = torch.from_numpy(seq_lens[decode]).to(self.device)
+            meta.decode_query_rows = torch.from_numpy(qsl[:-1][decode]).to(self.device)
+        return dev_i64[0], dev_i64[1], meta
+
+    def _grow(self, num_tokens: int, n: int, width: int) -> None:
+        self._i64 = self._buffer((3, max(num_tokens, self._i64.shape[1])), torch.int64)
+        self._i32 = self._buffer((2, max(n + 1, self._i32.shape[1])), torch.int32)
+        self._tables = self._buffer((max(n, self._tables.shape[0]),
+                                     max(width, self._tables.shape[1])), torch.int32)

@@ -1,0 +1,340 @@
+"""Engine benchmarks: vLLM's throughput and latency workloads, rooflines, HF side by side.
+
+    python -m runner.engine_bench --model llama3_8b --workload throughput \
+        --num-prompts 1000 --input-len 256 --output-len 256 --hf-num-prompts 256
+    python -m runner.engine_bench --model llama3_8b --workload latency \
+        --batch-size 1 --input-len 32 --output-len 128 --compare-eager
+
+Models are real shapes with random weights (load_format='dummy'): a named shape from
+MODEL_SHAPES or a local model folder. Prompts are random token ids with fixed input/output
+lengths and ignore_eos, as in vLLM's benchmark_throughput/benchmark_latency. The result goes to
+outputs/bench/<run-id>/benchmark.json with the device, the command, the engine's KV-cache
+numbers, peak memory, the measured matmul and copy ceilings and the ratios against them (and
+against HF transformers generate when asked). The runner's mode=bench calls `main` too.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from typing import Optional
+
+import torch
+
+MODEL_SHAPES = {
+    "llama2_7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                      num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
+                      max_position_embeddings=4096, rope_theta=10000.0),
+    "llama2_13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
+                       num_attention_heads=40, num_key_value_heads=40, vocab_size=32000,
+                       max_position_embeddings=4096, rope_theta=10000.0),
+    "llama3_8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                      num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                      max_position_embeddings=8192, rope_theta=500000.0),
+    "llama2_70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+                       num_attention_heads=64, num_key_value_heads=8, vocab_size=32000,
+                       max_position_embeddings=4096, rope_theta=10000.0),
+}
+
+
+def model_folder(model: str, dtype: str = "bfloat16") -> str:
+    """A named shape -> a folder with only config.json (weights come from load_format=dummy)."""
+    if model not in MODEL_SHAPES:
+        if not os.path.isdir(model):
+            raise ValueError(f"--model must be one of {sorted(MODEL_SHAPES)} or a model folder, "
+                             f"got {model!r}.")
+        return model
+    folder = os.path.join(tempfile.gettempdir(), f"runner-shape-{model}")
+    os.makedirs(folder, exist_ok=True)
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+           "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "torch_dtype": dtype,
+           "bos_token_id": 1, "eos_token_id": 2, **MODEL_SHAPES[model]}
+    with open(os.path.join(folder, "config.json"), "w") as fh:
+        json.dump(cfg, fh)
+    return folder
+
+
+def count_params(hf_config) -> int:
+    """Parameters that take part in a token's matmuls (all linear layers and the LM head)."""
+    h, i, L = hf_config.hidden_size, hf_config.intermediate_size, hf_config.num_hidden_layers
+    heads = hf_config.num_attention_heads
+    kv = getattr(hf_config, "num_key_value_heads", heads)
+    d = h // heads
+    per_layer = h * (heads * d) + 2 * h * (kv * d) + (heads * d) * h + 3 * h * i
+    return L * per_layer + h * hf_config.vocab_size
+
+
+def random_prompts(n: int, input_len: int, vocab: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"prompt_token_ids": [rng.randrange(10, vocab) for _ in range(input_len)]}
+            for _ in range(n)]
+
+
+# ---------------------------------------------------------------------------- ceilings
+def measure_ceilings(device: torch.device) -> dict:
+    """The card's bf16 matmul rate and device-to-device copy bandwidth, measured here."""
+    if device.type != "cuda":
+        return {}
+    n = 8192
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    mm = _time_cuda(lambda: a @ b, iters=20)
+    src = torch.empty(1 << 30, dtype=torch.uint8, device=device).random_(0, 255)
+    dst = torch.empty_like(src)
+    cp = _time_cuda(lambda: dst.copy_(src), iters=20)
+    del a, b, src, dst
+    torch.cuda.empty_cache()
+    return {"matmul_tflops": 2 * n ** 3 / mm / 1e12, "copy_tb_per_s": 2 * (1 << 30) / cp / 1e12}
+
+
+def _time_cuda(fn, iters: int) -> float:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        times.append(s.elapsed_time(e) / 1e3)
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------------------- workloads
+def run_throughput(llm, prompts: list, output_len: int) -> dict:
+    from runner.engine import SamplingParams
+    sp = SamplingParams(temperature=1.0, top_p=1.0, ignore_eos=True, max_tokens=output_len,
+                        detokenize=False)
+    _sync()
+    start = time.perf_counter()
+    outs = llm.generate(prompts, sp, use_tqdm=False)
+    _sync()
+    elapsed = time.perf_counter() - start
+    n_in = sum(len(o.prompt_token_ids) for o in outs)
+    n_out = sum(len(c.token_ids) for o in outs for c in o.outputs)
+    return {"elapsed_s": elapsed, "num_requests": len(outs), "prompt_tokens": n_in,
+            "output_tokens": n_out, "requests_per_s": len(outs) / elapsed,
+            "total_tokens_per_s": (n_in + n_out) / elapsed, "output_tokens_per_s": n_out / elapsed}
+
+
+def run_latency(llm, batch_size: int, input_len: int, output_len: int, warmup: int,
+                iters: int, vocab: int, seed: int) -> dict:
+    from runner.engine import SamplingParams
+    sp = SamplingParams(temperature=1.0, top_p=1.0, ignore_eos=True, max_tokens=output_len,
+                        detokenize=False)
+    prompts = random_prompts(batch_size, input_len, vocab, seed)
+    times = []
+    for i in range(warmup + iters):
+        _sync()
+        t = time.perf_counter()
+        llm.generate(prompts, sp, use_tqdm=False)
+        _sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    return {"median_latency_s": med, "p90_latency_s": sorted(times)[int(0.9 * (len(times) - 1))],
+            "latencies_s": times, "output_tokens_per_s": batch_size * output_len / med}
+
+
+def run_hf_throughput(folder: str, prompts: list, output_len: int, batch_size: int,
+                      dtype: torch.dtype, device: torch.device) -> dict:
+    """HF transformers generate on the same shapes (its own random weights), batch by batch."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    cfg = AutoConfig.from_pretrained(folder)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(cfg).eval()
+    finally:
+        torch.set_default_dtype(old)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.uniform_(-1e-3, 1e-3)
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    _sync()
+    start = time.perf_counter()
+    n_out = 0
+    with torch.no_grad():
+        for i in range(0, len(prompts), batch_size):
+            ids = torch.tensor([p["prompt_token_ids"] for p in prompts[i:i + batch_size]],
+                               device=device)
+            out = model.generate(ids, max_new_tokens=output_len, min_new_tokens=output_len,
+                                 do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
+            n_out += (out.shape[1] - ids.shape[1]) * ids.shape[0]
+    _sync()
+    elapsed = time.perf_counter() - start
+    n_in = sum(len(p["prompt_token_ids"]) for p in prompts)
+    del model
+    _free()
+    return {"elapsed_s": elapsed, "num_requests": len(prompts), "batch_size": batch_size,
+            "total_tokens_per_s": (n_in + n_out) / elapsed, "output_tokens_per_s": n_out / elapsed}
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _free() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------------- driver
+def build_llm(folder: str, args, enforce_eager: bool):
+    from runner.engine import LLM
+    kw = dict(load_format="dummy", dtype=args.dtype, skip_tokenizer_init=True,
+              enforce_eager=enforce_eager, gpu_memory_utilization=args.gpu_memory_utilization,
+              max_num_seqs=args.max_num_seqs, seed=args.seed)
+    if args.max_num_batched_tokens:
+        kw["max_num_batched_tokens"] = args.max_num_batched_tokens
+    if args.max_model_len:
+        kw["max_model_len"] = args.max_model_len
+    if args.kernel_backend:
+        kw["kernel_backend"] = args.kernel_backend
+    return LLM(folder, **kw)
+
+
+def engine_facts(llm) -> dict:
+    stats = llm.llm_engine.get_stats()
+    facts = {k: stats[k] for k in ("num_gpu_blocks", "block_size", "kv_cache_token_capacity",
+                                   "kv_cache_bytes", "kernel_backend", "cuda_graph_steps",
+                                   "num_preemptions", "model_load_seconds")}
+    if torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(0).total_memory
+        peak = torch.cuda.max_memory_allocated()
+        facts.update(peak_memory_bytes=peak, peak_memory_fraction=peak / total,
+                     gpu_memory_utilization=llm.llm_engine.cache_config.gpu_memory_utilization)
+    return facts
+
+
+def run(args) -> dict:
+    folder = model_folder(args.model, args.dtype)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    result: dict = {
+        "command": " ".join([os.path.basename(sys.executable), "-m", "runner.engine_bench",
+                             *sys.argv[1:]]) if args.command is None else args.command,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+        "model": args.model, "dtype": args.dtype, "workload": args.workload,
+        "torch": torch.__version__,
+    }
+    result["ceilings"] = measure_ceilings(device)
+    from transformers import AutoConfig
+    hf_config = AutoConfig.from_pretrained(folder)
+    params = count_params(hf_config)
+    result["matmul_params"] = params
+    vocab = hf_config.vocab_size
+    if args.workload == "throughput":
+        prompts = random_prompts(args.num_prompts, args.input_len, vocab, args.seed)
+        llm = build_llm(folder, args, args.enforce_eager)
+        run_throughput(llm, prompts[:min(len(prompts), 32)], 8)            # warm-up
+        res = run_throughput(llm, prompts, args.output_len)
+        res.update(engine_facts(llm))
+        result["engine"] = res
+        if "matmul_tflops" in result["ceilings"]:
+            flops = 2 * params * res["total_tokens_per_s"]
+            result["engine"]["fraction_of_measured_matmul_roofline"] = \
+                flops / (result["ceilings"]["matmul_tflops"] * 1e12)
+            result["engine"]["roofline_tokens_per_s"] = \
+                result["ceilings"]["matmul_tflops"] * 1e12 / (2 * params)
+        del llm
+        _free()
+        if args.hf_num_prompts:
+            hf = run_hf_throughput(folder, prompts[:args.hf_num_prompts], args.output_len,
+                                   args.hf_batch_size, getattr(torch, args.dtype), device)
+            result["hf_transformers"] = hf
+            result["speedup_vs_hf"] = res["total_tokens_per_s"] / hf["total_tokens_per_s"]
+    else:
+        if args.compare_eager and device.type != "cuda":
+            raise ValueError("--compare-eager compares CUDA graphs with eager mode: it needs a "
+                             "CUDA device.")
+        graphs = device.type == "cuda" and not args.enforce_eager
+        modes = [not graphs] + ([True] if args.compare_eager and graphs else [])
+        for eager in modes:
+            llm = build_llm(folder, args, eager)
+            res = run_latency(llm, args.batch_size, args.input_len, args.output_len,
+                              args.warmup, args.iters, vocab, args.seed)
+            res.update(engine_facts(llm))
+            result["eager" if eager else "cuda_graphs"] = res
+            del llm
+            _free()
+        main_key = "cuda_graphs" if graphs else "eager"
+        bw = result["ceilings"].get("copy_tb_per_s")
+        if bw:
+            weight_bytes = params * torch.empty((), dtype=getattr(torch, args.dtype)).element_size()
+            roof = bw * 1e12 / weight_bytes * args.batch_size
+            result[main_key]["weight_read_roofline_tokens_per_s"] = roof
+            result[main_key]["fraction_of_weight_read_roofline"] = \
+                result[main_key]["output_tokens_per_s"] / roof
+        if "eager" in result and "cuda_graphs" in result:
+            result["cuda_graphs_speedup"] = (result["eager"]["median_latency_s"]
+                                             / result["cuda_graphs"]["median_latency_s"])
+    return result
+
+
+def write_result(result: dict, out_root: str) -> str:
+    run_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    name = os.path.basename(os.path.normpath(result["model"]))
+    folder = os.path.join(out_root, f"{name}-{result['workload']}", run_id)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "benchmark.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(result, fh, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+def parse_args(argv: Optional[list] = None):
+    ap = argparse.ArgumentParser(prog="python -m runner.engine_bench", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="llama3_8b")
+    ap.add_argument("--workload", choices=["throughput", "latency"], default="throughput")
+    ap.add_argument("--num-prompts", type=int, default=1000)
+    ap.add_argument("--input-len", type=int, default=256)
+    ap.add_argument("--output-len", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    ap.add_argument("--max-num-seqs", type=int, default=256)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=None)
+    ap.add_argument("--max-model-len", type=int, default=None)
+    ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    ap.add_argument("--kernel-backend", default=None, choices=["auto", "triton", "torch"])
+    ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--compare-eager", action="store_true",
+                    help="latency: also run enforce_eager=True and report the graph speedup")
+    ap.add_argument("--hf-num-prompts", type=int, default=0,
+                    help="throughput: run HF generate on this many of the prompts too")
+    ap.add_argument("--hf-batch-size", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="outputs/bench")
+    ap.add_argument("--command", default=None, help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def main(argv: Optional[list] = None) -> dict:
+    args = parse_args(argv)
+    result = run(args)
+    path = write_result(result, args.out)
+    print(json.dumps(result, indent=2))
+    print(f"benchmark.json: {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Helpers of the kernel tests: paged KV caches with shuffled block tables, tolerances by dtype,
+and the engine's AttentionMetadata for comparing with runner/engine/attention.py."""
+from __future__ import annotations
+
+import torch
+
+from runner.engine.attention import AttentionMetadata
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+# (atol, rtol) per dtype. bf16 allows ~2 ulps: besides the rounding of P before PV, Triton's
+# CPU interpreter truncates fp32 -> bf16 where the GPU rounds to nearest even.
+ATTN_TOL = {torch.float32: (2e-5, 2e-5), torch.float16: (3e-3, 3e-3),
+            torch.bfloat16: (2e-2, 2e-2)}
+ELEMENTWISE_TOL = {torch.float32: (1e-5, 1.3e-6), torch.float16: (1e-3, 1e-3),
+                   torch.bfloat16: (2e-2, 2e-2)}
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: dict, dtype: torch.dtype,
+                 loosen: float = 1.0) -> None:
+    atol, rtol = tol[dtype]
+    torch.testing.assert_close(actual.float(), expected.float(), atol=atol * loosen,
+                               rtol=rtol * loosen)
+
+
+def make_kv_cache(num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int,
+                  dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
+    """[2, num_blocks, block_size, Hk, D] random keys and values."""
+    cache = torch.randn(2, num_blocks, block_size, num_kv_heads, head_dim, generator=gen)
+    return cache.to(dtype=dtype, device=DEVICE)
+
+
+def make_block_tables(seq_lens: list[int], block_size: int, gen: torch.Generator,
+                      extra_cols: int = 1, dtype: torch.dtype = torch.int32
+                      ) -> tuple[torch.Tensor, int]:
+    """Shuffled, disjoint block tables padded with 0 (like the engine) -> (tables, num_blocks)."""
+    need = [-(-s // block_size) for s in seq_lens]
+    num_blocks = sum(need) + 3                  # a few spare blocks nobody owns
+    perm = torch.randperm(num_blocks, generator=gen)
+    width = max(need) + extra_cols
+    tables = torch.zeros(len(seq_lens), width, dtype=dtype)
+    at = 0
+    for b, n in enumerate(need):
+        tables[b, :n] = perm[at:at + n]
+        at += n
+    return tables.to(DEVICE), num_blocks
+
+
+def runner_decode_meta(block_tables: torch.Tensor, seq_lens: list[int]) -> AttentionMetadata:
+    """Metadata that sends every row through the engine reference's batched decode path."""
+    batch = len(seq_lens)
+    idx = torch.arange(batch, device=DEVICE)
+    return AttentionMetadata(
+        slot_mapping=torch.empty(0, dtype=torch.long, device=DEVICE),
+        query_start_loc=list(range(batch + 1)), seq_lens=list(seq_lens),
+        block_tables=block_tables.long(), decode_idx=idx,
+        decode_seq_lens=torch.tensor(seq_lens, device=DEVICE), decode_query_rows=idx)
+
+
+def runner_prefill_meta(block_tables: torch.Tensor, query_lens: list[int],
+                        seq_lens: list[int]) -> AttentionMetadata:
+    """Metadata that sends every sequence through the engine reference's prefill path."""
+    qsl = [0]
+    for n in query_lens:
+        qsl.append(qsl[-1] + n)
+    return AttentionMetadata(
+        slot_mapping=torch.empty(0, dtype=torch.long, device=DEVICE),
+        query_start_loc=qsl, seq_lens=list(seq_lens), block_tables=block_tables.long(),
+        prefill_idx=tuple(range(len(seq_lens))))
