@@ -96,6 +96,7 @@ class LLM:
                        postfix="est. speed input: 0.00 toks/s, output: 0.00 toks/s")
         start = time.perf_counter()
         in_toks = out_toks = 0
+        streaming, engine.stream_outputs = engine.stream_outputs, False
         try:
             while engine.has_unfinished_requests():
                 for out in engine.step():
@@ -113,6 +114,7 @@ class LLM:
             engine.abort_request(list(engine.requests))
             raise
         finally:
+            engine.stream_outputs = streaming
             if bar is not None:
                 bar.close()
         return results

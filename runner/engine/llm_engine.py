@@ -51,6 +51,9 @@ class LLMEngine:
         self.scheduler = Scheduler(self.scheduler_config, self.block_manager)
         self.requests: dict[str, SequenceGroup] = {}
         self._seq_counter = 0
+        # step() returns outputs of every request that progressed (streaming, vLLM's default);
+        # LLM.generate turns this off and gets only finished requests (vLLM's FINAL_ONLY)
+        self.stream_outputs = True
         self.stats = {"num_prompt_tokens": 0, "num_generation_tokens": 0, "num_steps": 0}
 
     @classmethod
@@ -200,7 +203,8 @@ class LLMEngine:
             if finished:
                 group.metrics.finished_time = time.time()
                 self.requests.pop(group.request_id, None)
-            outputs.append(self._make_output(group, finished))
+            if finished or self.stream_outputs:
+                outputs.append(self._make_output(group, finished))
         return outputs
 
     def _process_outputs(self, sched_out: SchedulerOutput,

@@ -44,6 +44,11 @@ class ModelRunnerOutput:
     beam_candidates: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)
 
 
+def _needs_history(p) -> bool:
+    return bool(p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0
+                or p.min_tokens or p.logits_processors)
+
+
 def needs_fork(seq: Sequence) -> bool:
     """The first sample of a request with n > 1 (or best_of > 1) produces all its sequences'
     first tokens. Beams fork in the beam-search step instead."""
@@ -225,7 +230,11 @@ class ModelRunner:
         result = ModelRunnerOutput()
         if not rows:
             return result
-        logits = self.model.compute_logits(hidden[rows]).float()              # [R, V]
+        if len(rows) == hidden.shape[0]:          # decode: every row is needed, in order
+            logits = self.model.compute_logits(hidden).float()                 # [R, V]
+        else:
+            index = torch.tensor(rows, dtype=torch.long).to(hidden.device, non_blocking=True)
+            logits = self.model.compute_logits(hidden[index]).float()          # [R, V]
 
         for i, at, count in prompt_rows:
             s = out.scheduled[i]
@@ -244,15 +253,19 @@ class ModelRunner:
             if group.beam is not None:
                 continue
             gens = group.generators if needs_fork(seq) else [seq.generator]
+            p = group.sampling_params
+            # copying the generated tokens costs O(length) per step: only when a rule reads them
+            history = seq.output_token_ids if _needs_history(p) else []
             for gen in gens:
                 requests.append(SamplingRequest(
-                    params=group.sampling_params, prompt_token_ids=group.prompt_token_ids,
-                    output_token_ids=seq.output_token_ids, generator=gen,
-                    eos_token_id=self.eos_token_id))
+                    params=p, prompt_token_ids=group.prompt_token_ids,
+                    output_token_ids=history, generator=gen, eos_token_id=self.eos_token_id))
                 owners.append(i)
                 logit_rows.append(at)
         if requests:
-            sampled = self.sampler(logits[logit_rows], requests)
+            if logit_rows != list(range(logits.shape[0])):
+                logits = logits[torch.tensor(logit_rows, dtype=torch.long).to(logits.device)]
+            sampled = self.sampler(logits, requests)
             for owner, tok in zip(owners, sampled):
                 result.sampled.setdefault(owner, []).append(tok)
         return result
