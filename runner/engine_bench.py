@@ -211,7 +211,11 @@ def engine_facts(llm) -> dict:
     stats = llm.llm_engine.get_stats()
     facts = {k: stats[k] for k in ("num_gpu_blocks", "block_size", "kv_cache_token_capacity",
                                    "kv_cache_bytes", "kernel_backend", "cuda_graph_steps",
-                                   "num_preemptions", "model_load_seconds")}
+                                   "num_preemptions", "model_load_seconds", "num_steps",
+                                   "schedule_s", "execute_s", "process_s", "prepare_s",
+                                   "forward_s", "sample_s")}
+    facts["max_num_seqs"] = llm.llm_engine.scheduler_config.max_num_seqs
+    facts["max_num_batched_tokens"] = llm.llm_engine.scheduler_config.max_num_batched_tokens
     if torch.cuda.is_available():
         total = torch.cuda.get_device_properties(0).total_memory
         peak = torch.cuda.max_memory_allocated()

@@ -55,6 +55,8 @@ class LLMEngine:
         # LLM.generate turns this off and gets only finished requests (vLLM's FINAL_ONLY)
         self.stream_outputs = True
         self.stats = {"num_prompt_tokens": 0, "num_generation_tokens": 0, "num_steps": 0}
+        # wall time per phase of step(), to tell CPU-bound steps from GPU-bound ones
+        self.step_times = {"schedule_s": 0.0, "execute_s": 0.0, "process_s": 0.0}
 
     @classmethod
     def from_engine_args(cls, engine_args: EngineArgs) -> "LLMEngine":
@@ -184,16 +186,22 @@ class LLMEngine:
 
     # ---------------------------------------------------------------------- step
     def step(self) -> list[RequestOutput]:
+        t0 = time.perf_counter()
         sched_out = self.scheduler.schedule()
         if sched_out.is_empty:
             return []
         now = time.time()
         for s in sched_out.scheduled:
             s.seq.group.maybe_set_first_scheduled(now)
+        t1 = time.perf_counter()
         runner_out = self.model_runner.execute_model(sched_out)
+        t2 = time.perf_counter()
         self.scheduler.update(sched_out)
         touched = self._process_outputs(sched_out, runner_out)
         self.scheduler.free_finished()
+        self.step_times["schedule_s"] += t1 - t0
+        self.step_times["execute_s"] += t2 - t1
+        self.step_times["process_s"] += time.perf_counter() - t2
         self.stats["num_steps"] += 1
         self.stats["num_prompt_tokens"] += sum(
             s.num_new_tokens for s in sched_out.scheduled if s.start < s.seq.prompt_len)
@@ -424,5 +432,7 @@ class LLMEngine:
             "device": str(self.device_config.device),
             "dtype": str(self.model_config.dtype).replace("torch.", ""),
             "kernel_backend": self.config.kernel_backend,
+            **{k: round(v, 3) for k, v in self.step_times.items()},
+            **{k: round(v, 3) for k, v in self.model_runner.times.items()},
             "cuda_graph_steps": self.model_runner.num_graph_steps,
         }

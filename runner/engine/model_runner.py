@@ -107,6 +107,9 @@ class ModelRunner:
             else:
                 logger.info("CUDA graphs need kernel_backend='triton': running eager.")
         self.num_graph_steps = 0
+        # prepare_s: host input building; forward_s: launching the forward (asynchronous on
+        # CUDA); sample_s: logits + sampler, which waits for the GPU when it reads tokens back
+        self.times = {"prepare_s": 0.0, "forward_s": 0.0, "sample_s": 0.0}
         self.capture_len = min(config.max_seq_len_to_capture, sched.max_model_len)
         self.capture_sizes = capture_batch_sizes(sched.max_num_seqs)
 
@@ -198,7 +201,9 @@ class ModelRunner:
         for src, dst in out.blocks_to_copy:
             for cache in self.kv_caches:
                 cache[:, dst].copy_(cache[:, src])
+        t0 = time.perf_counter()
         input_ids, positions, meta = self.inputs.build(out)
+        t_built = time.perf_counter()
         if self.use_triton and meta.decode_only and meta.max_seq_len <= self.capture_len and \
                 self.device.type == "cuda":
             # decode as the captured graph would: same split count, graph or not
@@ -210,6 +215,15 @@ class ModelRunner:
             self.num_graph_steps += 1
         else:
             hidden = self.model(input_ids, positions, self.kv_caches, meta)    # [T, H]
+        t1 = time.perf_counter()
+        result = self._sample(out, meta, hidden)
+        self.times["prepare_s"] += t_built - t0
+        self.times["forward_s"] += t1 - t_built
+        self.times["sample_s"] += time.perf_counter() - t1
+        return result
+
+    def _sample(self, out: SchedulerOutput, meta: AttentionMetadata,
+                hidden: torch.Tensor) -> ModelRunnerOutput:
 
         rows: list[int] = []               # hidden rows whose logits are needed
         sample_rows: list[tuple[int, int]] = []   # (scheduled index, row position in `rows`)
