@@ -91,10 +91,13 @@ class Sampler:
         is_random = [r.params.sampling_type == SamplingType.RANDOM for r in requests]
         random_rows = [i for i, rand in enumerate(is_random) if rand]
         greedy_rows = [i for i, rand in enumerate(is_random) if not rand]
-        if greedy_rows:
+        if not random_rows:                   # all greedy: no row gathering
+            token_ids = x.argmax(dim=-1)
+        elif not greedy_rows:                 # all random
+            token_ids = self._sample(x, requests)
+        else:
             idx = torch.tensor(greedy_rows, device=device)
             token_ids[idx] = x[idx].argmax(dim=-1)
-        if random_rows:
             idx = torch.tensor(random_rows, device=device)
             token_ids[idx] = self._sample(x[idx], [requests[i] for i in random_rows])
 

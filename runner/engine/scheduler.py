@@ -23,7 +23,7 @@ from runner.engine.config import SchedulerConfig
 from runner.engine.sequence import Sequence, SequenceGroup, SequenceStatus
 
 
-@dataclass
+@dataclass(slots=True)
 class ScheduledSequence:
     seq: Sequence
     start: int              # seq.num_computed_tokens when scheduled
@@ -143,15 +143,27 @@ class Scheduler:
 
         # 1. running sequences, oldest first; preempt from the newest end when blocks run out
         visited: set[int] = set()
+        block_size, ref_counts = bm.block_size, bm.ref_counts
+        running_status = SequenceStatus.RUNNING
+        scheduled = out.scheduled
         for seq in list(self.running):
             if budget <= 0:
                 break
-            if seq.status != SequenceStatus.RUNNING:
+            if seq.status != running_status:
                 continue                      # preempted earlier in this loop
             visited.add(id(seq))
-            k = min(seq.num_uncomputed_tokens, budget)
+            pos = seq.num_computed_tokens
+            k = min(len(seq.token_ids) - pos, budget)
             if k == 0:                        # a beam waiting for its siblings' candidates
                 continue
+            if k == 1:
+                # the common decode step: its slot is in a block it already owns alone
+                table = seq.block_table
+                i = pos // block_size
+                if i < len(table) and ref_counts[table[i]] == 1:
+                    scheduled.append(ScheduledSequence(seq, pos, 1))
+                    budget -= 1
+                    continue
             while not bm.can_append(seq, k):
                 victim = self._newest_victim(seq, visited)
                 if victim is None:            # seq's unit is the newest: it goes back
