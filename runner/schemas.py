@@ -1,0 +1,185 @@
+"""Structured-config schemas of a run: the dataclasses Hydra composes conf/ into.
+
+Data flow: `register_configs(cs)` stores `RunConfig` in Hydra's ConfigStore as `run_schema`;
+conf/config.yaml lists it first in its defaults, so every group YAML (model/, engine/,
+sampling/, dataset/) and every command-line override merges into a typed node. An unknown key
+(`dataset.promt_field=x`) or a value of the wrong type fails at compose time, before anything
+runs. After composition the CLI turns the DictConfig into these dataclasses
+(`OmegaConf.to_object`), and from there on only plain Python objects move: the engine gets
+keyword arguments built from ModelConfig + EngineConfig, SamplingParams gets SamplingConfig's
+fields one to one.
+
+Rules that span fields (the sampling modes) are not expressible here; runner/validation.py
+checks them with JSON Schemas.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+
+@dataclass
+class GGUFSource:
+    """A GGUF checkpoint shipped inside a Python package (or given as a path).
+
+    The file is found with importlib.util.find_spec(package).origin, without importing the
+    package; `path` names a .gguf file directly and wins over package/file.
+    """
+
+    package: Optional[str] = None
+    file: Optional[str] = None
+    path: Optional[str] = None
+
+
+@dataclass
+class ModelConfig:
+    """Which weights and tokenizer to load: the model-identity arguments of LLM(...)."""
+
+    name: str = MISSING  # short name used in run ids and summaries
+    model: str = MISSING  # hub id, local folder, or path to a .gguf file
+    # When set and resolvable, the GGUF file is loaded instead of `model` (offline default).
+    gguf: Optional[GGUFSource] = None
+    tokenizer: Optional[str] = None
+    tokenizer_mode: str = "auto"
+    trust_remote_code: bool = False
+    dtype: str = "auto"
+    quantization: Optional[str] = None
+    revision: Optional[str] = None
+    tokenizer_revision: Optional[str] = None
+    max_model_len: Optional[int] = None
+
+
+@dataclass
+class EngineConfig:
+    """The remaining arguments of LLM(...) and its engine kwargs, with vLLM's defaults."""
+
+    skip_tokenizer_init: bool = False
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    swap_space: float = 4
+    cpu_offload_gb: float = 0
+    enforce_eager: Optional[bool] = None
+    max_seq_len_to_capture: int = 8192
+    disable_custom_all_reduce: bool = False
+    disable_async_output_proc: bool = False
+    max_num_seqs: int = 256
+    max_num_batched_tokens: Optional[int] = None
+    block_size: int = 16
+    load_format: str = "auto"
+    device: str = "auto"
+    num_gpu_blocks_override: Optional[int] = None
+    enable_chunked_prefill: Optional[bool] = None
+    enable_prefix_caching: bool = False
+
+
+@dataclass
+class SamplingConfig:
+    """SamplingParams' fields one to one (vLLM's names and defaults, legacy beam fields too)."""
+
+    n: int = 1
+    best_of: Optional[int] = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    min_p: float = 0.0
+    # None: the runner derives one seed per item from the run seed and the item id, so a
+    # sampled prediction does not depend on the batch it ran in (resume, reruns).
+    seed: Optional[int] = None
+    use_beam_search: bool = False
+    length_penalty: float = 1.0
+    early_stopping: Any = False  # True, False or "never" (OmegaConf has no Union of bool|str)
+    stop: List[str] = field(default_factory=list)
+    stop_token_ids: List[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    max_tokens: Optional[int] = 16
+    min_tokens: int = 0
+    logprobs: Optional[int] = None
+    prompt_logprobs: Optional[int] = None
+    skip_special_tokens: bool = True
+
+
+@dataclass
+class DatasetConfig:
+    """Where prompts come from and how they are formatted (runner/datasets.py reads it)."""
+
+    name: str = "custom"  # short name for run ids and summaries
+    source: str = "builtin:squad_mini"  # builtin:NAME | jsonl:PATH | hf:NAME[:CONFIG[:SPLIT]]
+    hf_config: Optional[str] = None
+    split: Optional[str] = None
+    preset: str = "auto"  # auto | squad | generic
+    prompt_field: Optional[str] = None
+    reference_field: Optional[str] = None
+    id_field: Optional[str] = None
+    template: Optional[str] = None
+    chat: bool = False
+    system_prompt: Optional[str] = None
+    limit: Optional[int] = None
+    shuffle: bool = False
+    seed: int = 0
+    metric: Optional[str] = None
+
+
+class Mode(Enum):
+    eval = "eval"  # generate, then score against the references
+    generate = "generate"  # generate only (datasets without usable references)
+
+
+@dataclass
+class RunConfig:
+    """The whole run. Top-level keys are the run's identity and where its output goes."""
+
+    model: ModelConfig = MISSING
+    engine: EngineConfig = MISSING
+    sampling: SamplingConfig = MISSING
+    dataset: DatasetConfig = MISSING
+    experiment: str = "default"
+    seed: int = 0
+    mode: Mode = Mode.eval
+    output_root: str = "outputs"
+    # None: a fresh id from run_id_pattern. An existing run's id resumes that run.
+    run_id: Optional[str] = None
+    # Fields: {time} (YYYYmmdd-HHMMSS), {model}, {sampling}, {dataset}, {hash} (config hash, 8).
+    run_id_pattern: str = "{time}_{model}_{sampling}_{hash}"
+    # true: continue the newest unfinished run of this experiment with the same config hash.
+    resume: bool = False
+    use_tqdm: bool = True
+    # Free-form labels copied into the manifest and the sweep summary.
+    tags: Dict[str, str] = field(default_factory=dict)
+
+
+GROUP_SCHEMAS = {
+    "model": ModelConfig,
+    "engine": EngineConfig,
+    "sampling": SamplingConfig,
+    "dataset": DatasetConfig,
+}
+
+# Keys that describe where and how a run is stored, not what it computes: they stay out of
+# the config hash, so resuming or rerunning under another id or folder matches.
+NON_RESULT_KEYS = ("experiment", "output_root", "run_id", "run_id_pattern", "resume",
+                   "use_tqdm", "tags")
+
+
+def register_configs(cs) -> None:
+    """Store the run schema in Hydra's ConfigStore (`cs`), where conf/config.yaml finds it."""
+    cs.store(name="run_schema", node=RunConfig)
+
+
+def to_plain(obj: Any) -> Any:
+    """Dataclasses/enums -> JSON-ready dicts and strings (for hashing, manifests, recipes)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Enum):
+        return obj.value
+    if isinstance(obj, dict):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    return obj
