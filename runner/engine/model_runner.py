@@ -69,9 +69,11 @@ class ModelRunner:
         self.model = get_model(self.model_config, self.device,
                                ParallelContext(use_triton=self.use_triton))
         self.load_seconds = time.perf_counter() - t0
-        self.num_layers = hf.num_hidden_layers
-        self.num_kv_heads = getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads
-        self.head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+        # the model says what its paged KV cache looks like (families name their configs
+        # differently: n_layer, num_hidden_layers, ...)
+        self.num_layers = self.model.num_layers
+        self.num_kv_heads = self.model.num_kv_heads
+        self.head_dim = self.model.head_dim
         self.dtype = self.model_config.dtype
         self.vocab_size = hf.vocab_size
         self.sampler = Sampler(torch.Generator(device=self.device).manual_seed(

@@ -143,6 +143,11 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, **pc.tp_kwargs())
         if self.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        # the paged KV cache's shape, read by the model runner (per tensor-parallel rank)
+        attn = self.model.layers[0].self_attn
+        self.num_layers = config.num_hidden_layers
+        self.num_kv_heads = attn.num_kv_heads
+        self.head_dim = attn.head_dim
 
     def forward(self, input_ids, positions, kv_caches, meta) -> torch.Tensor:
         return self.model(input_ids, positions, kv_caches, meta)
