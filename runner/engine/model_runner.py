@@ -166,14 +166,17 @@ class ModelRunner:
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
         tmp_bytes = sum(c.numel() * c.element_size() for c in tmp_caches)
-        del tmp_caches, hidden
+        del hidden, logits
+        graph_reserve = self._profile_graph_pool(tmp_caches)
+        del tmp_caches
         torch.cuda.empty_cache()
         _, total = torch.cuda.mem_get_info()
         budget = total * self.config.cache_config.gpu_memory_utilization
-        available = budget - (peak - tmp_bytes)
+        available = budget - (peak - tmp_bytes) - graph_reserve
         num_blocks = int(available // self.block_bytes)
-        logger.info("memory profile: peak %.2f GiB without cache, budget %.2f GiB -> %d blocks",
-                    (peak - tmp_bytes) / 2**30, budget / 2**30, num_blocks)
+        logger.info("memory profile: peak %.2f GiB without cache, CUDA-graph reserve %.2f GiB, "
+                    "budget %.2f GiB -> %d blocks", (peak - tmp_bytes) / 2**30,
+                    graph_reserve / 2**30, budget / 2**30, num_blocks)
         if num_blocks < 1:
             raise ValueError(
                 f"no memory left for the KV cache: the model and a forward pass of "
@@ -182,6 +185,24 @@ class ModelRunner:
                 f"{self.config.cache_config.gpu_memory_utilization} allows. Raise it or lower "
                 "max_num_batched_tokens.")
         return num_blocks
+
+    def _profile_graph_pool(self, tmp_caches: list[torch.Tensor]) -> int:
+        """CUDA graphs keep their largest decode batch's activations in a private pool that
+        outlives the profile: measure a decode-shaped forward at max_num_seqs and reserve it."""
+        if self.config.enforce_eager or not self.use_triton:
+            return 0
+        n = min(self.config.scheduler_config.max_num_seqs, tmp_caches[0].shape[1])
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        meta = self._profile_metadata(list(range(0, n * self.block_size, self.block_size)),
+                                      list(range(n + 1)), [1] * n, [[b] for b in range(n)])
+        hidden = self.model(torch.zeros(n, dtype=torch.long, device=self.device),
+                            torch.zeros(n, dtype=torch.long, device=self.device), tmp_caches,
+                            meta)
+        self.model.compute_logits(hidden).float().softmax(dim=-1).sort(dim=-1)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
 
     # ------------------------------------------------------------ inputs
     def _profile_metadata(self, slots, qsl, seq_lens, tables) -> AttentionMetadata:
