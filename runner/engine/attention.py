@@ -80,7 +80,10 @@ def paged_attention_ref(q: torch.Tensor, kv_cache: torch.Tensor, meta: Attention
             mask |= pos.view(1, -1) < lens - sliding_window
         scores.masked_fill_(mask[:, None, None, :], float("-inf"))
         probs = scores.softmax(dim=-1)
-        od = torch.einsum("bkgs,bskd->bkgd", probs, v.float())
+        # slots past a sequence's length may never have been written (uninitialized cache):
+        # zero them, since a zero probability times NaN would still be NaN
+        v = v.float().masked_fill_(mask[:, :, None, None], 0.0)
+        od = torch.einsum("bkgs,bskd->bkgd", probs, v)
         out[rows] = od.reshape(-1, hq, d).to(q.dtype)
 
     qs = meta.query_start_loc

@@ -87,9 +87,12 @@ class ModelRunner:
                 f"{max_len}: one sequence could never finish. Raise num_gpu_blocks_override "
                 "or gpu_memory_utilization, or lower max_model_len.")
         config.cache_config.num_gpu_blocks = self.num_blocks
-        # one tensor per layer: [2 (k, v), num_blocks, block_size, num_kv_heads, head_dim]
-        self.kv_caches = [torch.zeros(2, self.num_blocks, self.block_size, self.num_kv_heads,
-                                      self.head_dim, dtype=self.dtype, device=self.device)
+        # one tensor per layer: [2 (k, v), num_blocks, block_size, num_kv_heads, head_dim]. On
+        # CPU it is left uninitialized: the OS commits pages only as blocks are written (a 4 GiB
+        # memset took seconds at start-up), and attention masks every unwritten slot
+        alloc = torch.empty if self.device.type == "cpu" else torch.zeros
+        self.kv_caches = [alloc(2, self.num_blocks, self.block_size, self.num_kv_heads,
+                                self.head_dim, dtype=self.dtype, device=self.device)
                           for _ in range(self.num_layers)]
         logger.info("KV cache: %d blocks x %d tokens = %d tokens (%.1f MiB)", self.num_blocks,
                     self.block_size, self.num_blocks * self.block_size,
