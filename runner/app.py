@@ -278,6 +278,9 @@ def run(cfg: RunConfig, ctx: Optional[RunContext] = None) -> RunResult:
     from runner.datasets import load_examples
 
     ctx = ctx or RunContext()
+    if cfg.mode == Mode.bench:
+        from runner.bench_mode import run_bench
+        return run_bench(cfg, " ".join(ctx.command) or "python -m runner mode=bench")
     validate_run(cfg)
     _normalize(cfg)
     source = resolve_model_source(cfg.model)

@@ -10,7 +10,8 @@ MODEL_SHAPES or a local model folder. Prompts are random token ids with fixed in
 lengths and ignore_eos, as in vLLM's benchmark_throughput/benchmark_latency. The result goes to
 outputs/bench/<run-id>/benchmark.json with the device, the command, the engine's KV-cache
 numbers, peak memory, the measured matmul and copy ceilings and the ratios against them (and
-against HF transformers generate when asked). The runner's mode=bench calls `main` too.
+against HF transformers generate when asked). The runner's `mode=bench` (runner/bench_mode.py)
+runs the same workloads from the composed Hydra config into a versioned run folder.
 """
 from __future__ import annotations
 
@@ -195,7 +196,8 @@ def _free() -> None:
 # ---------------------------------------------------------------------------- driver
 def build_llm(folder: str, args, enforce_eager: bool):
     from runner.engine import LLM
-    kw = dict(load_format="dummy", dtype=args.dtype, skip_tokenizer_init=True,
+    kw = dict(load_format=getattr(args, "load_format", "dummy"), dtype=args.dtype,
+              skip_tokenizer_init=True,
               enforce_eager=enforce_eager, gpu_memory_utilization=args.gpu_memory_utilization,
               max_num_seqs=args.max_num_seqs, seed=args.seed)
     if args.max_num_batched_tokens:
@@ -314,6 +316,9 @@ def parse_args(argv: Optional[list] = None):
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    ap.add_argument("--load-format", default="dummy",
+                    choices=["dummy", "auto", "safetensors", "pt"],
+                    help="dummy: random weights of the model's shape (the default)")
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--max-num-batched-tokens", type=int, default=None)
     ap.add_argument("--max-model-len", type=int, default=None)

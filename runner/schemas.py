@@ -74,6 +74,7 @@ class EngineConfig:
     num_gpu_blocks_override: Optional[int] = None
     enable_chunked_prefill: Optional[bool] = None
     enable_prefix_caching: bool = False
+    kernel_backend: str = "auto"  # auto (Triton on CUDA) | triton | torch (reference ops)
 
 
 @dataclass
@@ -129,6 +130,23 @@ class DatasetConfig:
 class Mode(Enum):
     eval = "eval"  # generate, then score against the references
     generate = "generate"  # generate only (datasets without usable references)
+    bench = "bench"  # the engine's throughput or latency workload (runner/bench_mode.py)
+
+
+@dataclass
+class BenchConfig:
+    """mode=bench: vLLM's benchmark workloads on random token prompts (runner.engine_bench)."""
+
+    workload: str = "throughput"  # throughput | latency
+    num_prompts: int = 1000  # throughput
+    input_len: int = 256
+    output_len: int = 256
+    batch_size: int = 1  # latency
+    warmup: int = 2  # latency
+    iters: int = 5  # latency
+    compare_eager: bool = False  # latency: also run enforce_eager=True (CUDA only)
+    hf_num_prompts: int = 0  # throughput: run HF transformers generate on this many too
+    hf_batch_size: int = 128
 
 
 @dataclass
@@ -142,6 +160,7 @@ class RunConfig:
     experiment: str = "default"
     seed: int = 0
     mode: Mode = Mode.eval
+    bench: BenchConfig = field(default_factory=BenchConfig)
     output_root: str = "outputs"
     # None: a fresh id from run_id_pattern. An existing run's id resumes that run.
     run_id: Optional[str] = None

@@ -1,0 +1,33 @@
+"""`python -m runner mode=bench`: the engine's workloads from the composed config, into a run
+folder (config.yaml, manifest.json, benchmark.json, run.log)."""
+from __future__ import annotations
+
+from tests.e2e.helpers import only_run_dir, read_json, run_cli
+
+
+def test_bench_mode_throughput_writes_a_run_folder(tiny_llama, tmp_path):
+    out = tmp_path / "out"
+    proc = run_cli(["mode=bench", "model=local", f"model.model={tiny_llama}",
+                    "engine.load_format=auto", "engine.device=cpu", "bench.num_prompts=5",
+                    "bench.input_len=7", "bench.output_len=3", f"output_root={out}",
+                    "use_tqdm=false"], cwd=tmp_path, check=True)
+    run_dir = only_run_dir(out)
+    assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "manifest.json",
+                                                   "benchmark.json", "run.log"}
+    bench = read_json(run_dir / "benchmark.json")
+    engine = bench["engine"]
+    # exactly the workload asked for: 5 prompts of 7 random tokens, 3 tokens out each
+    assert (engine["num_requests"], engine["prompt_tokens"], engine["output_tokens"]) == \
+        (5, 35, 15)
+    assert engine["total_tokens_per_s"] > 0 and engine["kv_cache_token_capacity"] > 0
+    assert read_json(run_dir / "manifest.json")["status"] == "completed"
+    assert "total_tokens_per_s" in proc.stdout
+
+
+def test_bench_mode_rejects_an_unknown_workload(tiny_llama, tmp_path):
+    proc = run_cli(["mode=bench", "model=local", f"model.model={tiny_llama}",
+                    "bench.workload=sprint", f"output_root={tmp_path / 'out'}"], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "bench.workload='sprint'" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
