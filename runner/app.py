@@ -357,7 +357,11 @@ def _generate_and_score(cfg: RunConfig, store: RunStore, manifest: dict, session
     from runner.engine import LLM, SamplingParams
 
     t0 = time.time()
-    llm = LLM(**llm_kwargs(cfg.model, cfg.engine, cfg.seed, source))
+    if cfg.engine.url:
+        from runner.remote_engine import RemoteLLM
+        llm = RemoteLLM.from_configs(cfg.model, cfg.engine, cfg.seed, source)
+    else:
+        llm = LLM(**llm_kwargs(cfg.model, cfg.engine, cfg.seed, source))
     load_seconds = time.time() - t0
     engine = llm.llm_engine
     model_config = engine.model_config

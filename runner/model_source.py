@@ -89,6 +89,10 @@ def resolve_model_source(model_cfg: ModelConfig) -> ModelSource:
     return ModelSource(model=name, kind="hub")
 
 
+REMOTE_ENGINE_KEYS = ("url", "api_key", "served_model_name", "max_concurrency",
+                      "request_timeout", "return_token_ids")
+
+
 def llm_kwargs(model_cfg: ModelConfig, engine_cfg: EngineConfig, seed: int,
                source: ModelSource) -> dict[str, Any]:
     """Keyword arguments for runner.engine.LLM: model identity + every engine argument."""
@@ -106,6 +110,9 @@ def llm_kwargs(model_cfg: ModelConfig, engine_cfg: EngineConfig, seed: int,
     if model_cfg.max_model_len is not None:
         kwargs["max_model_len"] = model_cfg.max_model_len
     kwargs.update(to_plain(engine_cfg))
+    # the remote engine's settings are not LLM(...) arguments
+    for key in REMOTE_ENGINE_KEYS:
+        kwargs.pop(key, None)
     return kwargs
 
 

@@ -75,6 +75,13 @@ class EngineConfig:
     enable_chunked_prefill: Optional[bool] = None
     enable_prefix_caching: bool = False
     kernel_backend: str = "auto"  # auto (Triton on CUDA) | triton | torch (reference ops)
+    # engine=remote: evaluate against an OpenAI-compatible server instead of a local LLM
+    url: Optional[str] = None
+    api_key: Optional[str] = None
+    served_model_name: Optional[str] = None
+    max_concurrency: int = 32
+    request_timeout: float = 600.0
+    return_token_ids: bool = False
 
 
 @dataclass

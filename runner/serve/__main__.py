@@ -1,0 +1,69 @@
+"""`python -m runner.serve`: the command line, the only place of the server that knows Hydra.
+
+    argv -> `serve.gpus=0,1` quoted (Hydra would read an unquoted comma list as a sweep)
+         -> hydra.main composes conf/serve.yaml (model/, engine/, sampling/ groups of conf/ +
+            the serve node) against runner/serve/config.py
+         -> DictConfig -> ServeRunConfig dataclasses -> runner.serve.server.serve(cfg)
+
+Errors in the config end with one line on stderr (`runner.serve: error: ...`) and exit 2;
+HYDRA_FULL_ERROR=1 shows the traceback.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
+
+
+def quote_gpus(argv: list[str]) -> list[str]:
+    out = []
+    for arg in argv:
+        key, eq, value = arg.partition("=")
+        if eq and key.lstrip("+~") == "serve.gpus" and "," in value \
+                and not value.startswith(("'", '"', "[")):
+            arg = f"{key}='{value}'"
+        out.append(arg)
+    return out
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    import hydra
+    from hydra.core.config_store import ConfigStore
+
+    from runner.serve.config import register_configs
+
+    argv = quote_gpus(list(sys.argv[1:] if argv is None else argv))
+    register_configs(ConfigStore.instance())
+    failed: list = []
+
+    def task(cfg) -> None:
+        from omegaconf import OmegaConf
+
+        from runner.serve.server import serve
+
+        try:
+            serve(OmegaConf.to_object(cfg))
+        except KeyboardInterrupt:
+            pass
+        except Exception as exc:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"runner.serve: error: {type(exc).__name__}: {exc}", file=sys.stderr,
+                  flush=True)
+            failed.append(exc)
+
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "runner.serve", *argv]
+    try:
+        hydra.main(config_path=os.fspath(CONF_DIR), config_name="serve",
+                   version_base="1.3")(task)()
+    finally:
+        sys.argv = saved
+    return 2 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,342 @@
+"""AsyncLLMEngine: one background thread owns the (not thread-safe) LLMEngine; asyncio handlers
+talk to it through queues. This is the server's continuous batching.
+
+    handler (event loop)                       engine thread
+    add_request(...) --- inbox (SimpleQueue) --> add_request on the LLMEngine (ValueError back
+         await accepted <--------------------- -- to the handler through its future)
+    async for out in stream  <- per-request    <- step(): a RequestOutput for every request that
+         asyncio.Queue (call_soon_threadsafe)       progressed; finished=True ends the stream
+    stream.abort() / disconnect -- inbox ------> abort_request (frees its sequences and blocks)
+
+Requests that arrive while others decode are picked up before the next step, so they join the
+running batch. Each streamed RequestOutput holds the text so far, so a slow reader can skip to
+the newest one. The thread also keeps the numbers /metrics reports (counters and a gauge
+snapshot taken after each step), so the HTTP side never reads engine state directly.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+logger = logging.getLogger("runner.serve")
+
+_IDLE_WAIT_S = 0.5  # how long the idle engine thread blocks on its inbox between checks
+
+
+class EngineShutdownError(RuntimeError):
+    """The engine is stopping (SIGTERM) or stopped; the request was refused or cut short."""
+
+
+class EngineOverloadedError(RuntimeError):
+    """More requests are pending than serve.max_pending_requests allows."""
+
+
+class RequestStream:
+    """The outputs of one request, delivered from the engine thread to one asyncio consumer."""
+
+    def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop,
+                 engine: "AsyncLLMEngine"):
+        self.request_id = request_id
+        self._loop = loop
+        self._engine = engine
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self.finished = False
+
+    # engine thread side
+    def put(self, item: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
+
+    # event loop side
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        if self.finished:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        # Streamed outputs are cumulative: a reader that fell behind jumps to the newest one.
+        while not isinstance(item, BaseException) and not item.finished:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+        if isinstance(item, BaseException):
+            self.finished = True
+            raise item
+        if item.finished:
+            self.finished = True
+        return item
+
+    def abort(self) -> None:
+        """Stop generating (client gone): frees the request's sequences in the engine."""
+        if not self.finished:
+            self.finished = True
+            self._engine.abort(self.request_id)
+
+
+@dataclass
+class _Add:
+    request_id: str
+    prompt: Any
+    params: Any
+    add_special_tokens: bool
+    stream: RequestStream
+    accepted: asyncio.Future
+    arrival_time: float
+
+
+@dataclass
+class _Call:
+    fn: Callable[[], Any]
+    loop: asyncio.AbstractEventLoop
+    done: asyncio.Future
+
+
+@dataclass
+class EngineCounters:
+    """Monotonic counters (engine thread writes, /metrics reads)."""
+
+    requests_added: int = 0
+    requests_finished: dict = field(default_factory=dict)  # finish_reason -> count
+    requests_aborted: int = 0
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+
+
+class AsyncLLMEngine:
+    """Drives `llm.llm_engine` from one thread; `add_request` is the asyncio entry point."""
+
+    def __init__(self, llm: Any, max_pending_requests: Optional[int] = None):
+        self.llm = llm
+        self.engine = llm.llm_engine  # None for an embedding model (LLM.encode only)
+        if self.engine is not None:
+            self.engine.stream_outputs = True
+        self.max_pending_requests = max_pending_requests
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._streams: dict[str, RequestStream] = {}  # engine thread only
+        self._ids = itertools.count()
+        self._thread: Optional[threading.Thread] = None
+        self._accepting = False
+        self._stop = threading.Event()
+        self.counters = EngineCounters()
+        self.gauges: dict = {}
+        self.error: Optional[BaseException] = None
+        self._snapshot()
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._accepting = True
+        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
+        self._thread.start()
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
+
+    def stop_accepting(self) -> None:
+        """New requests get EngineShutdownError; those in flight go on."""
+        self._accepting = False
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Abort whatever is still running, stop the thread and wait for it."""
+        self._accepting = False
+        self._stop.set()
+        self._inbox.put(None)  # wake the idle thread
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                logger.warning("the engine thread did not stop within %.1fs", timeout)
+
+    # ------------------------------------------------------------ asyncio side
+    def new_request_id(self, prefix: str) -> str:
+        return f"{prefix}-{next(self._ids)}"
+
+    async def add_request(self, request_id: str, prompt: Any, params: Any,
+                          add_special_tokens: bool = True) -> RequestStream:
+        """Queue a request; raises ValueError (bad input), EngineShutdownError or
+        EngineOverloadedError before any output is produced."""
+        if not self._accepting or not self.is_running:
+            raise EngineShutdownError("the server is shutting down; request refused")
+        if (self.max_pending_requests is not None
+                and self.gauges.get("num_requests_waiting", 0) >= self.max_pending_requests):
+            raise EngineOverloadedError(
+                f"{self.gauges['num_requests_waiting']} requests are already waiting "
+                f"(serve.max_pending_requests={self.max_pending_requests}); retry later")
+        loop = asyncio.get_running_loop()
+        stream = RequestStream(request_id, loop, self)
+        accepted = loop.create_future()
+        self._inbox.put(_Add(request_id, prompt, params, add_special_tokens, stream, accepted,
+                             time.time()))
+        try:
+            await accepted
+        except asyncio.CancelledError:
+            self.abort(request_id)
+            raise
+        return stream
+
+    def abort(self, request_id: str) -> None:
+        self._inbox.put(("abort", request_id))
+
+    async def run_in_engine_thread(self, fn: Callable[[], Any]) -> Any:
+        """Run fn() in the engine thread between two steps (e.g. LLM.encode); its result or
+        exception comes back here."""
+        if not self._accepting or not self.is_running:
+            raise EngineShutdownError("the server is shutting down; request refused")
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._inbox.put(_Call(fn, loop, done))
+        return await done
+
+    # ------------------------------------------------------------ engine thread
+    @staticmethod
+    def _resolve(fut: asyncio.Future, loop, result=None, exc: Optional[BaseException] = None):
+        def set_it():
+            if fut.done():
+                return
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+        try:
+            loop.call_soon_threadsafe(set_it)
+        except RuntimeError:
+            pass
+
+    def _handle(self, cmd: Any) -> None:
+        if isinstance(cmd, _Add):
+            loop = cmd.stream._loop
+            try:
+                if not self._accepting:
+                    raise EngineShutdownError("the server is shutting down; request refused")
+                prompt = cmd.prompt
+                if isinstance(prompt, str) and not cmd.add_special_tokens:
+                    # chat prompts: the template already holds BOS and friends
+                    ids = self.engine.get_tokenizer().encode(prompt, add_special_tokens=False)
+                    prompt = {"prompt": prompt, "prompt_token_ids": list(ids)}
+                self.engine.add_request(cmd.request_id, prompt, cmd.params,
+                                        arrival_time=cmd.arrival_time)
+            except Exception as exc:  # bad input: the handler answers 400
+                self._resolve(cmd.accepted, loop, exc=exc)
+                return
+            self._streams[cmd.request_id] = cmd.stream
+            self.counters.requests_added += 1
+            self._resolve(cmd.accepted, loop, result=True)
+        elif isinstance(cmd, _Call):
+            try:
+                result = cmd.fn()
+            except Exception as exc:
+                self._resolve(cmd.done, cmd.loop, exc=exc)
+            else:
+                self._resolve(cmd.done, cmd.loop, result=result)
+        elif isinstance(cmd, tuple) and cmd[0] == "abort":
+            rid = cmd[1]
+            if self._streams.pop(rid, None) is not None:
+                self.engine.abort_request(rid)
+                self.counters.requests_aborted += 1
+
+    def _drain(self, block: bool) -> None:
+        try:
+            cmd = self._inbox.get(timeout=_IDLE_WAIT_S) if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            if cmd is not None:
+                self._handle(cmd)
+            try:
+                cmd = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _step(self) -> None:
+        outputs = self.engine.step()
+        for out in outputs:
+            stream = self._streams.get(out.request_id)
+            if out.finished:
+                self._streams.pop(out.request_id, None)
+                self._count_finished(out)
+            if stream is not None:
+                stream.put(out)
+
+    def _count_finished(self, out: Any) -> None:
+        c = self.counters
+        c.prompt_tokens += len(out.prompt_token_ids or [])
+        for comp in out.outputs:
+            c.generation_tokens += len(comp.token_ids)
+            reason = comp.finish_reason or "unknown"
+            c.requests_finished[reason] = c.requests_finished.get(reason, 0) + 1
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for rid, stream in list(self._streams.items()):
+            stream.put(exc)
+        rids = list(self._streams)
+        self._streams.clear()
+        try:
+            if self.engine is not None:
+                self.engine.abort_request(rids)
+        except Exception:  # the engine is already broken; nothing more to free
+            logger.exception("abort after an engine error failed")
+
+    def _snapshot(self) -> None:
+        e = self.engine
+        try:
+            bm = e.block_manager
+            num_blocks = bm.num_blocks
+            used = num_blocks - bm.num_free_blocks
+            self.gauges = {
+                "num_requests_running": len(e.scheduler.running),
+                "num_requests_waiting": len(e.scheduler.waiting),
+                "num_unfinished_requests": len(self._streams),
+                "kv_cache_usage_perc": used / num_blocks if num_blocks else 0.0,
+                "kv_cache_used_blocks": used,
+                "kv_cache_total_blocks": num_blocks,
+                "num_preemptions": getattr(e.scheduler, "num_preemptions", 0),
+                "num_steps": e.stats.get("num_steps", 0) if hasattr(e, "stats") else 0,
+            }
+        except AttributeError:  # an engine without these books (tests' fakes, remote)
+            self.gauges = {"num_unfinished_requests": len(self._streams)}
+
+    def _has_work(self) -> bool:
+        return self.engine is not None and self.engine.has_unfinished_requests()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._drain(block=not self._has_work())
+                if self._stop.is_set():
+                    break
+                if self._has_work():
+                    try:
+                        self._step()
+                    except Exception as exc:
+                        logger.exception("engine step failed; failing the running requests")
+                        self.error = exc
+                        self._fail_all(RuntimeError(f"engine step failed: {exc}"))
+                self._snapshot()
+        finally:
+            self._fail_all(EngineShutdownError("the server shut down before the request "
+                                               "finished"))
+            # commands that raced the stop: refuse them cleanly
+            while True:
+                try:
+                    cmd = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(cmd, _Add):
+                    self._resolve(cmd.accepted, cmd.stream._loop,
+                                  exc=EngineShutdownError("the server is shutting down"))
+                elif isinstance(cmd, _Call):
+                    self._resolve(cmd.done, cmd.loop,
+                                  exc=EngineShutdownError("the server is shutting down"))
+            self._snapshot()
+            logger.info("engine loop stopped")
