@@ -6,7 +6,12 @@
 
 generate() queues every prompt in the LLMEngine, steps it until all are finished (continuous
 batching: the scheduler mixes prefills and decodes of all prompts) and returns the
-RequestOutputs in the order of the prompts.
+RequestOutputs in the order of the prompts. chat() renders conversations with the chat
+template (runner/engine/chat_utils.py) and hands the token ids to generate().
+
+An encoder architecture (BertModel) is an embedding model: __init__ builds a PoolingRunner
+(runner/engine/pooling.py: no KV cache, no scheduler) instead of the LLMEngine, and encode()
+returns one EmbeddingRequestOutput per prompt; generate/chat/beam_search refuse it.
 """
 from __future__ import annotations
 
@@ -14,8 +19,11 @@ import time
 from typing import Optional, Sequence, Union
 
 from runner.engine.config import EngineArgs
+from runner.engine.chat_utils import render_prompts
 from runner.engine.llm_engine import LLMEngine
-from runner.engine.outputs import BeamSearchOutput, BeamSearchSequence, RequestOutput
+from runner.engine.outputs import (BeamSearchOutput, BeamSearchSequence,
+                                   EmbeddingRequestOutput, PoolingParams, RequestOutput)
+from runner.engine.pooling import PoolingRunner, is_embedding_model
 from runner.engine.sampling_params import BeamSearchParams, SamplingParams
 
 
@@ -43,19 +51,41 @@ class LLM:
             max_seq_len_to_capture=max_seq_len_to_capture,
             disable_custom_all_reduce=disable_custom_all_reduce,
             disable_async_output_proc=disable_async_output_proc, **kwargs)
-        self.llm_engine = LLMEngine.from_engine_args(engine_args)
+        config = engine_args.create_configs()
+        # exactly one of the two is set: the generative engine or the embedding (pooling) path
+        self.llm_engine: Optional[LLMEngine] = None
+        self.pooling_runner: Optional[PoolingRunner] = None
+        if is_embedding_model(config.model_config.hf_config):
+            self.pooling_runner = PoolingRunner(config)
+        else:
+            self.llm_engine = LLMEngine(config)
+        self.model_name = model
         self.request_counter = 0
 
+    @property
+    def is_embedding_model(self) -> bool:
+        return self.pooling_runner is not None
+
+    def _engine(self):
+        return self.llm_engine if self.llm_engine is not None else self.pooling_runner
+
     def get_tokenizer(self):
-        return self.llm_engine.get_tokenizer()
+        return self._engine().get_tokenizer()
 
     def set_tokenizer(self, tokenizer) -> None:
-        self.llm_engine.tokenizer = tokenizer
+        self._engine().tokenizer = tokenizer
+
+    def _check_generative(self, api: str) -> None:
+        if self.pooling_runner is not None:
+            raise ValueError(f"model {self.model_name!r} is an embedding model "
+                             f"({self.pooling_runner.model_config.architecture}); {api}() needs "
+                             "a generative model: use encode().")
 
     # ------------------------------------------------------------------ generate
     def generate(self, prompts: Union[str, dict, Sequence[Union[str, dict]]],
                  sampling_params: Optional[Union[SamplingParams, Sequence[SamplingParams]]] = None,
                  use_tqdm: bool = True) -> list[RequestOutput]:
+        self._check_generative("generate")
         if isinstance(prompts, (str, dict)):
             prompts = [prompts]
         prompts = list(prompts)
@@ -125,6 +155,7 @@ class LLM:
         """Beam search inside the engine: the beams of every prompt decode together, sharing
         their prompt's KV blocks. Returns, per prompt, beam_width sequences best first; each
         sequence's tokens and text include the prompt, as vLLM's do."""
+        self._check_generative("beam_search")
         if not isinstance(params, BeamSearchParams):
             raise ValueError(f"params must be BeamSearchParams, got {type(params).__name__}.")
         if isinstance(prompts, (str, dict)):
@@ -154,12 +185,48 @@ class LLM:
             results.append(BeamSearchOutput(sequences=seqs))
         return results
 
-    # ------------------------------------------------------- entry points to come
+    # ---------------------------------------------------------------------- chat
+    def chat(self, messages, sampling_params: Optional[Union[SamplingParams,
+                                                              Sequence[SamplingParams]]] = None,
+             use_tqdm: bool = True, chat_template: Optional[str] = None,
+             add_generation_prompt: bool = True, continue_final_message: bool = False,
+             tools: Optional[list[dict]] = None) -> list[RequestOutput]:
+        """Generate replies to one conversation (a list of {"role", "content"} messages) or a
+        list of conversations, rendered with the tokenizer's chat template or `chat_template`
+        (a Jinja string or a file path); `tools` are passed to the template. Returns one
+        RequestOutput per conversation, in order."""
+        self._check_generative("chat")
+        prompts = render_prompts(self.get_tokenizer(), messages, chat_template,
+                                 add_generation_prompt, continue_final_message, tools)
+        return self.generate(prompts, sampling_params, use_tqdm)
 
-    def chat(self, messages, sampling_params=None, use_tqdm: bool = True, **kwargs):
-        raise NotImplementedError("LLM.chat is not implemented yet in this engine; render the "
-                                  "chat template with get_tokenizer().apply_chat_template and "
-                                  "call generate.")
-
-    def encode(self, prompts, pooling_params=None, use_tqdm: bool = True):
-        raise NotImplementedError("LLM.encode is not implemented yet in this engine.")
+    # -------------------------------------------------------------------- encode
+    def encode(self, prompts: Union[str, dict, Sequence[Union[str, dict]]],
+               pooling_params: Optional[Union[PoolingParams, Sequence[PoolingParams]]] = None,
+               use_tqdm: bool = True) -> list[EmbeddingRequestOutput]:
+        """Embed prompts (str, {"prompt": ...} or {"prompt_token_ids": [...]}) with an embedding
+        model; one EmbeddingRequestOutput per prompt, in order. Pooling and normalization follow
+        the model folder's sentence-transformers config; PoolingParams(normalize=...) overrides."""
+        if self.pooling_runner is None:
+            raise ValueError(
+                f"model {self.model_name!r} ({self.llm_engine.model_config.architecture}) is "
+                "generative; encode() needs an embedding model (an encoder such as BertModel). "
+                "Use generate() or chat().")
+        if isinstance(prompts, (str, dict)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("prompts is empty: give at least one prompt.")
+        if pooling_params is None:
+            pooling_params = PoolingParams()
+        if isinstance(pooling_params, PoolingParams):
+            params = [pooling_params] * len(prompts)
+        else:
+            params = list(pooling_params)
+            if len(params) != len(prompts) or not all(isinstance(p, PoolingParams)
+                                                      for p in params):
+                raise ValueError(f"got {len(params)} pooling_params for {len(prompts)} prompts; "
+                                 "give one PoolingParams, or one per prompt.")
+        ids = [str(self.request_counter + i) for i in range(len(prompts))]
+        self.request_counter += len(prompts)
+        return self.pooling_runner.encode(prompts, params, ids, use_tqdm)
