@@ -281,6 +281,9 @@ def run(cfg: RunConfig, ctx: Optional[RunContext] = None) -> RunResult:
     if cfg.mode == Mode.bench:
         from runner.bench_mode import run_bench
         return run_bench(cfg, " ".join(ctx.command) or "python -m runner mode=bench")
+    if cfg.mode == Mode.embed:
+        from runner.embed_mode import run_embed
+        return run_embed(cfg, " ".join(ctx.command) or "python -m runner mode=embed")
     validate_run(cfg)
     _normalize(cfg)
     source = resolve_model_source(cfg.model)

@@ -138,6 +138,7 @@ class Mode(Enum):
     eval = "eval"  # generate, then score against the references
     generate = "generate"  # generate only (datasets without usable references)
     bench = "bench"  # the engine's throughput or latency workload (runner/bench_mode.py)
+    embed = "embed"  # similarity task with an embedding model (runner/embed_mode.py)
 
 
 @dataclass
