@@ -26,6 +26,7 @@ from runner.engine.attention import Attention, AttentionMetadata
 from runner.engine.layers.linear import ColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from runner.engine.layers.vocab_embedding import ParallelLMHead, VocabParallelEmbedding
 from runner.engine.parallel import ParallelContext
+from runner.engine.models.weights import load_tensor, load_weights
 
 _ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
@@ -140,33 +141,28 @@ class GPT2LMHeadModel(nn.Module):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Stream (HF name, tensor) pairs into the parameters; returns the names loaded."""
-        params = dict(self.named_parameters(remove_duplicate=False))
-        loaded: set[str] = set()
-        for name, tensor in weights:
-            if name.startswith("transformer."):
-                name = name[len("transformer."):]
-            if name.endswith((".attn.bias", ".attn.masked_bias")):
-                continue      # causal-mask buffers of older checkpoints, not parameters
-            if self.tie_word_embeddings and name == "lm_head.weight":
-                continue      # tied checkpoints sometimes carry a copy; the embedding wins
-            if name not in params:
-                raise ValueError(f"checkpoint tensor {name!r} has no parameter in "
-                                 f"{type(self).__name__}")
-            param = params[name]
-            if name.endswith(_CONV1D):
-                tensor = tensor.t()                                  # Conv1D [in, out] -> [out, in]
-            if ".attn.c_attn." in name:
-                # fused [3H, ...] in q, k, v order -> one shard each
-                for shard_id, part in zip("qkv", tensor.chunk(3, dim=0)):
-                    param.weight_loader(param, part, shard_id)
-            elif getattr(param, "weight_loader", None) is not None:
-                param.weight_loader(param, tensor)
-            elif tuple(param.shape) != tuple(tensor.shape):
-                raise ValueError(f"{name}: shape {tuple(param.shape)} vs checkpoint "
-                                 f"{tuple(tensor.shape)}")
-            else:
-                param.data.copy_(tensor)
-            loaded.add(name)
-        if self.tie_word_embeddings:
-            loaded.add("lm_head.weight")
-        return loaded
+        return load_weights(self, weights, tied_lm_head=self.tie_word_embeddings,
+                            rename=_rename, custom=_load_conv1d)
+
+
+def _rename(name: str):
+    if name.startswith("transformer."):
+        name = name[len("transformer."):]
+    if name.endswith((".attn.bias", ".attn.masked_bias")):
+        return None           # causal-mask buffers of older checkpoints, not parameters
+    return name
+
+
+def _load_conv1d(name: str, param, tensor: torch.Tensor) -> bool:
+    """Conv1D weights are stored [in, out]; c_attn (weight and bias) holds q, k, v fused.
+    True when handled here."""
+    conv1d = name.endswith(_CONV1D)
+    if conv1d:
+        tensor = tensor.t()                                      # [in, out] -> [out, in]
+    if ".attn.c_attn." in name:
+        for shard_id, part in zip("qkv", tensor.chunk(3, dim=0)):
+            param.weight_loader(param, part, shard_id)
+        return True
+    if conv1d:
+        load_tensor(name, param, tensor)
+    return conv1d

@@ -21,6 +21,7 @@ from runner.engine.layers.linear import (MergedColumnParallelLinear, QKVParallel
 from runner.engine.layers.rotary_embedding import RotaryEmbedding
 from runner.engine.layers.vocab_embedding import ParallelLMHead, VocabParallelEmbedding
 from runner.engine.parallel import ParallelContext
+from runner.engine.models.weights import load_weights
 
 
 class LlamaMLP(nn.Module):
@@ -157,36 +158,6 @@ class LlamaForCausalLM(nn.Module):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Stream (HF name, tensor) pairs into the parameters; returns the names loaded."""
-        params = dict(self.named_parameters(remove_duplicate=False))
-        loaded: set[str] = set()
-        for name, tensor in weights:
-            if "rotary_emb.inv_freq" in name:
-                continue
-            if self.tie_word_embeddings and name == "lm_head.weight":
-                continue      # tied checkpoints sometimes carry a copy; the embedding wins
-            for fused, part, shard_id in self.stacked_params_mapping:
-                if part in name:
-                    target = name.replace(part, fused)
-                    if target not in params:
-                        continue
-                    param = params[target]
-                    param.weight_loader(param, tensor, shard_id)
-                    loaded.add(target)
-                    break
-            else:
-                if name not in params:
-                    raise ValueError(f"checkpoint tensor {name!r} has no parameter in "
-                                     f"{type(self).__name__}")
-                param = params[name]
-                loader = getattr(param, "weight_loader", None)
-                if loader is None:
-                    if tuple(param.shape) != tuple(tensor.shape):
-                        raise ValueError(f"{name}: shape {tuple(param.shape)} vs checkpoint "
-                                         f"{tuple(tensor.shape)}")
-                    param.data.copy_(tensor)
-                else:
-                    loader(param, tensor)
-                loaded.add(name)
-        if self.tie_word_embeddings:
-            loaded.add("lm_head.weight")
-        return loaded
+        return load_weights(self, weights, stacked_params_mapping=self.stacked_params_mapping,
+                            tied_lm_head=self.tie_word_embeddings,
+                            rename=lambda n: None if "rotary_emb.inv_freq" in n else n)

@@ -28,6 +28,7 @@ from runner.engine.layers.linear import (ColumnParallelLinear, QKVParallelLinear
                                          ReplicatedLinear, RowParallelLinear)
 from runner.engine.layers.vocab_embedding import ParallelLMHead, VocabParallelEmbedding
 from runner.engine.parallel import ParallelContext
+from runner.engine.models.weights import load_weights
 
 POSITION_OFFSET = 2   # OPT's learned position table starts real positions at row 2
 
@@ -182,37 +183,7 @@ class OPTForCausalLM(nn.Module):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Stream (HF name, tensor) pairs into the parameters; returns the names loaded."""
-        params = dict(self.named_parameters(remove_duplicate=False))
-        loaded: set[str] = set()
-        for name, tensor in weights:
-            # OPTForCausalLM saves `model.decoder.*`; original OPTModel checkpoints `decoder.*`
-            if name.startswith("model."):
-                name = name[len("model."):]
-            if self.tie_word_embeddings and name == "lm_head.weight":
-                continue      # tied checkpoints sometimes carry a copy; the embedding wins
-            for fused, part, shard_id in self.stacked_params_mapping:
-                if part in name:
-                    target = name.replace(part, fused)
-                    if target not in params:
-                        raise ValueError(f"checkpoint tensor {name!r} has no parameter in "
-                                         f"{type(self).__name__}")
-                    params[target].weight_loader(params[target], tensor, shard_id)
-                    loaded.add(target)
-                    break
-            else:
-                if name not in params:
-                    raise ValueError(f"checkpoint tensor {name!r} has no parameter in "
-                                     f"{type(self).__name__}")
-                param = params[name]
-                loader = getattr(param, "weight_loader", None)
-                if loader is not None:
-                    loader(param, tensor)
-                elif tuple(param.shape) != tuple(tensor.shape):
-                    raise ValueError(f"{name}: shape {tuple(param.shape)} vs checkpoint "
-                                     f"{tuple(tensor.shape)}")
-                else:
-                    param.data.copy_(tensor)
-                loaded.add(name)
-        if self.tie_word_embeddings:
-            loaded.add("lm_head.weight")
-        return loaded
+        # OPTForCausalLM saves `model.decoder.*`; original OPTModel checkpoints `decoder.*`
+        return load_weights(self, weights, stacked_params_mapping=self.stacked_params_mapping,
+                            tied_lm_head=self.tie_word_embeddings,
+                            rename=lambda n: n[len("model."):] if n.startswith("model.") else n)
