@@ -4,6 +4,8 @@
         --num-prompts 1000 --input-len 256 --output-len 256 --hf-num-prompts 256
     python -m runner.engine_bench --model llama3_8b --workload latency \
         --batch-size 1 --input-len 32 --output-len 128 --compare-eager
+    python -m runner.engine_bench --model llama3_8b --workload beam --beam-width 4 \
+        --num-prompts 100 --input-len 256 --output-len 256
 
 Models are real shapes with random weights (load_format='dummy'): a named shape from
 MODEL_SHAPES or a local model folder. Prompts are random token ids with fixed input/output
@@ -125,6 +127,24 @@ def run_throughput(llm, prompts: list, output_len: int) -> dict:
     return {"elapsed_s": elapsed, "num_requests": len(outs), "prompt_tokens": n_in,
             "output_tokens": n_out, "requests_per_s": len(outs) / elapsed,
             "total_tokens_per_s": (n_in + n_out) / elapsed, "output_tokens_per_s": n_out / elapsed}
+
+
+def run_beam(llm, prompts: list, output_len: int, beam_width: int) -> dict:
+    """The beam-search workload: every prompt's beams decode together, ignore_eos; tokens are
+    counted as vLLM's throughput benchmark counts them (prompt + output per request)."""
+    from runner.engine import BeamSearchParams
+    params = BeamSearchParams(beam_width=beam_width, max_tokens=output_len, ignore_eos=True)
+    _sync()
+    start = time.perf_counter()
+    outs = llm.beam_search(prompts, params)
+    _sync()
+    elapsed = time.perf_counter() - start
+    n_in = sum(len(p["prompt_token_ids"]) for p in prompts)
+    n_out = sum(len(o.sequences[0].tokens) - len(p["prompt_token_ids"])
+                for o, p in zip(outs, prompts))
+    return {"elapsed_s": elapsed, "num_requests": len(outs), "beam_width": beam_width,
+            "prompt_tokens": n_in, "output_tokens": n_out,
+            "requests_per_s": len(outs) / elapsed, "total_tokens_per_s": (n_in + n_out) / elapsed}
 
 
 def run_latency(llm, batch_size: int, input_len: int, output_len: int, warmup: int,
@@ -263,6 +283,15 @@ def run(args) -> dict:
                                    args.hf_batch_size, getattr(torch, args.dtype), device)
             result["hf_transformers"] = hf
             result["speedup_vs_hf"] = res["total_tokens_per_s"] / hf["total_tokens_per_s"]
+    elif args.workload == "beam":
+        prompts = random_prompts(args.num_prompts, args.input_len, vocab, args.seed)
+        llm = build_llm(folder, args, args.enforce_eager)
+        run_beam(llm, prompts[:4], 8, args.beam_width)                     # warm-up
+        res = run_beam(llm, prompts, args.output_len, args.beam_width)
+        res.update(engine_facts(llm))
+        result["engine"] = res
+        del llm
+        _free()
     else:
         if args.compare_eager and device.type != "cuda":
             raise ValueError("--compare-eager compares CUDA graphs with eager mode: it needs a "
@@ -308,7 +337,8 @@ def parse_args(argv: Optional[list] = None):
     ap = argparse.ArgumentParser(prog="python -m runner.engine_bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="llama3_8b")
-    ap.add_argument("--workload", choices=["throughput", "latency"], default="throughput")
+    ap.add_argument("--workload", choices=["throughput", "latency", "beam"], default="throughput")
+    ap.add_argument("--beam-width", type=int, default=4)
     ap.add_argument("--num-prompts", type=int, default=1000)
     ap.add_argument("--input-len", type=int, default=256)
     ap.add_argument("--output-len", type=int, default=256)
