@@ -224,9 +224,15 @@ class ModelRunner:
     # ------------------------------------------------------------ step
     @torch.inference_mode()
     def execute_model(self, out: SchedulerOutput) -> ModelRunnerOutput:
-        for src, dst in out.blocks_to_copy:
+        if out.blocks_to_copy:
+            # copy-on-write for forked sequences: one batched copy per layer, not one per block
+            # (beam search forks hundreds of blocks a step). A destination is always a fresh
+            # block and a source a still-shared one, so no copy reads another's destination.
+            src, dst = zip(*out.blocks_to_copy)
+            src = torch.tensor(src, dtype=torch.long).to(self.device, non_blocking=True)
+            dst = torch.tensor(dst, dtype=torch.long).to(self.device, non_blocking=True)
             for cache in self.kv_caches:
-                cache[:, dst].copy_(cache[:, src])
+                cache[:, dst] = cache[:, src]
         t0 = time.perf_counter()
         input_ids, positions, meta = self.inputs.build(out)
         t_built = time.perf_counter()
