@@ -1,5 +1,6 @@
-"""The engine with a real tokenizer file installed from PyPI: Mistral's SentencePiece model
-(mistral_common/data/tokenizer.model.v1, 32,000 pieces), on a tiny random Llama (with
+"""The engine with a real tokenizer file from PyPI: Mistral's SentencePiece model
+(mistral_common/data/tokenizer.model.v1 in the mistral-common wheel, 32,000 pieces; extracted
+by scripts/install.sh), on a tiny random Llama (with
 model_type "mistral", transformers would route tokenizer loading through mistral-common's own
 format, which needs more packages; the tokenizer file is what this test is about).
 
@@ -9,7 +10,6 @@ spaces and byte fallback are where incremental decoding usually goes wrong).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -26,10 +26,11 @@ PROMPTS = ["Hello world, Paris is the capital of France.", "  two leading spaces
 @pytest.fixture(scope="module")
 def mistral_model(tmp_path_factory):
     pytest.importorskip("sentencepiece", reason="sentencepiece (test extra) is not installed")
-    spec = importlib.util.find_spec("mistral_common")
-    if spec is None:
-        pytest.skip("mistral-common is not installed (scripts/install.sh installs it)")
-    sp_model = os.path.join(os.path.dirname(spec.origin), "data", "tokenizer.model.v1")
+    cache = os.environ.get("RUNNER_CACHE_DIR", os.path.expanduser("~/.cache/runner"))
+    sp_model = os.path.join(cache, "assets", "mistral-tokenizer.model.v1")
+    if not os.path.isfile(sp_model):
+        pytest.skip(f"{sp_model} is missing: scripts/install.sh extracts it from the "
+                    "mistral-common wheel")
     from tests.tiny_models import make_tiny_model
     path = tmp_path_factory.mktemp("mistral_real_tok")
     make_tiny_model(path, "llama_gqa", vocab_size=32000)
