@@ -333,5 +333,6 @@ class ModelRunner:
         k = max(max(out.scheduled[i].seq.group.beam.num_candidates,
                     out.scheduled[i].seq.sampling_params.logprobs or 0) for i, _ in beam_rows)
         vals, ids = lps.topk(min(k, lps.shape[-1]), dim=-1)
+        ids, vals = ids.tolist(), vals.tolist()       # one transfer each, not one per beam
         for r, (i, _) in enumerate(beam_rows):
-            result.beam_candidates[i] = (ids[r].tolist(), vals[r].tolist())
+            result.beam_candidates[i] = (ids[r], vals[r])
