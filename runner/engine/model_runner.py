@@ -256,7 +256,6 @@ class ModelRunner:
 
     def _sample(self, out: SchedulerOutput, meta: AttentionMetadata,
                 hidden: torch.Tensor) -> ModelRunnerOutput:
-
         rows: list[int] = []               # hidden rows whose logits are needed
         sample_rows: list[tuple[int, int]] = []   # (scheduled index, row position in `rows`)
         prompt_rows: list[tuple[int, int, int]] = []   # (scheduled index, first pos, count)
