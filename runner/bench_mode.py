@@ -3,6 +3,8 @@
     python -m runner mode=bench model=llama3_8b engine.load_format=dummy \
         bench.workload=throughput bench.num_prompts=1000 bench.input_len=256 bench.output_len=256
     python -m runner mode=bench model=llama3_8b engine.load_format=dummy \
+        bench.workload=beam bench.beam_width=4 bench.num_prompts=100
+    python -m runner mode=bench model=llama3_8b engine.load_format=dummy \
         bench.workload=latency bench.batch_size=1 bench.input_len=32 bench.output_len=128 \
         bench.compare_eager=true
 
@@ -31,9 +33,9 @@ from runner.validation import ConfigError
 
 def _bench_args(cfg: RunConfig) -> argparse.Namespace:
     b, e, m = cfg.bench, cfg.engine, cfg.model
-    if b.workload not in ("throughput", "latency"):
-        raise ConfigError(f"bench.workload={b.workload!r}: allowed: throughput, latency")
-    for name in ("num_prompts", "input_len", "output_len", "batch_size", "iters"):
+    if b.workload not in ("throughput", "latency", "beam"):
+        raise ConfigError(f"bench.workload={b.workload!r}: allowed: throughput, latency, beam")
+    for name in ("num_prompts", "input_len", "output_len", "batch_size", "iters", "beam_width"):
         if getattr(b, name) < 1:
             raise ConfigError(f"bench.{name}={getattr(b, name)} must be >= 1")
     if e.load_format == "dummy" and m.name in MODEL_SHAPES:
@@ -51,7 +53,7 @@ def _bench_args(cfg: RunConfig) -> argparse.Namespace:
         max_model_len=m.max_model_len, gpu_memory_utilization=e.gpu_memory_utilization,
         kernel_backend=e.kernel_backend, enforce_eager=bool(e.enforce_eager),
         compare_eager=b.compare_eager, hf_num_prompts=b.hf_num_prompts,
-        hf_batch_size=b.hf_batch_size, seed=cfg.seed, command=None)
+        hf_batch_size=b.hf_batch_size, beam_width=b.beam_width, seed=cfg.seed, command=None)
 
 
 def _has_cuda() -> bool:

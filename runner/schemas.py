@@ -145,7 +145,7 @@ class Mode(Enum):
 class BenchConfig:
     """mode=bench: vLLM's benchmark workloads on random token prompts (runner.engine_bench)."""
 
-    workload: str = "throughput"  # throughput | latency
+    workload: str = "throughput"  # throughput | latency | beam
     num_prompts: int = 1000  # throughput
     input_len: int = 256
     output_len: int = 256
@@ -155,6 +155,7 @@ class BenchConfig:
     compare_eager: bool = False  # latency: also run enforce_eager=True (CUDA only)
     hf_num_prompts: int = 0  # throughput: run HF transformers generate on this many too
     hf_batch_size: int = 128
+    beam_width: int = 4  # beam
 
 
 @dataclass

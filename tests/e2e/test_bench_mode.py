@@ -24,6 +24,17 @@ def test_bench_mode_throughput_writes_a_run_folder(tiny_llama, tmp_path):
     assert "total_tokens_per_s" in proc.stdout
 
 
+def test_bench_mode_beam_workload(tiny_llama, tmp_path):
+    out = tmp_path / "out"
+    run_cli(["mode=bench", "model=local", f"model.model={tiny_llama}", "engine.load_format=auto",
+             "engine.device=cpu", "bench.workload=beam", "bench.beam_width=3",
+             "bench.num_prompts=3", "bench.input_len=6", "bench.output_len=4",
+             f"output_root={out}", "use_tqdm=false"], cwd=tmp_path, check=True)
+    engine = read_json(only_run_dir(out) / "benchmark.json")["engine"]
+    assert (engine["num_requests"], engine["beam_width"], engine["prompt_tokens"],
+            engine["output_tokens"]) == (3, 3, 18, 12)
+
+
 def test_bench_mode_rejects_an_unknown_workload(tiny_llama, tmp_path):
     proc = run_cli(["mode=bench", "model=local", f"model.model={tiny_llama}",
                     "bench.workload=sprint", f"output_root={tmp_path / 'out'}"], cwd=tmp_path)
