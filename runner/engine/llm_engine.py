@@ -24,7 +24,7 @@ from runner.engine.sampler import SampledToken
 from runner.engine.sampling_params import BeamSearchParams, SamplingParams
 from runner.engine.scheduler import Scheduler, SchedulerOutput
 from runner.engine.sequence import Sequence, SequenceGroup, SequenceStatus
-from runner.engine.tokenizer import load_tokenizer
+from runner.engine.tokenizer import load_tokenizer, parse_prompt
 
 logger = logging.getLogger("runner.engine")
 
@@ -76,29 +76,7 @@ class LLMEngine:
 
     # ------------------------------------------------------------------ requests
     def _tokenize(self, prompt: PromptType) -> tuple[Optional[str], list[int]]:
-        if isinstance(prompt, str):
-            text, ids = prompt, None
-        elif isinstance(prompt, dict):
-            unknown = set(prompt) - {"prompt", "prompt_token_ids", "multi_modal_data"}
-            if unknown or ("prompt" not in prompt and "prompt_token_ids" not in prompt):
-                raise ValueError("a prompt dict needs 'prompt' (text) or 'prompt_token_ids'; "
-                                 f"got keys {sorted(prompt)}.")
-            if prompt.get("multi_modal_data"):
-                raise NotImplementedError("multi_modal_data is not supported.")
-            text, ids = prompt.get("prompt"), prompt.get("prompt_token_ids")
-        else:
-            raise ValueError(f"a prompt must be a str or a dict, got {type(prompt).__name__}.")
-        if ids is None:
-            if self.tokenizer is None:
-                raise ValueError("skip_tokenizer_init=True: give prompts as "
-                                 "{'prompt_token_ids': [...]}.")
-            ids = self.tokenizer(text).input_ids
-        ids = [int(t) for t in ids]
-        vocab = self.model_config.hf_config.vocab_size
-        bad = [t for t in ids if not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"prompt token ids out of range [0, {vocab}): {bad[:5]}")
-        return text, ids
+        return parse_prompt(prompt, self.tokenizer, self.model_config.hf_config.vocab_size)
 
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams,
                     arrival_time: Optional[float] = None,

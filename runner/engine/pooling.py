@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from runner.engine.config import EngineConfig
 from runner.engine.models.bert import BertModel
 from runner.engine.outputs import EmbeddingOutput, EmbeddingRequestOutput, PoolingParams
-from runner.engine.tokenizer import load_tokenizer
+from runner.engine.tokenizer import load_tokenizer, parse_prompt
 
 logger = logging.getLogger("runner.engine")
 
@@ -139,55 +139,20 @@ class PoolingRunner:
         self.stats = {"num_prompt_tokens": 0, "num_forward_passes": 0}
 
     def _load_model(self) -> torch.nn.Module:
-        from runner.engine.model_loader import (_checkpoint_files, _default_dtype,
-                                                initialize_dummy_weights, pt_weights_iterator,
-                                                safetensors_weights_iterator)
+        from runner.engine.model_loader import get_model
         mc = self.model_config
         cls = next(EMBEDDING_MODELS[a] for a in mc.hf_config.architectures
                    if a in EMBEDDING_MODELS)
-        with _default_dtype(mc.dtype), torch.device(self.device):
-            model = cls(mc.hf_config)
-        model.eval()
-        if mc.load_format == "dummy":
-            initialize_dummy_weights(model, mc.seed)
-            return model
-        files = _checkpoint_files(mc)
-        it = (safetensors_weights_iterator(files) if files[0].endswith(".safetensors")
-              else pt_weights_iterator(files))
-        loaded = model.load_weights(it)
-        missing = sorted({n for n, _ in model.named_parameters()} - loaded)
-        if missing:
-            raise ValueError(f"checkpoint in {mc.model_path!r} lacks {len(missing)} "
-                             f"parameters, e.g. {missing[:5]}")
-        return model
+        return get_model(mc, self.device, model_cls=cls)
 
     def get_tokenizer(self):
         return self.tokenizer
 
     # ------------------------------------------------------------------ inputs
     def _tokenize(self, prompt) -> list[int]:
-        if isinstance(prompt, str):
-            text, ids = prompt, None
-        elif isinstance(prompt, dict):
-            if set(prompt) - {"prompt", "prompt_token_ids"} or not (
-                    "prompt" in prompt or "prompt_token_ids" in prompt):
-                raise ValueError("a prompt dict needs 'prompt' (text) or 'prompt_token_ids'; "
-                                 f"got keys {sorted(prompt)}.")
-            text, ids = prompt.get("prompt"), prompt.get("prompt_token_ids")
-        else:
-            raise ValueError(f"a prompt must be a str or a dict, got {type(prompt).__name__}.")
-        if ids is None:
-            if self.tokenizer is None:
-                raise ValueError("skip_tokenizer_init=True: give prompts as "
-                                 "{'prompt_token_ids': [...]}.")
-            ids = self.tokenizer(text).input_ids      # [CLS] ... [SEP] for BERT
-        ids = [int(t) for t in ids]
-        vocab = self.model_config.hf_config.vocab_size
+        _, ids = parse_prompt(prompt, self.tokenizer, self.model_config.hf_config.vocab_size)
         if not ids:
             raise ValueError("a prompt has no tokens; an embedding needs at least one.")
-        bad = [t for t in ids if not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"prompt token ids out of range [0, {vocab}): {bad[:5]}")
         if len(ids) > self.max_model_len:
             raise ValueError(f"a prompt has {len(ids)} tokens, more than this embedding model's "
                              f"maximum length {self.max_model_len}; shorten it.")
