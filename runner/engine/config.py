@@ -85,6 +85,7 @@ class ParallelConfig:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     disable_custom_all_reduce: bool = False
+    distributed_timeout_s: float = 600.0
 
 
 @dataclass
@@ -137,6 +138,9 @@ class EngineArgs:
     download_dir: Optional[str] = None
     disable_log_stats: bool = True
     kernel_backend: str = "auto"      # 'auto' (Triton on CUDA), 'triton' or 'torch' (reference)
+    # tensor parallelism: how long a collective may wait for the other ranks before the engine
+    # declares a worker hung (a dead worker is reported at once)
+    distributed_timeout_s: float = 600.0
 
     @classmethod
     def field_names(cls) -> set:
@@ -144,13 +148,10 @@ class EngineArgs:
 
     # ---------------------------------------------------------------- validation
     def _check_unsupported(self) -> None:
-        if self.tensor_parallel_size != 1:
-            if not isinstance(self.tensor_parallel_size, int) or self.tensor_parallel_size < 1:
-                raise ValueError(f"tensor_parallel_size must be an integer >= 1, got "
-                                 f"{self.tensor_parallel_size!r}.")
-            raise NotImplementedError(
-                f"tensor_parallel_size={self.tensor_parallel_size} is not supported yet "
-                "(only 1); tensor parallelism is a planned engine feature.")
+        if (not isinstance(self.tensor_parallel_size, int)
+                or isinstance(self.tensor_parallel_size, bool) or self.tensor_parallel_size < 1):
+            raise ValueError(f"tensor_parallel_size must be an integer >= 1, got "
+                             f"{self.tensor_parallel_size!r}.")
         if self.pipeline_parallel_size != 1:
             raise NotImplementedError(
                 f"pipeline_parallel_size={self.pipeline_parallel_size} is not supported "
@@ -201,6 +202,9 @@ class EngineArgs:
         if self.kernel_backend not in ("auto", "triton", "torch"):
             raise ValueError(f"kernel_backend must be one of ['auto', 'triton', 'torch'], got "
                              f"{self.kernel_backend!r}.")
+        if not float(self.distributed_timeout_s) > 0:
+            raise ValueError("distributed_timeout_s must be > 0, got "
+                             f"{self.distributed_timeout_s}.")
         if self.max_seq_len_to_capture < 1:
             raise ValueError("max_seq_len_to_capture must be >= 1, got "
                              f"{self.max_seq_len_to_capture}.")
@@ -214,6 +218,16 @@ class EngineArgs:
             self.model, self.revision, self.load_format, self.download_dir)
         hf_config = load_hf_config(model_path, self.trust_remote_code)
         dtype = resolve_dtype(self.dtype, hf_config, device)
+        if self.tensor_parallel_size > 1:
+            from runner.engine.distributed import verify_tensor_parallel
+            from runner.engine.models import get_model_class
+            from runner.engine.pooling import is_embedding_model
+            if is_embedding_model(hf_config):
+                raise NotImplementedError(
+                    f"tensor_parallel_size={self.tensor_parallel_size}: embedding models run on "
+                    "one device; use tensor_parallel_size=1.")
+            verify_tensor_parallel(self.tensor_parallel_size, hf_config, device,
+                                   get_model_class(hf_config))
         max_model_len = resolve_max_model_len(hf_config, self.max_model_len)
         tokenizer = self.tokenizer or model_path
         if self.tokenizer is not None and os.path.isfile(self.tokenizer) and \
@@ -253,7 +267,8 @@ class EngineArgs:
                 max_model_len=max_model_len, enable_chunked_prefill=chunked),
             device_config=DeviceConfig(device),
             parallel_config=ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size,
-                                           self.disable_custom_all_reduce),
+                                           self.disable_custom_all_reduce,
+                                           float(self.distributed_timeout_s)),
             enforce_eager=enforce_eager, max_seq_len_to_capture=self.max_seq_len_to_capture,
             disable_async_output_proc=self.disable_async_output_proc,
             kernel_backend=self._resolve_kernel_backend(device))

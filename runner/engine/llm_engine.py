@@ -71,6 +71,11 @@ class LLMEngine:
             eos = self.tokenizer.eos_token_id
         return eos
 
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel worker processes (also done when the engine is garbage
+        collected or the interpreter exits)."""
+        self.model_runner.shutdown()
+
     def get_tokenizer(self):
         return self.tokenizer
 

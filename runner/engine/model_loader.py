@@ -16,6 +16,7 @@ from torch import nn
 
 from runner.engine.config import ModelConfig
 from runner.engine.models import get_model_class
+from runner.engine.layers.checkpoint import CheckpointSlice
 from runner.engine.parallel import ParallelContext
 
 logger = logging.getLogger("runner.engine")
@@ -31,12 +32,15 @@ def _default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(old)
 
 
-def safetensors_weights_iterator(files: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+def safetensors_weights_iterator(files: list[str], lazy: bool = False
+                                 ) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) from safetensors files; with `lazy`, (name, CheckpointSlice) whose
+    weight loader reads only the shard its rank needs."""
     from safetensors import safe_open
     for path in files:
         with safe_open(path, framework="pt") as f:
             for name in f.keys():
-                yield name, f.get_tensor(name)
+                yield name, CheckpointSlice(f.get_slice(name)) if lazy else f.get_tensor(name)
 
 
 def pt_weights_iterator(files: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
@@ -82,7 +86,9 @@ def get_model(model_config: ModelConfig, device: torch.device,
         initialize_dummy_weights(model, model_config.seed)
         return model
     files = _checkpoint_files(model_config)
-    it = (safetensors_weights_iterator(files) if files[0].endswith(".safetensors")
+    # families built from the parallel layers take lazy slices: each rank reads its shard only
+    lazy = bool(getattr(cls, "supports_tensor_parallel", False))
+    it = (safetensors_weights_iterator(files, lazy) if files[0].endswith(".safetensors")
           else pt_weights_iterator(files))
     loaded = model.load_weights(it)
     expected = {n for n, _ in model.named_parameters(remove_duplicate=False)}

@@ -3,8 +3,9 @@
 `ColumnParallelLinear` splits the output dimension across ranks, `RowParallelLinear` the input
 dimension (its partial outputs are summed across ranks by `all_reduce`). `QKVParallelLinear` and
 `MergedColumnParallelLinear` fuse q/k/v and gate/up into one matmul; their weight loaders take
-the checkpoint's separate tensors (q_proj, k_proj, ...) and write each into its slice. With
-tp_size=1 the shard is the whole tensor and all_reduce is the identity.
+the checkpoint's separate tensors (q_proj, k_proj, ...) and write each into its slice, reading
+only this rank's shard when given a lazy CheckpointSlice. With tp_size=1 the shard is the whole
+tensor and all_reduce is the identity.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from runner.engine.layers.checkpoint import materialize
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -47,7 +50,8 @@ class LinearBase(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
-def _copy_checked(param: torch.Tensor, loaded: torch.Tensor) -> None:
+def _copy_checked(param: torch.Tensor, loaded) -> None:
+    loaded = materialize(loaded)
     if tuple(param.shape) != tuple(loaded.shape):
         raise ValueError(f"weight shape mismatch: parameter {tuple(param.shape)} vs checkpoint "
                          f"{tuple(loaded.shape)}")

@@ -25,7 +25,9 @@ class VocabParallelEmbedding(nn.Module):
         self.weight.weight_loader = self.weight_loader
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
-        shard = loaded[self.vocab_start:self.vocab_start + self.shard_size]
+        end = min(self.vocab_start + self.shard_size, loaded.shape[0])
+        shard = loaded[self.vocab_start:end] if end > self.vocab_start else \
+            torch.empty(0, loaded.shape[1])
         if shard.shape[1] != param.shape[1] or shard.shape[0] > param.shape[0]:
             raise ValueError(f"embedding shape mismatch: parameter {tuple(param.shape)} vs "
                              f"checkpoint {tuple(loaded.shape)}")

@@ -126,6 +126,7 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
+    supports_tensor_parallel = True
     # checkpoint name fragment -> (fused parameter fragment, shard id)
     stacked_params_mapping = [
         (".qkv_proj", ".q_proj", "q"), (".qkv_proj", ".k_proj", "k"),

@@ -5,6 +5,10 @@ gate_up_proj) take their checkpoint parts through `stacked_params_mapping` entri
 (fused fragment, checkpoint fragment, shard id) and the parameter's weight loader; everything
 else goes through its weight loader or a shape-checked copy. A family adapts names with
 `rename` (return None to skip a tensor) and handles special tensors with `custom`.
+
+A tensor may arrive as a `CheckpointSlice` (a safetensors slice not read yet): the parallel
+layers' weight loaders narrow it to their rank's shard, so each tensor-parallel rank reads only
+its part of the file. Anything else gets it materialized first.
 """
 from __future__ import annotations
 
@@ -13,12 +17,16 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 from torch import nn
 
+from runner.engine.layers.checkpoint import materialize
+
 
 def load_tensor(name: str, param: nn.Parameter, tensor: torch.Tensor) -> None:
     loader = getattr(param, "weight_loader", None)
     if loader is not None:
         loader(param, tensor)
-    elif tuple(param.shape) != tuple(tensor.shape):
+        return
+    tensor = materialize(tensor)
+    if tuple(param.shape) != tuple(tensor.shape):
         raise ValueError(f"{name}: shape {tuple(param.shape)} vs checkpoint "
                          f"{tuple(tensor.shape)}")
     else:
@@ -53,6 +61,8 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]], 
         else:
             if name not in params:
                 raise ValueError(f"checkpoint tensor {name!r} has no parameter in {owner}")
+            if custom is not None:
+                tensor = materialize(tensor)
             if custom is None or not custom(name, params[name], tensor):
                 load_tensor(name, params[name], tensor)
             loaded.add(name)

@@ -1,0 +1,292 @@
+"""One tensor-parallel rank's part of the model runner: the model (or its shard), its paged KV
+cache, its CUDA graphs, and the forward pass of a staged step up to the logits.
+
+With tensor_parallel_size=1 the ModelRunner owns one Worker in its own process. With N > 1 the
+driver's Worker is rank 0 and ranks 1..N-1 run `worker_main` in processes of their own. Every
+rank builds its Worker the same way, so the collectives of start-up line up: load the weight
+shard, profile memory, agree on the smallest KV block count of all ranks, allocate the cache,
+capture CUDA graphs (whose forward holds all_reduce calls). Each step the driver stages the
+inputs, sends them (distributed.StepChannel) and runs `execute` like every worker; the logits
+shards are gathered on every rank and only the driver samples.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import traceback
+from typing import Optional
+
+import numpy as np
+import torch
+
+from runner.engine.attention import AttentionMetadata
+from runner.engine.block_manager import cdiv
+from runner.engine.config import EngineConfig
+from runner.engine.cuda_graphs import CUDAGraphRunner, capture_batch_sizes, decode_num_splits
+from runner.engine.distributed import (EXECUTE, StepInput, TensorParallelGroup,
+                                       init_tensor_parallel, recv_step)
+from runner.engine.input_batch import InputBuilder
+from runner.engine.model_loader import get_model
+from runner.engine.parallel import ParallelContext
+
+logger = logging.getLogger("runner.engine")
+
+_CPU_KV_CACHE_BYTES = 4 << 30   # CPU has no memory profiling: cap the cache at 4 GiB
+
+
+def rank_device(config: EngineConfig, rank: int) -> torch.device:
+    device = config.device_config.device
+    if device.type == "cuda" and config.parallel_config.tensor_parallel_size > 1:
+        return torch.device("cuda", rank)
+    return device
+
+
+class Worker:
+    def __init__(self, config: EngineConfig, rank: int = 0,
+                 tp: Optional[TensorParallelGroup] = None):
+        self.config = config
+        self.rank, self.tp = rank, tp
+        self.device = rank_device(config, rank)
+        self.block_size = config.cache_config.block_size
+        self.use_triton = config.kernel_backend == "triton"
+        self.vocab_size = config.model_config.hf_config.vocab_size
+        pc = ParallelContext(use_triton=self.use_triton) if tp is None else ParallelContext(
+            rank, tp.world_size, tp.all_reduce, use_triton=self.use_triton)
+        t0 = time.perf_counter()
+        self.model = get_model(config.model_config, self.device, pc)
+        self.load_seconds = time.perf_counter() - t0
+        # the model says what its paged KV cache looks like (per tensor-parallel rank)
+        self.num_layers = self.model.num_layers
+        self.num_kv_heads = self.model.num_kv_heads
+        self.head_dim = self.model.head_dim
+        self.dtype = config.model_config.dtype
+        num_blocks = self._determine_num_blocks()
+        self.num_blocks = tp.min_int(num_blocks) if tp else num_blocks
+        max_len = config.scheduler_config.max_model_len
+        if self.num_blocks * self.block_size < max_len:
+            raise ValueError(
+                f"the KV cache holds {self.num_blocks * self.block_size} tokens "
+                f"({self.num_blocks} blocks of {self.block_size}), fewer than max_model_len="
+                f"{max_len}: one sequence could never finish. Raise num_gpu_blocks_override "
+                "or gpu_memory_utilization, or lower max_model_len.")
+        # one tensor per layer: [2 (k, v), num_blocks, block_size, num_kv_heads, head_dim]. On
+        # CPU it is left uninitialized: the OS commits pages only as blocks are written (a 4 GiB
+        # memset took seconds at start-up), and attention masks every unwritten slot
+        alloc = torch.empty if self.device.type == "cpu" else torch.zeros
+        self.kv_caches = [alloc(2, self.num_blocks, self.block_size, self.num_kv_heads,
+                                self.head_dim, dtype=self.dtype, device=self.device)
+                          for _ in range(self.num_layers)]
+        if rank == 0:
+            logger.info("KV cache: %d blocks x %d tokens = %d tokens (%.1f MiB per rank)",
+                        self.num_blocks, self.block_size, self.num_blocks * self.block_size,
+                        self.num_blocks * self.block_bytes / 2**20)
+        sched = config.scheduler_config
+        self.inputs = InputBuilder(self.block_size, self.device, sched.max_num_batched_tokens,
+                                   sched.max_num_seqs, sched.max_model_len,
+                                   for_torch_reference=not self.use_triton)
+        self.capture_len = min(config.max_seq_len_to_capture, sched.max_model_len)
+        self.capture_sizes = capture_batch_sizes(sched.max_num_seqs)
+        self.graph_runner = None
+        if self.device.type == "cuda" and not config.enforce_eager:
+            if self.use_triton:
+                self.graph_runner = CUDAGraphRunner(
+                    self.model, self.kv_caches, sched.max_num_seqs, self.capture_len,
+                    self.block_size, self.device)
+                self.graph_runner.capture()
+            elif rank == 0:
+                logger.info("CUDA graphs need kernel_backend='triton': running eager.")
+        self.num_graph_steps = 0
+        # prepare_s: host-to-device input copies; forward_s: launching the forward
+        # (asynchronous on CUDA)
+        self.times = {"prepare_s": 0.0, "forward_s": 0.0}
+
+    # ---------------------------------------------------------------- KV sizing
+    @property
+    def block_bytes(self) -> int:
+        return (2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim
+                * torch.empty((), dtype=self.dtype).element_size())
+
+    def _determine_num_blocks(self) -> int:
+        cache = self.config.cache_config
+        if cache.num_gpu_blocks_override is not None:
+            return cache.num_gpu_blocks_override
+        sched = self.config.scheduler_config
+        if self.device.type != "cuda":
+            wanted = sched.max_num_seqs * cdiv(sched.max_model_len, self.block_size)
+            return max(1, min(wanted, _CPU_KV_CACHE_BYTES // self.block_bytes))
+        return self._profile_num_gpu_blocks()
+
+    @torch.inference_mode()
+    def _profile_num_gpu_blocks(self) -> int:
+        """Peak memory of a forward pass at max_num_batched_tokens, then what is left of the
+        gpu_memory_utilization fraction of the card goes to the KV cache."""
+        sched = self.config.scheduler_config
+        num_tokens = sched.max_num_batched_tokens
+        seq_len = min(sched.max_model_len, num_tokens)
+        num_seqs = cdiv(num_tokens, seq_len)
+        tmp_blocks = num_seqs * cdiv(seq_len, self.block_size)
+        tmp_caches = [torch.zeros(2, tmp_blocks, self.block_size, self.num_kv_heads,
+                                  self.head_dim, dtype=self.dtype, device=self.device)
+                      for _ in range(self.num_layers)]
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        lens = [seq_len] * (num_tokens // seq_len) + ([num_tokens % seq_len]
+                                                      if num_tokens % seq_len else [])
+        ids, pos, slots, qsl, tables = [], [], [], [0], []
+        for b, n in enumerate(lens):
+            blocks = list(range(b * cdiv(seq_len, self.block_size),
+                                (b + 1) * cdiv(seq_len, self.block_size)))
+            ids += [0] * n
+            pos += list(range(n))
+            slots += [blocks[p // self.block_size] * self.block_size + p % self.block_size
+                      for p in range(n)]
+            qsl.append(qsl[-1] + n)
+            tables.append(blocks)
+        meta = self._profile_metadata(slots, qsl, lens, tables)
+        hidden = self.model(torch.tensor(ids, device=self.device),
+                            torch.tensor(pos, device=self.device), tmp_caches, meta)
+        logits = self._logits(hidden[-min(len(hidden), sched.max_num_seqs):])
+        # the sampler's largest transient: a sorted softmax over every row (top-p / top-k)
+        logits.float().softmax(dim=-1).sort(dim=-1)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        tmp_bytes = sum(c.numel() * c.element_size() for c in tmp_caches)
+        del hidden, logits
+        graph_reserve = self._profile_graph_pool(tmp_caches)
+        del tmp_caches
+        torch.cuda.empty_cache()
+        _, total = torch.cuda.mem_get_info()
+        budget = total * self.config.cache_config.gpu_memory_utilization
+        available = budget - (peak - tmp_bytes) - graph_reserve
+        num_blocks = int(available // self.block_bytes)
+        logger.info("memory profile: peak %.2f GiB without cache, CUDA-graph reserve %.2f GiB, "
+                    "budget %.2f GiB -> %d blocks", (peak - tmp_bytes) / 2**30,
+                    graph_reserve / 2**30, budget / 2**30, num_blocks)
+        if num_blocks < 1:
+            raise ValueError(
+                f"no memory left for the KV cache: the model and a forward pass of "
+                f"{num_tokens} tokens take {(peak - tmp_bytes) / 2**30:.2f} GiB of the "
+                f"{budget / 2**30:.2f} GiB that gpu_memory_utilization="
+                f"{self.config.cache_config.gpu_memory_utilization} allows. Raise it or lower "
+                "max_num_batched_tokens.")
+        return num_blocks
+
+    def _profile_graph_pool(self, tmp_caches: list[torch.Tensor]) -> int:
+        """CUDA graphs keep their largest decode batch's activations in a private pool that
+        outlives the profile: measure a decode-shaped forward at max_num_seqs and reserve it."""
+        if self.config.enforce_eager or not self.use_triton:
+            return 0
+        n = min(self.config.scheduler_config.max_num_seqs, tmp_caches[0].shape[1])
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        meta = self._profile_metadata(list(range(0, n * self.block_size, self.block_size)),
+                                      list(range(n + 1)), [1] * n, [[b] for b in range(n)])
+        hidden = self.model(torch.zeros(n, dtype=torch.long, device=self.device),
+                            torch.zeros(n, dtype=torch.long, device=self.device), tmp_caches,
+                            meta)
+        self._logits(hidden).float().softmax(dim=-1).sort(dim=-1)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+
+    # ------------------------------------------------------------ inputs
+    def _profile_metadata(self, slots, qsl, seq_lens, tables) -> AttentionMetadata:
+        """Metadata for the memory-profiling pass: prefill-only sequences (no decode rows)."""
+        dev = self.device
+        return AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
+            query_start_loc=qsl, seq_lens=seq_lens,
+            block_tables=torch.tensor(tables, dtype=torch.int32, device=dev),
+            max_query_len=max(seq_lens), max_seq_len=max(seq_lens),
+            query_start_loc_t=torch.tensor(qsl, dtype=torch.int32, device=dev),
+            seq_lens_t=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
+            decode_idx=torch.zeros(0, dtype=torch.long, device=dev),
+            prefill_idx=tuple(range(len(seq_lens))))
+
+
+    # ------------------------------------------------------------ step
+    @torch.inference_mode()
+    def execute(self, step: StepInput) -> Optional[torch.Tensor]:
+        """Run a staged step; returns the logits [R, V] of the rows that need them (float32)
+        on every rank, or None when no row does."""
+        if step.blocks_to_copy is not None and len(step.blocks_to_copy):
+            # copy-on-write for forked sequences: one batched copy per layer, not one per block
+            # (beam search forks hundreds of blocks a step). A destination is always a fresh
+            # block and a source a still-shared one, so no copy reads another's destination.
+            pairs = torch.from_numpy(np.ascontiguousarray(step.blocks_to_copy.T))
+            src, dst = pairs.to(self.device, non_blocking=True).unbind(0)
+            for cache in self.kv_caches:
+                cache[:, dst] = cache[:, src]
+        t0 = time.perf_counter()
+        input_ids, positions, meta = self.inputs.load(step.num_tokens, step.num_seqs,
+                                                      step.width)
+        t_built = time.perf_counter()
+        if self.use_triton and meta.decode_only and meta.max_seq_len <= self.capture_len and \
+                self.device.type == "cuda":
+            # decode as the captured graph would: same split count, graph or not
+            meta.max_seq_len = self.capture_len
+            meta.num_splits = decode_num_splits(len(meta.seq_lens), self.num_kv_heads,
+                                                self.capture_len, self.capture_sizes, self.device)
+        if self.graph_runner is not None and self.graph_runner.can_run(meta):
+            hidden = self.graph_runner.run(input_ids, positions, meta)       # [T, H]
+            self.num_graph_steps += 1
+        else:
+            hidden = self.model(input_ids, positions, self.kv_caches, meta)    # [T, H]
+        self.times["prepare_s"] += t_built - t0
+        self.times["forward_s"] += time.perf_counter() - t_built
+        if step.rows is not None:
+            if not len(step.rows):
+                return None
+            index = torch.from_numpy(np.ascontiguousarray(step.rows))
+            hidden = hidden[index.to(hidden.device, non_blocking=True)]
+        return self._logits(hidden).float()                                 # [R, V]
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.model.compute_logits(hidden)          # [R, V] or this rank's [R, V/N]
+        if self.tp is not None:
+            logits = self.tp.gather_logits(logits, self.vocab_size)
+        return logits
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """No orphans: a worker whose driver died (even by SIGKILL) exits within a second."""
+    def watch():
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(1)
+            time.sleep(1.0)
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def worker_main(rank: int, config: EngineConfig, init_file: str, timeout_s: float,
+                parent_pid: int, conn) -> None:
+    """Entry point of worker process `rank`: join the group, build the Worker, run steps."""
+    _exit_with_parent(parent_pid)
+    tp_size = config.parallel_config.tensor_parallel_size
+    try:
+        device = rank_device(config, rank)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        else:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // tp_size))
+        conn.send_bytes(b"alive")
+        tp = init_tensor_parallel(rank, tp_size, init_file, device, timeout_s)
+        worker = Worker(config, rank, tp)
+        conn.send_bytes(b"ready")
+        while True:
+            try:
+                cmd, step = recv_step(conn, worker.inputs)
+            except EOFError:           # the driver is gone
+                break
+            if cmd != EXECUTE:
+                break
+            worker.execute(step)
+        tp.destroy()
+    except BaseException:
+        try:
+            conn.send_bytes(b"error:" + traceback.format_exc().encode())
+        except Exception:
+            pass
+        raise
