@@ -365,82 +365,87 @@ def _generate_and_score(cfg: RunConfig, store: RunStore, manifest: dict, session
         llm = RemoteLLM.from_configs(cfg.model, cfg.engine, cfg.seed, source)
     else:
         llm = LLM(**llm_kwargs(cfg.model, cfg.engine, cfg.seed, source))
-    load_seconds = time.time() - t0
-    engine = llm.llm_engine
-    model_config = engine.model_config
-    weights = weight_hashes(list(getattr(model_config, "weight_files", []) or []),
-                            getattr(model_config, "model", None))
-    manifest["model"] = mf.model_entry(cfg.model.name, manifest["model"].get("source"),
-                                       model_config, weights)
-    manifest["content_hash"] = mf.content_hash(cfg_hash, manifest["model"])
-    store.write_json(MANIFEST, manifest)
+    try:
+        load_seconds = time.time() - t0
+        engine = llm.llm_engine
+        model_config = engine.model_config
+        weights = weight_hashes(list(getattr(model_config, "weight_files", []) or []),
+                                getattr(model_config, "model", None))
+        manifest["model"] = mf.model_entry(cfg.model.name, manifest["model"].get("source"),
+                                           model_config, weights)
+        manifest["content_hash"] = mf.content_hash(cfg_hash, manifest["model"])
+        store.write_json(MANIFEST, manifest)
 
-    scoring = cfg.mode == Mode.eval
-    tokenizer = llm.get_tokenizer()
-    base_params = to_plain(cfg.sampling)
-    derive_seed = base_params["seed"] is None and mode_name == "random"
+        scoring = cfg.mode == Mode.eval
+        tokenizer = llm.get_tokenizer()
+        base_params = to_plain(cfg.sampling)
+        derive_seed = base_params["seed"] is None and mode_name == "random"
 
-    with store.predictions() as preds:
-        if preds.dropped_bytes:
-            log.warning("cut a truncated last line (%d bytes) from %s", preds.dropped_bytes,
-                        preds.path)
-        resumed = len(preds.done_ids)
-        todo = [(i, ex) for i, ex in enumerate(examples) if ex.id not in preds.done_ids]
-        session.update(resumed_items=resumed, todo_items=len(todo))
-        log.info("%d items to generate, %d already in predictions.jsonl", len(todo), resumed)
+        with store.predictions() as preds:
+            if preds.dropped_bytes:
+                log.warning("cut a truncated last line (%d bytes) from %s", preds.dropped_bytes,
+                            preds.path)
+            resumed = len(preds.done_ids)
+            todo = [(i, ex) for i, ex in enumerate(examples) if ex.id not in preds.done_ids]
+            session.update(resumed_items=resumed, todo_items=len(todo))
+            log.info("%d items to generate, %d already in predictions.jsonl", len(todo), resumed)
 
-        bench = BenchmarkRecorder()
-        pending: dict[str, tuple] = {}
-        for index, ex in todo:
-            text, ids = render_prompt(tokenizer, ex)
-            params = dict(base_params)
-            if derive_seed:
-                params["seed"] = item_seed(cfg.seed, ex.id)
-            engine.add_request(ex.id, {"prompt_token_ids": ids}, SamplingParams(**params))
-            pending[ex.id] = (index, ex, text, ids)
+            bench = BenchmarkRecorder()
+            pending: dict[str, tuple] = {}
+            for index, ex in todo:
+                text, ids = render_prompt(tokenizer, ex)
+                params = dict(base_params)
+                if derive_seed:
+                    params["seed"] = item_seed(cfg.seed, ex.id)
+                engine.add_request(ex.id, {"prompt_token_ids": ids}, SamplingParams(**params))
+                pending[ex.id] = (index, ex, text, ids)
 
-        progress = _progress(cfg.use_tqdm, len(todo))
-        while engine.has_unfinished_requests():
-            for out in engine.step():
-                if not out.finished:
-                    continue
-                index, ex, text, ids = pending.pop(out.request_id)
-                bench.add(out)
-                scores = None
-                if scoring:
-                    prediction = out.outputs[0].text if out.outputs else ""
-                    scores = task_metrics.score(info.metric, prediction, ex.references)
-                preds.append(prediction_record(ex, index, text, ids, out, scores))
-                if progress is not None:
-                    progress.update(1)
-        if progress is not None:
-            progress.close()
-        if pending:
-            raise RuntimeError(f"the engine finished without outputs for {len(pending)} items: "
-                               f"{sorted(pending)[:5]}")
+            progress = _progress(cfg.use_tqdm, len(todo))
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if not out.finished:
+                        continue
+                    index, ex, text, ids = pending.pop(out.request_id)
+                    bench.add(out)
+                    scores = None
+                    if scoring:
+                        prediction = out.outputs[0].text if out.outputs else ""
+                        scores = task_metrics.score(info.metric, prediction, ex.references)
+                    preds.append(prediction_record(ex, index, text, ids, out, scores))
+                    if progress is not None:
+                        progress.update(1)
+            if progress is not None:
+                progress.close()
+            if pending:
+                raise RuntimeError(f"the engine finished without outputs for {len(pending)} items: "
+                                   f"{sorted(pending)[:5]}")
 
-        by_id = {str(r["id"]): r for r in preds.records}
-        ordered = [by_id[ex.id] for ex in examples if ex.id in by_id]
+            by_id = {str(r["id"]): r for r in preds.records}
+            ordered = [by_id[ex.id] for ex in examples if ex.id in by_id]
 
-    stats = engine.get_stats() if hasattr(engine, "get_stats") else {}
-    device = str((stats or {}).get("device", cfg.engine.device))
-    store.write_json(BENCHMARK, bench.finish(engine_stats=stats, device=device,
-                                             resumed=resumed, load_seconds=load_seconds))
-    if not scoring:
-        return None
-    agg = task_metrics.aggregate(info.metric, [r["scores"] for r in ordered])
-    result = {
-        "metric": info.metric,
-        "scores": {k: v for k, v in agg.items() if k != "num_items"},
-        "num_items": agg.get("num_items", len(ordered)),
-        "model": cfg.model.name,
-        "dataset": info.source,
-        "sampling_mode": mode_name,
-        "config_hash": cfg_hash,
-        "content_hash": manifest.get("content_hash"),
-    }
-    store.write_json(METRICS, result)
-    return result
+        stats = engine.get_stats() if hasattr(engine, "get_stats") else {}
+        device = str((stats or {}).get("device", cfg.engine.device))
+        store.write_json(BENCHMARK, bench.finish(engine_stats=stats, device=device,
+                                                 resumed=resumed, load_seconds=load_seconds))
+        if not scoring:
+            return None
+        agg = task_metrics.aggregate(info.metric, [r["scores"] for r in ordered])
+        result = {
+            "metric": info.metric,
+            "scores": {k: v for k, v in agg.items() if k != "num_items"},
+            "num_items": agg.get("num_items", len(ordered)),
+            "model": cfg.model.name,
+            "dataset": info.source,
+            "sampling_mode": mode_name,
+            "config_hash": cfg_hash,
+            "content_hash": manifest.get("content_hash"),
+        }
+        store.write_json(METRICS, result)
+        return result
+    finally:
+        # stop tensor-parallel workers now: the next job of a multirun builds its own engine
+        if hasattr(llm.llm_engine, "shutdown"):
+            llm.llm_engine.shutdown()
 
 
 def _progress(use_tqdm: bool, total: int):

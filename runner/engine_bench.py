@@ -6,6 +6,7 @@
         --batch-size 1 --input-len 32 --output-len 128 --compare-eager
     python -m runner.engine_bench --model llama3_8b --workload beam --beam-width 4 \
         --num-prompts 100 --input-len 256 --output-len 256
+    python -m runner.engine_bench --model llama2_13b --tensor-parallel-size 2 ...
 
 Models are real shapes with random weights (load_format='dummy'): a named shape from
 MODEL_SHAPES or a local model folder. Prompts are random token ids with fixed input/output
@@ -207,6 +208,14 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def _close(llm) -> None:
+    """Stop the engine's tensor-parallel workers and free its memory before the next one."""
+    if llm.llm_engine is not None:
+        llm.llm_engine.shutdown()
+    del llm
+    _free()
+
+
 def _free() -> None:
     gc.collect()
     if torch.cuda.is_available():
@@ -219,7 +228,8 @@ def build_llm(folder: str, args, enforce_eager: bool):
     kw = dict(load_format=getattr(args, "load_format", "dummy"), dtype=args.dtype,
               skip_tokenizer_init=True,
               enforce_eager=enforce_eager, gpu_memory_utilization=args.gpu_memory_utilization,
-              max_num_seqs=args.max_num_seqs, seed=args.seed)
+              max_num_seqs=args.max_num_seqs, seed=args.seed,
+              tensor_parallel_size=getattr(args, "tensor_parallel_size", 1))
     if args.max_num_batched_tokens:
         kw["max_num_batched_tokens"] = args.max_num_batched_tokens
     if args.max_model_len:
@@ -255,6 +265,7 @@ def run(args) -> dict:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
         "model": args.model, "dtype": args.dtype, "workload": args.workload,
+        "tensor_parallel_size": args.tensor_parallel_size,
         "torch": torch.__version__,
     }
     result["ceilings"] = measure_ceilings(device)
@@ -276,8 +287,7 @@ def run(args) -> dict:
                 flops / (result["ceilings"]["matmul_tflops"] * 1e12)
             result["engine"]["roofline_tokens_per_s"] = \
                 result["ceilings"]["matmul_tflops"] * 1e12 / (2 * params)
-        del llm
-        _free()
+        _close(llm)
         if args.hf_num_prompts:
             hf = run_hf_throughput(folder, prompts[:args.hf_num_prompts], args.output_len,
                                    args.hf_batch_size, getattr(torch, args.dtype), device)
@@ -290,8 +300,7 @@ def run(args) -> dict:
         res = run_beam(llm, prompts, args.output_len, args.beam_width)
         res.update(engine_facts(llm))
         result["engine"] = res
-        del llm
-        _free()
+        _close(llm)
     else:
         if args.compare_eager and device.type != "cuda":
             raise ValueError("--compare-eager compares CUDA graphs with eager mode: it needs a "
@@ -304,8 +313,7 @@ def run(args) -> dict:
                               args.warmup, args.iters, vocab, args.seed)
             res.update(engine_facts(llm))
             result["eager" if eager else "cuda_graphs"] = res
-            del llm
-            _free()
+            _close(llm)
         main_key = "cuda_graphs" if graphs else "eager"
         bw = result["ceilings"].get("copy_tb_per_s")
         if bw:
@@ -323,7 +331,9 @@ def run(args) -> dict:
 def write_result(result: dict, out_root: str) -> str:
     run_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
     name = os.path.basename(os.path.normpath(result["model"]))
-    folder = os.path.join(out_root, f"{name}-{result['workload']}", run_id)
+    tp = result.get("tensor_parallel_size", 1)
+    folder = os.path.join(out_root, f"{name}-{result['workload']}" + (f"-tp{tp}" if tp > 1
+                                                                       else ""), run_id)
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "benchmark.json")
     tmp = path + ".tmp"
@@ -355,6 +365,8 @@ def parse_args(argv: Optional[list] = None):
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     ap.add_argument("--kernel-backend", default=None, choices=["auto", "triton", "torch"])
     ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--tensor-parallel-size", type=int, default=1,
+                    help="GPUs the model is split across (one process each)")
     ap.add_argument("--compare-eager", action="store_true",
                     help="latency: also run enforce_eager=True and report the graph speedup")
     ap.add_argument("--hf-num-prompts", type=int, default=0,

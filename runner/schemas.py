@@ -75,6 +75,7 @@ class EngineConfig:
     enable_chunked_prefill: Optional[bool] = None
     enable_prefix_caching: bool = False
     kernel_backend: str = "auto"  # auto (Triton on CUDA) | triton | torch (reference ops)
+    distributed_timeout_s: float = 600.0  # tensor parallelism: a hung worker's error after this
     # engine=remote: evaluate against an OpenAI-compatible server instead of a local LLM
     url: Optional[str] = None
     api_key: Optional[str] = None
