@@ -1,32 +1,37 @@
 #!/bin/bash
-# Tensor-parallel checks and benchmarks on 2 GPUs (the device tool's nvidia-h200-x2):
-#   bash scripts/device_tp.sh tests    multi-GPU tests (NCCL, Triton, CUDA graphs, failures)
-#                                      + Llama-2-13B throughput, tp=1 then tp=2
-#   bash scripts/device_tp.sh latency  Llama-2-13B batch-1 decode, tp=1 then tp=2
-#                                      + Llama-2-70B shape throughput with tp=2
+# Tensor-parallel checks and benchmarks on the device tool's multi-GPU machines:
+#   bash scripts/device_tp.sh tests   (nvidia-h200-x2) multi-GPU tests (NCCL, Triton, CUDA graphs)
+#                                      + the single-GPU path tests, after the worker refactor
+#   bash scripts/device_tp.sh bench   (nvidia-h200-x2) Llama-2-13B shape: throughput and batch-1
+#                                      latency, tp=1 then tp=2
+#   bash scripts/device_tp.sh tp4     (nvidia-h200-x4) Llama-2-70B shape throughput with tp=4
 # Each benchmark's JSON record goes to $OUT/<name>.log (also outputs/bench/... as usual).
 set -o pipefail
-export PYTHONPATH=. PYTHONUNBUFFERED=1
+export PYTHONPATH=. PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-outputs/device}
 mkdir -p "$OUT"
 nvidia-smi -L
 B="python3 -m runner.engine_bench --out outputs/bench"
-THR13="--model llama2_13b --workload throughput --num-prompts 500 --input-len 512 --output-len 128 --max-num-seqs 256 --max-num-batched-tokens 16384"
-LAT13="--model llama2_13b --workload latency --batch-size 1 --input-len 32 --output-len 128"
+THR="--workload throughput --num-prompts 500 --input-len 512 --output-len 128 --max-num-seqs 256 --max-num-batched-tokens 16384"
+LAT="--workload latency --batch-size 1 --input-len 32 --output-len 128"
+show() { grep -E '"(total_tokens_per_s|output_tokens_per_s|median_latency_s|num_gpu_blocks|num_preemptions|fraction_of_measured_matmul_roofline|fraction_of_weight_read_roofline)"|Error|error' "$1" | head -10; }
 if [ "$1" = tests ]; then
-  timeout 240 python3 -m pytest -q -p no:cacheprovider -m multi_gpu \
-      tests/engine/test_tensor_parallel.py 2>&1 | tee "$OUT/tests.log" | tail -30
+  timeout 280 python3 -m pytest -q -p no:cacheprovider -m multi_gpu \
+      tests/engine/test_tensor_parallel.py 2>&1 | tee "$OUT/tests_tp.log" | tail -30
+  timeout 250 python3 -m pytest -q -x -p no:cacheprovider -m "gpu or not gpu" \
+      tests/engine/test_gpu_path.py tests/engine/test_triton_backend.py 2>&1 \
+      | tee "$OUT/tests_gpu.log" | tail -15
+elif [ "$1" = bench ]; then
   for tp in 1 2; do
-    timeout 170 $B $THR13 --tensor-parallel-size $tp > "$OUT/thr13_tp$tp.log" 2>&1
-    grep -E '"total_tokens_per_s"|num_preemptions|num_gpu_blocks|Error' "$OUT/thr13_tp$tp.log" | head -8
+    timeout 170 $B --model llama2_13b $THR --tensor-parallel-size $tp > "$OUT/thr13_tp$tp.log" 2>&1
+    echo "== throughput tp=$tp"; show "$OUT/thr13_tp$tp.log"
   done
-elif [ "$1" = latency ]; then
   for tp in 1 2; do
-    timeout 120 $B $LAT13 --tensor-parallel-size $tp > "$OUT/lat13_tp$tp.log" 2>&1
-    grep -E '"median_latency_s"|output_tokens_per_s|Error' "$OUT/lat13_tp$tp.log" | head -5
+    timeout 100 $B --model llama2_13b $LAT --tensor-parallel-size $tp > "$OUT/lat13_tp$tp.log" 2>&1
+    echo "== latency tp=$tp"; show "$OUT/lat13_tp$tp.log"
   done
-  timeout 300 $B --model llama2_70b --workload throughput --num-prompts 500 --input-len 512 \
-      --output-len 128 --max-num-seqs 256 --max-num-batched-tokens 16384 \
-      --tensor-parallel-size 2 > "$OUT/thr70_tp2.log" 2>&1
-  grep -E '"total_tokens_per_s"|num_preemptions|num_gpu_blocks|Error' "$OUT/thr70_tp2.log" | head -8
+elif [ "$1" = tp4 ]; then
+  timeout 400 $B --model llama2_70b $THR --tensor-parallel-size 4 > "$OUT/thr70_tp4.log" 2>&1
+  echo "== 70B throughput tp=4"; show "$OUT/thr70_tp4.log"
+  tail -5 "$OUT/thr70_tp4.log"
 fi
