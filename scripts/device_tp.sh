@@ -16,7 +16,7 @@ THR="--workload throughput --num-prompts 500 --input-len 512 --output-len 128 --
 LAT="--workload latency --batch-size 1 --input-len 32 --output-len 128"
 show() { grep -E '"(total_tokens_per_s|output_tokens_per_s|median_latency_s|num_gpu_blocks|num_preemptions|fraction_of_measured_matmul_roofline|fraction_of_weight_read_roofline)"|Error|error' "$1" | head -10; }
 if [ "$1" = tests ]; then
-  timeout 280 python3 -m pytest -q -p no:cacheprovider -m multi_gpu \
+  timeout 280 python3 -m pytest -q -p no:cacheprovider -m multi_gpu --timeout 120 \
       tests/engine/test_tensor_parallel.py 2>&1 | tee "$OUT/tests_tp.log" | tail -30
   timeout 250 python3 -m pytest -q -x -p no:cacheprovider -m "gpu or not gpu" \
       tests/engine/test_gpu_path.py tests/engine/test_triton_backend.py 2>&1 \

@@ -14,6 +14,7 @@ Rank 0 is the driver (the engine's own process); ranks 1..N-1 are worker process
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Optional
@@ -100,9 +101,28 @@ class TensorParallelGroup:
         except Exception:       # gloo fails pending ops on its own when a peer's socket closes
             pass
 
-    def destroy(self) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    def destroy(self, timeout_s: float = 30.0) -> bool:
+        """Leave the group. NCCL's teardown (ncclCommFinalize) waits for every rank's, so all
+        ranks call this together at shutdown; a peer that never does (dead, or killed) would
+        make it wait for ever, hence the deadline, after which the communicators are aborted.
+        Returns whether the group was left cleanly."""
+        if not dist.is_initialized():
+            return True
+        done = threading.Event()
+
+        def leave():
+            try:
+                dist.destroy_process_group()
+            except Exception:       # an aborted communicator may refuse: it is gone anyway
+                pass
+            finally:
+                done.set()
+
+        threading.Thread(target=leave, daemon=True, name="tp-destroy").start()
+        if done.wait(timeout_s):
+            return True
+        self.abort()
+        return done.wait(5.0)
 
 
 def init_tensor_parallel(rank: int, world_size: int, init_file: str, device: torch.device,

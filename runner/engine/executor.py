@@ -33,13 +33,20 @@ class WorkerFailure(RuntimeError):
 
 
 def _cleanup(procs: list, conns: list, holder: dict, init_file: str) -> None:
-    """Stop every worker (politely, then by force) and leave the process group."""
+    """Stop every worker and leave the process group. The driver leaves the group while the
+    workers do (NCCL's teardown waits for every rank), then waits for them to exit, and kills
+    whoever is still there."""
     holder["closing"] = True
     for conn in conns:
         try:
             StepChannel([conn]).send(SHUTDOWN)
         except Exception:
             pass
+    tp = holder.pop("tp", None)
+    if tp is not None:
+        if holder.get("failed"):
+            tp.abort()              # a peer is gone: do not wait for its part of the teardown
+        tp.destroy(timeout_s=2.0 if holder.get("failed") else 30.0)
     deadline = time.monotonic() + 5.0
     for p in procs:
         p.join(timeout=max(0.0, deadline - time.monotonic()))
@@ -52,9 +59,6 @@ def _cleanup(procs: list, conns: list, holder: dict, init_file: str) -> None:
     wake = holder.pop("wake", None)
     if wake is not None:
         wake.close()
-    tp = holder.pop("tp", None)
-    if tp is not None:
-        tp.destroy()
     if os.path.exists(init_file):
         os.unlink(init_file)
 
@@ -165,6 +169,7 @@ class MultiprocExecutor:
             if self.failure is not None:
                 return
             self.failure = reason + ". The engine cannot continue; create a new one."
+            self._holder["failed"] = True
         logger.error("%s", self.failure)
         for p in self.procs:
             if p.is_alive():
