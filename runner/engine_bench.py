@@ -208,8 +208,11 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _close(llm) -> None:
-    """Stop the engine's tensor-parallel workers and free its memory before the next one."""
+def _close(llm, res: dict | None = None) -> None:
+    """Stop the engine's tensor-parallel workers and free its memory before the next one.
+    The run's numbers go to stderr first, so a teardown that fails still leaves them."""
+    if res is not None:
+        print("measured:", json.dumps(res), file=sys.stderr, flush=True)
     if llm.llm_engine is not None:
         llm.llm_engine.shutdown()
     del llm
@@ -287,7 +290,7 @@ def run(args) -> dict:
                 flops / (result["ceilings"]["matmul_tflops"] * 1e12)
             result["engine"]["roofline_tokens_per_s"] = \
                 result["ceilings"]["matmul_tflops"] * 1e12 / (2 * params)
-        _close(llm)
+        _close(llm, res)
         if args.hf_num_prompts:
             hf = run_hf_throughput(folder, prompts[:args.hf_num_prompts], args.output_len,
                                    args.hf_batch_size, getattr(torch, args.dtype), device)
@@ -313,7 +316,7 @@ def run(args) -> dict:
                               args.warmup, args.iters, vocab, args.seed)
             res.update(engine_facts(llm))
             result["eager" if eager else "cuda_graphs"] = res
-            _close(llm)
+            _close(llm, res)
         main_key = "cuda_graphs" if graphs else "eager"
         bw = result["ceilings"].get("copy_tb_per_s")
         if bw:

@@ -5,6 +5,8 @@
 #   bash scripts/device_tp.sh bench   (nvidia-h200-x2) Llama-2-13B shape: throughput and batch-1
 #                                      latency, tp=1 then tp=2
 #   bash scripts/device_tp.sh tp4     (nvidia-h200-x4) Llama-2-70B shape throughput with tp=4
+#   bash scripts/device_tp.sh all     (nvidia-h200-x4) multi-GPU tests, then 13B tp=2 and the
+#                                      70B tp=4 runs, then the 13B tp=1 baselines on GPU 0
 # Each benchmark's JSON record goes to $OUT/<name>.log (also outputs/bench/... as usual).
 set -o pipefail
 export PYTHONPATH=. PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -30,6 +32,20 @@ elif [ "$1" = bench ]; then
     timeout 100 $B --model llama2_13b $LAT --tensor-parallel-size $tp > "$OUT/lat13_tp$tp.log" 2>&1
     echo "== latency tp=$tp"; show "$OUT/lat13_tp$tp.log"
   done
+elif [ "$1" = all ]; then
+  timeout 150 python3 -m pytest -q -p no:cacheprovider -m multi_gpu --timeout 60 \
+      tests/engine/test_tensor_parallel.py 2>&1 | tee "$OUT/tests_tp.log" | tail -8
+  timeout 110 $B --model llama2_13b $THR --tensor-parallel-size 2 > "$OUT/thr13_tp2.log" 2>&1
+  echo "== 13B throughput tp=2"; show "$OUT/thr13_tp2.log"
+  timeout 70 $B --model llama2_13b $LAT --tensor-parallel-size 2 > "$OUT/lat13_tp2.log" 2>&1
+  echo "== 13B latency tp=2"; show "$OUT/lat13_tp2.log"
+  timeout 200 $B --model llama2_70b $THR --tensor-parallel-size 4 > "$OUT/thr70_tp4.log" 2>&1
+  echo "== 70B throughput tp=4"; show "$OUT/thr70_tp4.log"
+  export CUDA_VISIBLE_DEVICES=0
+  timeout 60 $B --model llama2_13b $LAT > "$OUT/lat13_tp1.log" 2>&1
+  echo "== 13B latency tp=1"; show "$OUT/lat13_tp1.log"
+  timeout 120 $B --model llama2_13b $THR > "$OUT/thr13_tp1.log" 2>&1
+  echo "== 13B throughput tp=1"; show "$OUT/thr13_tp1.log"
 elif [ "$1" = tp4 ]; then
   timeout 400 $B --model llama2_70b $THR --tensor-parallel-size 4 > "$OUT/thr70_tp4.log" 2>&1
   echo "== 70B throughput tp=4"; show "$OUT/thr70_tp4.log"

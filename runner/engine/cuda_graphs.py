@@ -85,6 +85,16 @@ class CUDAGraphRunner:
         logger.info("captured %d CUDA graphs (batch sizes up to %d) in %.1f s",
                     len(self.graphs), self.max_bs, time.perf_counter() - t0)
 
+    def release(self) -> None:
+        """Destroy the captured graphs. With tensor parallelism this must come before the
+        process group is destroyed: NCCL's teardown waits until every graph that captured one of
+        its collectives is gone (its persistent references), and would otherwise hang."""
+        torch.cuda.synchronize()
+        for graph in self.graphs.values():
+            graph.reset()
+        self.graphs.clear()
+        self.outputs.clear()
+
     def can_run(self, meta: AttentionMetadata) -> bool:
         return (meta.decode_only and len(meta.seq_lens) <= self.max_bs
                 and meta.max_seq_len <= self.max_seq_len

@@ -42,6 +42,12 @@ def _cleanup(procs: list, conns: list, holder: dict, init_file: str) -> None:
             StepChannel([conn]).send(SHUTDOWN)
         except Exception:
             pass
+    release = holder.pop("release_graphs", None)
+    if release is not None:
+        try:
+            release()
+        except Exception:            # a failed device must not stop the teardown
+            logger.exception("releasing the driver's CUDA graphs failed")
     tp = holder.pop("tp", None)
     if tp is not None:
         if holder.get("failed"):
@@ -155,9 +161,12 @@ class MultiprocExecutor:
                 self.check()
             time.sleep(0.01)
 
-    def attach(self, tp: TensorParallelGroup) -> None:
-        """The driver's process group: aborted on a worker's death, destroyed at shutdown."""
+    def attach(self, tp: TensorParallelGroup, release_graphs=None) -> None:
+        """The driver's process group: aborted on a worker's death, destroyed at shutdown,
+        after `release_graphs` (the driver's CUDA graphs hold references NCCL waits on)."""
         self._holder["tp"] = tp
+        if release_graphs is not None:
+            self._holder["release_graphs"] = release_graphs
 
     def check(self) -> None:
         if self.failure is not None:

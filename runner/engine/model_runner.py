@@ -73,6 +73,7 @@ class ModelRunner:
                                           rank_device(config, 0), self.executor.timeout_s)
                 self.executor.attach(tp)
                 self.worker = Worker(config, 0, tp)
+                self.executor.attach(tp, release_graphs=self.worker.release_graphs)
                 self.executor.wait_for("ready")
             except WorkerFailure:
                 self.executor.shutdown()

@@ -283,6 +283,7 @@ def worker_main(rank: int, config: EngineConfig, init_file: str, timeout_s: floa
             if cmd != EXECUTE:
                 break
             worker.execute(step)
+        worker.release_graphs()
         tp.destroy()
     except BaseException:
         try:
