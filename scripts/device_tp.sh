@@ -5,8 +5,8 @@
 #   bash scripts/device_tp.sh bench   (nvidia-h200-x2) Llama-2-13B shape: throughput and batch-1
 #                                      latency, tp=1 then tp=2
 #   bash scripts/device_tp.sh tp4     (nvidia-h200-x4) Llama-2-70B shape throughput with tp=4
-#   bash scripts/device_tp.sh all     (nvidia-h200-x4) multi-GPU tests, then 13B tp=2 and the
-#                                      70B tp=4 runs, then the 13B tp=1 baselines on GPU 0
+#   bash scripts/device_tp.sh all     multi-GPU tests, then 13B tp=2 (and, with 4 GPUs, the 70B
+#                                      tp=4 run), then the 13B tp=1 baselines on GPU 0
 # Each benchmark's JSON record goes to $OUT/<name>.log (also outputs/bench/... as usual).
 set -o pipefail
 export PYTHONPATH=. PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -39,8 +39,10 @@ elif [ "$1" = all ]; then
   echo "== 13B throughput tp=2"; show "$OUT/thr13_tp2.log"
   timeout 70 $B --model llama2_13b $LAT --tensor-parallel-size 2 > "$OUT/lat13_tp2.log" 2>&1
   echo "== 13B latency tp=2"; show "$OUT/lat13_tp2.log"
-  timeout 200 $B --model llama2_70b $THR --tensor-parallel-size 4 > "$OUT/thr70_tp4.log" 2>&1
-  echo "== 70B throughput tp=4"; show "$OUT/thr70_tp4.log"
+  if [ "$(nvidia-smi -L | wc -l)" -ge 4 ]; then
+    timeout 200 $B --model llama2_70b $THR --tensor-parallel-size 4 > "$OUT/thr70_tp4.log" 2>&1
+    echo "== 70B throughput tp=4"; show "$OUT/thr70_tp4.log"
+  fi
   export CUDA_VISIBLE_DEVICES=0
   timeout 60 $B --model llama2_13b $LAT > "$OUT/lat13_tp1.log" 2>&1
   echo "== 13B latency tp=1"; show "$OUT/lat13_tp1.log"
