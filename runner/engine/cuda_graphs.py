@@ -73,14 +73,22 @@ class CUDAGraphRunner:
     def capture(self) -> None:
         t0 = time.perf_counter()
         pool = torch.cuda.graph_pool_handle()
-        for bs in reversed(self.batch_sizes):        # largest first: later ones reuse its pool
-            args = (self.input_ids[:bs], self.positions[:bs], self.kv_caches, self._meta(bs))
-            self.model(*args)                         # compiles the kernels outside the capture
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self.outputs[bs] = self.model(*args)
-            self.graphs[bs] = graph
+        try:
+            for bs in reversed(self.batch_sizes):    # largest first: later ones reuse its pool
+                args = (self.input_ids[:bs], self.positions[:bs], self.kv_caches,
+                        self._meta(bs))
+                self.model(*args)                     # compiles the kernels outside the capture
+                torch.cuda.synchronize()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self.outputs[bs] = self.model(*args)
+                self.graphs[bs] = graph
+        except BaseException:
+            try:                    # no half-captured set outlives the error (see release)
+                self.release()
+            except Exception:
+                pass
+            raise
         torch.cuda.synchronize()
         logger.info("captured %d CUDA graphs (batch sizes up to %d) in %.1f s",
                     len(self.graphs), self.max_bs, time.perf_counter() - t0)

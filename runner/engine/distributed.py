@@ -101,18 +101,25 @@ class TensorParallelGroup:
         except Exception:       # gloo fails pending ops on its own when a peer's socket closes
             pass
 
-    def destroy(self, timeout_s: float = 30.0) -> bool:
-        """Leave the group. NCCL's teardown (ncclCommFinalize) waits for every rank's, so all
-        ranks call this together at shutdown; a peer that never does (dead, or killed) would
-        make it wait for ever, hence the deadline, after which the communicators are aborted.
-        Returns whether the group was left cleanly."""
+    def destroy(self, timeout_s: float = 30.0, peers_alive: bool = True) -> bool:
+        """Leave the group; returns whether that finished within `timeout_s`.
+
+        Callers destroy their CUDA graphs first: NCCL's teardown waits until every graph that
+        captured one of its collectives is gone. With every peer alive, all ranks call this
+        together and NCCL finalizes collectively. With a peer gone (`peers_alive=False`, or the
+        deadline passed) a collective teardown would wait for it for ever, so NCCL's
+        communicators are aborted instead, which needs no peer."""
         if not dist.is_initialized():
             return True
         done = threading.Event()
+        abort_all = getattr(dist.distributed_c10d, "_abort_process_group", None)
 
         def leave():
             try:
-                dist.destroy_process_group()
+                if not peers_alive and self.backend == "nccl" and abort_all is not None:
+                    abort_all()             # aborts every group and forgets them
+                else:
+                    dist.destroy_process_group()
             except Exception:       # an aborted communicator may refuse: it is gone anyway
                 pass
             finally:

@@ -50,9 +50,9 @@ def _cleanup(procs: list, conns: list, holder: dict, init_file: str) -> None:
             logger.exception("releasing the driver's CUDA graphs failed")
     tp = holder.pop("tp", None)
     if tp is not None:
-        if holder.get("failed"):
-            tp.abort()              # a peer is gone: do not wait for its part of the teardown
-        tp.destroy(timeout_s=2.0 if holder.get("failed") else 30.0)
+        failed = bool(holder.get("failed"))     # a peer is gone: it takes no part in teardown
+        if not tp.destroy(timeout_s=5.0 if failed else 30.0, peers_alive=not failed):
+            logger.warning("leaving the tensor-parallel process group did not finish")
     deadline = time.monotonic() + 5.0
     for p in procs:
         p.join(timeout=max(0.0, deadline - time.monotonic()))

@@ -102,6 +102,13 @@ class Worker:
         # (asynchronous on CUDA)
         self.times = {"prepare_s": 0.0, "forward_s": 0.0}
 
+    def release_graphs(self) -> None:
+        """Destroy the CUDA graphs before leaving the process group (see
+        CUDAGraphRunner.release); later steps, if any, run eager."""
+        if self.graph_runner is not None:
+            self.graph_runner.release()
+            self.graph_runner = None
+
     # ---------------------------------------------------------------- KV sizing
     @property
     def block_bytes(self) -> int:
