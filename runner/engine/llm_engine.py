@@ -2,14 +2,24 @@
 
 add_request() tokenizes and validates a prompt and queues a SequenceGroup. step() runs
     Scheduler.schedule() -> ModelRunner.execute_model() -> Scheduler.update()
-    -> append sampled tokens (fork n > 1 requests), detokenize, check stop conditions
-    -> free finished sequences -> RequestOutput for every request that progressed.
+    -> append sampled tokens (fork n > 1 requests), check stop conditions
+    -> free finished sequences
+    -> detokenize, build logprob dicts, RequestOutput for every request that progressed.
 A finished request leaves the engine with its last RequestOutput (finished=True).
+
+Async output processing (vLLM's; on unless disable_async_output_proc): the last stage, the
+step's text and outputs, runs during the next step, while the GPU computes its forward pass
+(ModelRunner.execute_model's `overlap`), so step() returns the outputs of the step before it
+and a final step() with nothing scheduled returns the last ones. What decides the next step
+stays synchronous: tokens, EOS / stop-token / length checks, and the detokenization of requests
+with stop strings (a stop string ends a request in the step that produced it). Outputs are the
+same either way.
 """
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Iterable, Optional, Union
 
 import torch
@@ -29,6 +39,15 @@ from runner.engine.tokenizer import load_tokenizer, parse_prompt
 logger = logging.getLogger("runner.engine")
 
 PromptType = Union[str, dict, list]
+
+
+@dataclass
+class _Deferred:
+    """A step's output work left for the next step's forward pass to hide."""
+    appends: list = field(default_factory=list)        # (Sequence, SampledToken) in order
+    touched: list = field(default_factory=list)        # groups that progressed
+    finished: set = field(default_factory=set)         # their request ids that finished
+    aborted: set = field(default_factory=set)          # aborted since: no output for them
 
 
 def seed_for(seed: int, index: int) -> int:
@@ -55,8 +74,15 @@ class LLMEngine:
         # LLM.generate turns this off and gets only finished requests (vLLM's FINAL_ONLY)
         self.stream_outputs = True
         self.stats = {"num_prompt_tokens": 0, "num_generation_tokens": 0, "num_steps": 0}
-        # wall time per phase of step(), to tell CPU-bound steps from GPU-bound ones
-        self.step_times = {"schedule_s": 0.0, "execute_s": 0.0, "process_s": 0.0}
+        # wall time per phase of step(), to tell CPU-bound steps from GPU-bound ones.
+        # output_proc_s: detokenization and RequestOutputs; with async output processing it
+        # runs while the GPU computes the next forward pass (and is left out of execute_s),
+        # without it, it is part of process_s
+        self.step_times = {"schedule_s": 0.0, "execute_s": 0.0, "process_s": 0.0,
+                           "output_proc_s": 0.0}
+        self.async_output_proc = not config.disable_async_output_proc
+        self._deferred: Optional[_Deferred] = None   # the last step's unfinished output work
+        self._ready: list[RequestOutput] = []        # its outputs, once that work ran
 
     @classmethod
     def from_engine_args(cls, engine_args: EngineArgs) -> "LLMEngine":
@@ -160,52 +186,94 @@ class LLMEngine:
             group = self.requests.pop(rid, None)
             if group is not None:
                 self.scheduler.abort_seq_group(group)
+        if self._deferred is not None:      # an aborted request gets no more outputs
+            self._deferred.aborted.update(ids)
+        if self._ready:
+            gone = set(ids)
+            self._ready = [o for o in self._ready if o.request_id not in gone]
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self.requests)
+        """Requests still running, or outputs not yet handed out by step()."""
+        return bool(self.requests) or self._deferred is not None or bool(self._ready)
 
     def get_num_unfinished_requests(self) -> int:
         return len(self.requests)
 
     # ---------------------------------------------------------------------- step
     def step(self) -> list[RequestOutput]:
+        try:
+            return self._step()
+        except BaseException:
+            # the callers (LLM, the server) abort every request on an engine error; outputs
+            # still held back belong to that failed run
+            self._deferred, self._ready = None, []
+            raise
+
+    def _step(self) -> list[RequestOutput]:
         t0 = time.perf_counter()
         sched_out = self.scheduler.schedule()
         if sched_out.is_empty:
-            return []
+            # nothing to run: hand out what the last step left (async output processing)
+            self._run_deferred()
+            self.step_times["process_s"] += time.perf_counter() - t0
+            return self._take_ready()
         now = time.time()
         for s in sched_out.scheduled:
             s.seq.group.maybe_set_first_scheduled(now)
         t1 = time.perf_counter()
-        runner_out = self.model_runner.execute_model(sched_out)
+        before = self.step_times["output_proc_s"]
+        runner_out = self.model_runner.execute_model(
+            sched_out, self._run_deferred if self._deferred is not None else None)
+        self._run_deferred()        # in case the runner had no forward pass to hide it behind
         t2 = time.perf_counter()
         self.scheduler.update(sched_out)
-        touched = self._process_outputs(sched_out, runner_out)
+        deferred = self._process_outputs(sched_out, runner_out)
         self.scheduler.free_finished()
         self.step_times["schedule_s"] += t1 - t0
-        self.step_times["execute_s"] += t2 - t1
-        self.step_times["process_s"] += time.perf_counter() - t2
+        self.step_times["execute_s"] += t2 - t1 - (self.step_times["output_proc_s"] - before)
         self.stats["num_steps"] += 1
         self.stats["num_prompt_tokens"] += sum(
             s.num_new_tokens for s in sched_out.scheduled if s.start < s.seq.prompt_len)
-        outputs = []
-        for group in touched:
-            finished = group.is_finished()
-            if finished:
-                group.metrics.finished_time = time.time()
-                self.requests.pop(group.request_id, None)
+        self._deferred = deferred
+        if not self.async_output_proc:
+            self._run_deferred()
+        self.step_times["process_s"] += time.perf_counter() - t2
+        return self._take_ready()
+
+    def _take_ready(self) -> list[RequestOutput]:
+        ready, self._ready = self._ready, []
+        return ready
+
+    def _run_deferred(self) -> None:
+        """The deferred half of a step's output processing: detokenize, logprob dicts,
+        RequestOutputs. It reads the sequences as that step left them: it runs before the
+        next step's tokens are appended."""
+        d, self._deferred = self._deferred, None
+        if d is None:
+            return
+        t = time.perf_counter()
+        for seq, tok in d.appends:
+            self._append_text(seq, tok)
+        for group in d.touched:
+            rid = group.request_id
+            finished = rid in d.finished
+            if rid in d.aborted and not finished:
+                continue
             if finished or self.stream_outputs:
-                outputs.append(self._make_output(group, finished))
-        return outputs
+                self._ready.append(self._make_output(group, finished))
+        self.step_times["output_proc_s"] += time.perf_counter() - t
 
     def _process_outputs(self, sched_out: SchedulerOutput,
-                         runner_out: ModelRunnerOutput) -> list[SequenceGroup]:
+                         runner_out: ModelRunnerOutput) -> "_Deferred":
+        """The synchronous half: everything the next schedule depends on."""
         touched: dict[str, SequenceGroup] = {}
+        deferred = _Deferred()
         now = time.time()
         beam_groups: dict[str, SequenceGroup] = {}
         for i, s in enumerate(sched_out.scheduled):
             seq, group = s.seq, s.seq.group
             if i in runner_out.prompt_logprobs:
+                # eager: the next step's logit rows are chosen from how many there are
                 self._add_prompt_logprobs(group, runner_out.prompt_logprobs[i], s)
             if i in runner_out.beam_candidates:
                 seq.beam_candidates = runner_out.beam_candidates[i]
@@ -225,14 +293,20 @@ class LLMEngine:
                     self._attach_detokenizer(child)
                     group.seqs.append(child)
                     self.scheduler.fork(seq, child)
-                    self._append(child, tok)
-            self._append(seq, tokens[0])
+                    self._append(child, tok, deferred)
+            self._append(seq, tokens[0], deferred)
         for group in beam_groups.values():
             live = [q for q in group.seqs if not q.is_finished()]
             if all(q.beam_candidates is not None for q in live):
                 self._beam_step(group, live, now)
                 touched[group.request_id] = group
-        return list(touched.values())
+        deferred.touched = list(touched.values())
+        for group in deferred.touched:
+            if group.is_finished():
+                group.metrics.finished_time = time.time()
+                self.requests.pop(group.request_id, None)
+                deferred.finished.add(group.request_id)
+        return deferred
 
     # ---------------------------------------------------------------- beam search
     def _beam_step(self, group: SequenceGroup, live: list[Sequence], now: float) -> None:
@@ -313,10 +387,20 @@ class LLMEngine:
                 d[tid] = Logprob(tlp, r, self._decode_token(tid))
         return d
 
-    def _append(self, seq: Sequence, tok: SampledToken) -> None:
-        p = seq.sampling_params
+    def _append(self, seq: Sequence, tok: SampledToken, deferred: "_Deferred") -> None:
+        """Append a sampled token and check the stop conditions. The text and logprob dicts
+        are deferred, except for a request with stop strings, whose text decides whether it
+        stops."""
         seq.append_token(tok.token_id, tok.logprob)
         self.stats["num_generation_tokens"] += 1
+        if seq.sampling_params.stop and seq.detokenizer is not None:
+            self._append_text(seq, tok, check_stop=True)
+        else:
+            self._check_stop(seq, tok.token_id, 0)
+            deferred.appends.append((seq, tok))
+
+    def _append_text(self, seq: Sequence, tok: SampledToken, check_stop: bool = False) -> None:
+        p = seq.sampling_params
         if p.logprobs is not None:
             seq.output_logprobs.append(
                 self._logprob_dict(tok.token_id, tok.logprob, tok.rank, tok.top_logprobs))
@@ -325,7 +409,10 @@ class LLMEngine:
             new_text = seq.detokenizer.append([tok.token_id])
             new_chars = len(new_text)
             seq.output_text = seq.detokenizer.output_text
-        self._check_stop(seq, tok.token_id, new_chars)
+        if check_stop:
+            self._check_stop(seq, tok.token_id, new_chars)
+        # (deferred or not, this is the sequence's latest token: the next step's are appended
+        # only after the deferred work ran)
         if (seq.is_finished() and seq.detokenizer is not None
                 and not isinstance(seq.stop_reason, str)):
             # the sequence ends: emit bytes held back as an incomplete character

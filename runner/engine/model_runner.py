@@ -8,7 +8,9 @@ execute_model(SchedulerOutput):
   2. with tensor_parallel_size > 1, send the staged step to the worker processes;
   3. Worker.execute (runner/engine/worker.py; every rank): copy-on-write block copies, inputs to
      the device, forward (eager, or a CUDA graph), logits of the chosen rows;
-  4. the Sampler -> SampledToken per sampled row. A request with n > 1 samples its first token n
+  4. while the GPU runs the forward: the engine's `overlap` callback (the previous step's
+     output processing, vLLM's async output processing);
+  5. the Sampler -> SampledToken per sampled row. A request with n > 1 samples its first token n
      times from the one prompt row, once per output sequence (the engine forks afterwards).
 A worker that dies or hangs surfaces here as a WorkerFailure naming it (runner/engine/executor.py).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import torch
 
@@ -114,7 +117,11 @@ class ModelRunner:
 
     # ------------------------------------------------------------ step
     @torch.inference_mode()
-    def execute_model(self, out: SchedulerOutput) -> ModelRunnerOutput:
+    def execute_model(self, out: SchedulerOutput,
+                      overlap: Optional[Callable[[], None]] = None) -> ModelRunnerOutput:
+        """Run one step. `overlap` (the engine's output processing of the previous step) is
+        called once the forward pass is launched and before its tokens are read back, so on a
+        GPU that CPU work hides behind the GPU's."""
         t0 = time.perf_counter()
         shape = self.worker.inputs.stage(out)
         rows, sample_rows, prompt_rows = self._logit_rows(
@@ -126,12 +133,12 @@ class ModelRunner:
         t1 = time.perf_counter()
         self._times["stage_s"] += t1 - t0
         if self.executor is None:
-            return self._execute(out, step, sample_rows, prompt_rows)
+            return self._execute(out, step, sample_rows, prompt_rows, overlap)
         self.executor.check()
         self.executor.step_started = time.monotonic()
         try:
             self.executor.channel.send(EXECUTE, step, self.worker.inputs.pack(*shape))
-            result = self._execute(out, step, sample_rows, prompt_rows)
+            result = self._execute(out, step, sample_rows, prompt_rows, overlap)
         except WorkerFailure:
             raise
         except (RuntimeError, OSError) as exc:
@@ -142,8 +149,10 @@ class ModelRunner:
         self.executor.check()
         return result
 
-    def _execute(self, out, step, sample_rows, prompt_rows) -> ModelRunnerOutput:
-        logits = self.worker.execute(step)
+    def _execute(self, out, step, sample_rows, prompt_rows, overlap) -> ModelRunnerOutput:
+        logits = self.worker.execute(step)          # launched; on CUDA not finished yet
+        if overlap is not None:
+            overlap()
         t = time.perf_counter()
         result = self._sample(out, logits, sample_rows, prompt_rows)
         self._times["sample_s"] += time.perf_counter() - t

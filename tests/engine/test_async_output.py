@@ -1,0 +1,99 @@
+"""Async output processing (disable_async_output_proc=False, the default): the same outputs as
+synchronous processing, step() handing out each step's outputs one step later, stop strings
+still ending a request in the step that produced it, aborts honoured for held-back outputs."""
+from __future__ import annotations
+
+import pytest
+
+from runner.engine import LLM, BeamSearchParams, SamplingParams
+
+PROMPTS = ["The quick brown fox", "Paris is the capital of France and",
+           "Hello world! How are you", "A paged KV cache stores keys", "Numbers like 12"]
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_llama):
+    # a small token budget mixes prefill chunks and decodes in one step
+    kw = dict(seed=0, max_num_batched_tokens=24, max_num_seqs=4)
+    return (LLM(tiny_llama, **kw),
+            LLM(tiny_llama, disable_async_output_proc=True, **kw))
+
+
+def _flat(outputs):
+    return [(o.prompt_token_ids,
+             [(lp and {t: (round(v.logprob, 6), v.rank, v.decoded_token) for t, v in lp.items()})
+              for lp in (o.prompt_logprobs or [])],
+             [(c.index, c.text, c.token_ids, round(c.cumulative_logprob or 0, 6),
+               c.finish_reason, c.stop_reason,
+               [{t: (round(v.logprob, 6), v.rank, v.decoded_token) for t, v in lp.items()}
+                for lp in (c.logprobs or [])]) for c in o.outputs])
+            for o in outputs]
+
+
+def test_async_and_sync_give_the_same_outputs(engines):
+    async_llm, sync_llm = engines
+    assert async_llm.llm_engine.async_output_proc and not sync_llm.llm_engine.async_output_proc
+    ref = sync_llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=12),
+                            use_tqdm=False)
+    # a stop string taken from the middle of a greedy completion, so it really fires
+    text = ref[1].outputs[0].text
+    stop = text[len(text) // 2:len(text) // 2 + 3]
+    assert stop.strip()
+    cases = [
+        SamplingParams(temperature=0, max_tokens=12, logprobs=3, prompt_logprobs=2),
+        SamplingParams(temperature=0.9, seed=5, n=2, max_tokens=10, logprobs=1),
+        SamplingParams(temperature=0, max_tokens=20, stop=[stop]),
+        SamplingParams(temperature=0, max_tokens=20, stop=[stop],
+                       include_stop_str_in_output=True),
+        SamplingParams(temperature=0.7, top_p=0.9, seed=3, best_of=3, n=2, max_tokens=8),
+    ]
+    for sp in cases:
+        a = async_llm.generate(PROMPTS, sp, use_tqdm=False)
+        s = sync_llm.generate(PROMPTS, sp, use_tqdm=False)
+        assert _flat(a) == _flat(s), sp
+    stopped = async_llm.generate(PROMPTS[1], cases[2], use_tqdm=False)[0].outputs[0]
+    assert stopped.stop_reason == stop and stopped.finish_reason == "stop"
+    assert len(stopped.token_ids) < 20
+    beams = BeamSearchParams(beam_width=3, max_tokens=8)
+    a = async_llm.beam_search([{"prompt": p} for p in PROMPTS[:2]], beams)
+    s = sync_llm.beam_search([{"prompt": p} for p in PROMPTS[:2]], beams)
+    assert [[q.tokens for q in b.sequences] for b in a] == \
+        [[q.tokens for q in b.sequences] for b in s]
+
+
+def _stream(llm, params, prompts):
+    engine = llm.llm_engine
+    for i, p in enumerate(prompts):
+        engine.add_request(str(i), p, params)
+    steps = []
+    while engine.has_unfinished_requests():
+        steps.append([(o.request_id, list(o.outputs[0].token_ids), o.finished)
+                      for o in engine.step()])
+    return steps
+
+
+def test_step_hands_out_each_steps_outputs_one_step_later(engines):
+    async_llm, sync_llm = engines
+    sp = SamplingParams(temperature=0, max_tokens=4)
+    prompts = ["Hello world", "The quick"]     # short: both prefill in the first step
+    sync_steps = _stream(sync_llm, sp, prompts)
+    async_steps = _stream(async_llm, sp, prompts)
+    assert [len(x[0][1]) for x in sync_steps] == [1, 2, 3, 4]
+    # the same outputs, shifted by one step: nothing after the first step, and one more
+    # step (with nothing scheduled) to hand out the last outputs
+    assert async_steps == [[]] + sync_steps
+    assert async_steps[-1][0][2] and async_steps[-1][1][2]     # finished
+    assert not async_llm.llm_engine.has_unfinished_requests()
+
+
+def test_an_aborted_request_gets_no_held_back_output(engines):
+    engine = engines[0].llm_engine
+    sp = SamplingParams(temperature=0, max_tokens=6)
+    engine.add_request("a", "Hello world", sp)
+    engine.add_request("b", "The quick", sp)
+    assert engine.step() == []          # step 1's outputs are held back...
+    engine.abort_request("a")            # ...and "a" is aborted before they are handed out
+    seen = []
+    while engine.has_unfinished_requests():
+        seen += [o.request_id for o in engine.step()]
+    assert "a" not in seen and seen.count("b") == 6
