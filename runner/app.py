@@ -401,19 +401,30 @@ def _generate_and_score(cfg: RunConfig, store: RunStore, manifest: dict, session
                 pending[ex.id] = (index, ex, text, ids)
 
             progress = _progress(cfg.use_tqdm, len(todo))
-            while engine.has_unfinished_requests():
-                for out in engine.step():
-                    if not out.finished:
-                        continue
-                    index, ex, text, ids = pending.pop(out.request_id)
-                    bench.add(out)
-                    scores = None
-                    if scoring:
-                        prediction = out.outputs[0].text if out.outputs else ""
-                        scores = task_metrics.score(info.metric, prediction, ex.references)
-                    preds.append(prediction_record(ex, index, text, ids, out, scores))
-                    if progress is not None:
-                        progress.update(1)
+
+            def record(out) -> None:
+                if not out.finished or out.request_id not in pending:
+                    return
+                index, ex, text, ids = pending.pop(out.request_id)
+                bench.add(out)
+                scores = None
+                if scoring:
+                    prediction = out.outputs[0].text if out.outputs else ""
+                    scores = task_metrics.score(info.metric, prediction, ex.references)
+                preds.append(prediction_record(ex, index, text, ids, out, scores))
+                if progress is not None:
+                    progress.update(1)
+
+            try:
+                while engine.has_unfinished_requests():
+                    for out in engine.step():
+                        record(out)
+            except BaseException:
+                # requests that finished before the engine broke are finished work: keep them
+                # (async output processing holds the last step's outputs back)
+                for out in getattr(engine, "take_held_outputs", list)():
+                    record(out)
+                raise
             if progress is not None:
                 progress.close()
             if pending:

@@ -142,6 +142,7 @@ class LLM:
                         bar.update(1)
         except BaseException:
             engine.abort_request(list(engine.requests))
+            engine.take_held_outputs()      # generate() returns nothing on an error
             raise
         finally:
             engine.stream_outputs = streaming

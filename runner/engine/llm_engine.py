@@ -83,6 +83,7 @@ class LLMEngine:
         self.async_output_proc = not config.disable_async_output_proc
         self._deferred: Optional[_Deferred] = None   # the last step's unfinished output work
         self._ready: list[RequestOutput] = []        # its outputs, once that work ran
+        self._in_deferred = False
 
     @classmethod
     def from_engine_args(cls, engine_args: EngineArgs) -> "LLMEngine":
@@ -204,10 +205,21 @@ class LLMEngine:
         try:
             return self._step()
         except BaseException:
-            # the callers (LLM, the server) abort every request on an engine error; outputs
-            # still held back belong to that failed run
-            self._deferred, self._ready = None, []
+            # the last good step's outputs stay available to take_held_outputs(): requests
+            # that finished there are finished work, whatever broke afterwards
+            if self._deferred is not None and not self._in_deferred:
+                try:
+                    self._run_deferred()
+                except Exception:
+                    logger.exception("processing the last step's outputs failed too")
+            self._deferred = None
             raise
+
+    def take_held_outputs(self) -> list[RequestOutput]:
+        """After step() raised: the outputs it had not handed out yet (async output processing
+        holds a step's outputs back by one step), so a caller can keep the requests that did
+        finish. Clears them."""
+        return self._take_ready()
 
     def _step(self) -> list[RequestOutput]:
         t0 = time.perf_counter()
@@ -252,15 +264,19 @@ class LLMEngine:
         if d is None:
             return
         t = time.perf_counter()
-        for seq, tok in d.appends:
-            self._append_text(seq, tok)
-        for group in d.touched:
-            rid = group.request_id
-            finished = rid in d.finished
-            if rid in d.aborted and not finished:
-                continue
-            if finished or self.stream_outputs:
-                self._ready.append(self._make_output(group, finished))
+        self._in_deferred = True
+        try:
+            for seq, tok in d.appends:
+                self._append_text(seq, tok)
+            for group in d.touched:
+                rid = group.request_id
+                finished = rid in d.finished
+                if rid in d.aborted and not finished:
+                    continue
+                if finished or self.stream_outputs:
+                    self._ready.append(self._make_output(group, finished))
+        finally:
+            self._in_deferred = False
         self.step_times["output_proc_s"] += time.perf_counter() - t
 
     def _process_outputs(self, sched_out: SchedulerOutput,

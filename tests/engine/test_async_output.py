@@ -97,3 +97,36 @@ def test_an_aborted_request_gets_no_held_back_output(engines):
     while engine.has_unfinished_requests():
         seen += [o.request_id for o in engine.step()]
     assert "a" not in seen and seen.count("b") == 6
+
+
+@pytest.mark.parametrize("fail_after_overlap", [False, True])
+def test_outputs_held_back_survive_an_engine_failure(engines, monkeypatch, fail_after_overlap):
+    """A request that finished in the last good step is finished work: when the next step
+    raises, take_held_outputs() still has its output (the runner writes it to
+    predictions.jsonl before failing)."""
+    engine = engines[0].llm_engine
+    runner = engine.model_runner
+    real = runner.execute_model
+    calls = []
+
+    def flaky(out, overlap=None):
+        calls.append(1)
+        if len(calls) == 3:
+            if fail_after_overlap and overlap is not None:
+                overlap()
+            raise RuntimeError("the GPU fell off the bus")
+        return real(out, overlap)
+
+    monkeypatch.setattr(runner, "execute_model", flaky)
+    engine.add_request("short", "Hello world", SamplingParams(temperature=0, max_tokens=2))
+    engine.add_request("long", "The quick", SamplingParams(temperature=0, max_tokens=10))
+    assert engine.step() == []
+    assert [o.finished for o in engine.step()] == [False, False]     # step 1's outputs
+    with pytest.raises(RuntimeError, match="fell off the bus"):
+        engine.step()
+    held = {o.request_id: o for o in engine.take_held_outputs()}
+    assert held["short"].finished and len(held["short"].outputs[0].token_ids) == 2
+    assert not held["long"].finished
+    assert engine.take_held_outputs() == []
+    engine.abort_request("long")
+    assert not engine.has_unfinished_requests()
