@@ -232,7 +232,9 @@ def build_llm(folder: str, args, enforce_eager: bool):
               skip_tokenizer_init=True,
               enforce_eager=enforce_eager, gpu_memory_utilization=args.gpu_memory_utilization,
               max_num_seqs=args.max_num_seqs, seed=args.seed,
-              tensor_parallel_size=getattr(args, "tensor_parallel_size", 1))
+              tensor_parallel_size=getattr(args, "tensor_parallel_size", 1),
+              disable_async_output_proc=getattr(args, "disable_async_output_proc", False),
+              distributed_timeout_s=getattr(args, "distributed_timeout_s", 600.0))
     if args.max_num_batched_tokens:
         kw["max_num_batched_tokens"] = args.max_num_batched_tokens
     if args.max_model_len:
@@ -247,8 +249,8 @@ def engine_facts(llm) -> dict:
     facts = {k: stats[k] for k in ("num_gpu_blocks", "block_size", "kv_cache_token_capacity",
                                    "kv_cache_bytes", "kernel_backend", "cuda_graph_steps",
                                    "num_preemptions", "model_load_seconds", "num_steps",
-                                   "schedule_s", "execute_s", "process_s", "prepare_s",
-                                   "forward_s", "sample_s")}
+                                   "schedule_s", "execute_s", "process_s", "output_proc_s",
+                                   "prepare_s", "forward_s", "sample_s")}
     facts["max_num_seqs"] = llm.llm_engine.scheduler_config.max_num_seqs
     facts["max_num_batched_tokens"] = llm.llm_engine.scheduler_config.max_num_batched_tokens
     if torch.cuda.is_available():
@@ -368,6 +370,8 @@ def parse_args(argv: Optional[list] = None):
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     ap.add_argument("--kernel-backend", default=None, choices=["auto", "triton", "torch"])
     ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--disable-async-output-proc", action="store_true",
+                    help="process each step's outputs before the next step starts")
     ap.add_argument("--tensor-parallel-size", type=int, default=1,
                     help="GPUs the model is split across (one process each)")
     ap.add_argument("--compare-eager", action="store_true",
