@@ -253,6 +253,8 @@ def engine_facts(llm) -> dict:
                                    "prepare_s", "forward_s", "sample_s")}
     facts["max_num_seqs"] = llm.llm_engine.scheduler_config.max_num_seqs
     facts["max_num_batched_tokens"] = llm.llm_engine.scheduler_config.max_num_batched_tokens
+    facts["tensor_parallel_size"] = llm.llm_engine.config.parallel_config.tensor_parallel_size
+    facts["async_output_proc"] = llm.llm_engine.async_output_proc
     if torch.cuda.is_available():
         total = torch.cuda.get_device_properties(0).total_memory
         peak = torch.cuda.max_memory_allocated()
