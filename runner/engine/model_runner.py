@@ -98,6 +98,7 @@ class ModelRunner:
         self.sampler = Sampler(torch.Generator(device=self.device).manual_seed(
             self.model_config.seed))
         self._times = {"stage_s": 0.0, "sample_s": 0.0}
+        self._overlap_error: Optional[BaseException] = None
 
     @property
     def times(self) -> dict:
@@ -132,8 +133,11 @@ class ModelRunner:
                          if out.blocks_to_copy else None)
         t1 = time.perf_counter()
         self._times["stage_s"] += t1 - t0
+        self._overlap_error = None
         if self.executor is None:
-            return self._execute(out, step, sample_rows, prompt_rows, overlap)
+            result = self._execute(out, step, sample_rows, prompt_rows, overlap)
+            self._raise_overlap_error()
+            return result
         self.executor.check()
         self.executor.step_started = time.monotonic()
         try:
@@ -147,12 +151,23 @@ class ModelRunner:
             self.executor.step_started = None
         # an aborted collective can return instead of raising: never hand on such a step
         self.executor.check()
+        self._raise_overlap_error()
         return result
+
+    def _raise_overlap_error(self) -> None:
+        """An error of the engine's output processing is its own, not a worker failure: it
+        is raised as it was, once the step's collectives are done."""
+        if self._overlap_error is not None:
+            exc, self._overlap_error = self._overlap_error, None
+            raise exc
 
     def _execute(self, out, step, sample_rows, prompt_rows, overlap) -> ModelRunnerOutput:
         logits = self.worker.execute(step)          # launched; on CUDA not finished yet
         if overlap is not None:
-            overlap()
+            try:
+                overlap()
+            except Exception as exc:    # the step itself goes on: every rank is in it
+                self._overlap_error = exc
         t = time.perf_counter()
         result = self._sample(out, logits, sample_rows, prompt_rows)
         self._times["sample_s"] += time.perf_counter() - t

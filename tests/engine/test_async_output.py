@@ -130,3 +130,33 @@ def test_outputs_held_back_survive_an_engine_failure(engines, monkeypatch, fail_
     assert engine.take_held_outputs() == []
     engine.abort_request("long")
     assert not engine.has_unfinished_requests()
+
+
+def test_an_output_processing_error_is_not_a_worker_failure(tiny_model_factory, monkeypatch):
+    """With tensor parallelism the deferred work runs between a step's launch and its
+    collectives' end: its own error is raised as is, and the workers stay usable."""
+    from runner.engine.llm_engine import LLMEngine
+
+    llm = LLM(tiny_model_factory("llama_gqa"), tensor_parallel_size=2, dtype="float32",
+              seed=0, device="cpu")
+    try:
+        sp = SamplingParams(temperature=0, max_tokens=6)
+        ref = llm.generate(PROMPTS[:2], sp, use_tqdm=False)
+        real = LLMEngine._append_text
+        calls = []
+
+        def broken(self, seq, tok, check_stop=False):
+            calls.append(1)
+            if len(calls) == 3:
+                raise ValueError("detokenizer broke")
+            return real(self, seq, tok, check_stop)
+
+        monkeypatch.setattr(LLMEngine, "_append_text", broken)
+        with pytest.raises(ValueError, match="detokenizer broke"):
+            llm.generate(PROMPTS[:2], sp, use_tqdm=False)
+        monkeypatch.setattr(LLMEngine, "_append_text", real)
+        assert llm.llm_engine.model_runner.executor.failure is None
+        again = llm.generate(PROMPTS[:2], sp, use_tqdm=False)
+        assert [o.outputs[0].token_ids for o in again] == [o.outputs[0].token_ids for o in ref]
+    finally:
+        llm.llm_engine.shutdown()
