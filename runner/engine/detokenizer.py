@@ -1,4 +1,4 @@
-"""Incremental detokenization and stop-string search for sequences that grow one step at a time.
+r"""Incremental detokenization and stop-string search for sequences that grow one step at a time.
 
 Each running sequence owns an `IncrementalDetokenizer`. After every engine step the new token ids
 are appended; the detokenizer decodes only a small window of ids around them and returns the text
