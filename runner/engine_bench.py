@@ -209,14 +209,13 @@ def _sync() -> None:
 
 
 def _close(llm, res: dict | None = None) -> None:
-    """Stop the engine's tensor-parallel workers and free its memory before the next one.
-    The run's numbers go to stderr first, so a teardown that fails still leaves them."""
+    """Stop the engine's tensor-parallel workers (the caller then drops its reference and
+    calls _free). The run's numbers go to stderr first, so a teardown that fails still leaves
+    them."""
     if res is not None:
         print("measured:", json.dumps(res), file=sys.stderr, flush=True)
     if llm.llm_engine is not None:
         llm.llm_engine.shutdown()
-    del llm
-    _free()
 
 
 def _free() -> None:
@@ -295,6 +294,8 @@ def run(args) -> dict:
             result["engine"]["roofline_tokens_per_s"] = \
                 result["ceilings"]["matmul_tflops"] * 1e12 / (2 * params)
         _close(llm, res)
+        del llm
+        _free()
         if args.hf_num_prompts:
             hf = run_hf_throughput(folder, prompts[:args.hf_num_prompts], args.output_len,
                                    args.hf_batch_size, getattr(torch, args.dtype), device)
@@ -308,6 +309,8 @@ def run(args) -> dict:
         res.update(engine_facts(llm))
         result["engine"] = res
         _close(llm)
+        del llm
+        _free()
     else:
         if args.compare_eager and device.type != "cuda":
             raise ValueError("--compare-eager compares CUDA graphs with eager mode: it needs a "
@@ -321,6 +324,8 @@ def run(args) -> dict:
             res.update(engine_facts(llm))
             result["eager" if eager else "cuda_graphs"] = res
             _close(llm, res)
+            del llm
+            _free()
         main_key = "cuda_graphs" if graphs else "eager"
         bw = result["ceilings"].get("copy_tb_per_s")
         if bw:

@@ -127,7 +127,8 @@ class ModelRunner:
         shape = self.worker.inputs.stage(out)
         rows, sample_rows, prompt_rows = self._logit_rows(
             out, self.worker.inputs.query_start_loc(shape[1]))
-        step = StepInput(*shape, rows=None if rows == list(range(shape[0]))
+        # rows ascend within [0, num_tokens): as many as tokens means every row, in order
+        step = StepInput(*shape, rows=None if len(rows) == shape[0]
                          else np.asarray(rows, np.int64),
                          blocks_to_copy=np.asarray(out.blocks_to_copy, np.int64)
                          if out.blocks_to_copy else None)
