@@ -233,6 +233,7 @@ def build_llm(folder: str, args, enforce_eager: bool):
               max_num_seqs=args.max_num_seqs, seed=args.seed,
               tensor_parallel_size=getattr(args, "tensor_parallel_size", 1),
               disable_async_output_proc=getattr(args, "disable_async_output_proc", False),
+              disable_custom_all_reduce=getattr(args, "disable_custom_all_reduce", False),
               distributed_timeout_s=getattr(args, "distributed_timeout_s", 600.0))
     if args.max_num_batched_tokens:
         kw["max_num_batched_tokens"] = args.max_num_batched_tokens
@@ -254,6 +255,7 @@ def engine_facts(llm) -> dict:
     facts["max_num_batched_tokens"] = llm.llm_engine.scheduler_config.max_num_batched_tokens
     facts["tensor_parallel_size"] = llm.llm_engine.config.parallel_config.tensor_parallel_size
     facts["async_output_proc"] = llm.llm_engine.async_output_proc
+    facts["custom_all_reduce"] = stats["custom_all_reduce"]
     if torch.cuda.is_available():
         total = torch.cuda.get_device_properties(0).total_memory
         peak = torch.cuda.max_memory_allocated()
@@ -288,11 +290,11 @@ def run(args) -> dict:
         res.update(engine_facts(llm))
         result["engine"] = res
         if "matmul_tflops" in result["ceilings"]:
+            # the ceiling of all the GPUs the model runs on (one card's, times the ranks)
+            rate = result["ceilings"]["matmul_tflops"] * 1e12 * args.tensor_parallel_size
             flops = 2 * params * res["total_tokens_per_s"]
-            result["engine"]["fraction_of_measured_matmul_roofline"] = \
-                flops / (result["ceilings"]["matmul_tflops"] * 1e12)
-            result["engine"]["roofline_tokens_per_s"] = \
-                result["ceilings"]["matmul_tflops"] * 1e12 / (2 * params)
+            result["engine"]["fraction_of_measured_matmul_roofline"] = flops / rate
+            result["engine"]["roofline_tokens_per_s"] = rate / (2 * params)
         _close(llm, res)
         del llm
         _free()
@@ -330,7 +332,8 @@ def run(args) -> dict:
         bw = result["ceilings"].get("copy_tb_per_s")
         if bw:
             weight_bytes = params * torch.empty((), dtype=getattr(torch, args.dtype)).element_size()
-            roof = bw * 1e12 / weight_bytes * args.batch_size
+            # each rank reads its 1/N of the weights per step, all ranks at once
+            roof = bw * 1e12 / weight_bytes * args.tensor_parallel_size * args.batch_size
             result[main_key]["weight_read_roofline_tokens_per_s"] = roof
             result[main_key]["fraction_of_weight_read_roofline"] = \
                 result[main_key]["output_tokens_per_s"] / roof
@@ -381,6 +384,8 @@ def parse_args(argv: Optional[list] = None):
                     help="process each step's outputs before the next step starts")
     ap.add_argument("--tensor-parallel-size", type=int, default=1,
                     help="GPUs the model is split across (one process each)")
+    ap.add_argument("--disable-custom-all-reduce", action="store_true",
+                    help="tensor parallel: NCCL for every all-reduce (no one-shot kernel)")
     ap.add_argument("--compare-eager", action="store_true",
                     help="latency: also run enforce_eager=True and report the graph speedup")
     ap.add_argument("--hf-num-prompts", type=int, default=0,

@@ -5,7 +5,8 @@ Rank 0 is the driver (the engine's own process); ranks 1..N-1 are worker process
 (runner/engine/worker.py, started by runner/engine/executor.py). Two kinds of traffic:
 
 - collectives inside the forward pass (the row-parallel all_reduce, the logits all_gather):
-  torch.distributed on the device group, NCCL on GPUs and gloo on CPU;
+  torch.distributed on the device group, NCCL on GPUs and gloo on CPU; on GPUs, small
+  all-reduces take the custom one-shot path (runner/engine/custom_all_reduce.py);
 - the step's inputs, driver -> workers: `StepChannel`, one pipe per worker carrying one flat
   int64 array per step (header, the staged input arrays, the rows that need logits, the blocks
   to copy). No tensor is pickled per step; a worker waits on its pipe with no timeout while the
@@ -71,8 +72,20 @@ class TensorParallelGroup:
         self.rank, self.world_size, self.backend, self.device = rank, world_size, backend, device
         self.device_group = dist.group.WORLD
         self.cpu_group = cpu_group
+        self.custom_all_reduce = None      # set by init_custom_all_reduce
+
+    def init_custom_all_reduce(self, dtype: torch.dtype, max_bytes: int) -> None:
+        """Collective: small all-reduces of `dtype` take the one-shot symmetric-memory path
+        (runner/engine/custom_all_reduce.py) where every rank can run it."""
+        from runner.engine.custom_all_reduce import build_custom_all_reduce
+        self.custom_all_reduce = build_custom_all_reduce(
+            self.device_group.group_name, self.rank, self.world_size, self.device, dtype,
+            max_bytes, self.min_int)
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        ca = self.custom_all_reduce
+        if ca is not None and ca.should_use(x):
+            return ca.all_reduce(x)
         dist.all_reduce(x, group=self.device_group)
         return x
 
@@ -111,6 +124,9 @@ class TensorParallelGroup:
         communicators are aborted instead, which needs no peer."""
         if not dist.is_initialized():
             return True
+        if self.custom_all_reduce is not None:
+            self.custom_all_reduce.close()
+            self.custom_all_reduce = None
         done = threading.Event()
         abort_all = getattr(dist.distributed_c10d, "_abort_process_group", None)
 

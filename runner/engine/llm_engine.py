@@ -521,4 +521,5 @@ class LLMEngine:
             **{k: round(v, 3) for k, v in self.step_times.items()},
             **{k: round(v, 3) for k, v in self.model_runner.times.items()},
             "cuda_graph_steps": self.model_runner.num_graph_steps,
+            "custom_all_reduce": self.model_runner.custom_all_reduce,
         }

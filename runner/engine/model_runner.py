@@ -112,6 +112,12 @@ class ModelRunner:
     def num_graph_steps(self) -> int:
         return self.worker.num_graph_steps
 
+    @property
+    def custom_all_reduce(self) -> bool:
+        """Whether small all-reduces take the custom one-shot path (tensor parallel GPUs)."""
+        tp = self.worker.tp
+        return tp is not None and tp.custom_all_reduce is not None
+
     def shutdown(self) -> None:
         if self.executor is not None:
             self.executor.shutdown()

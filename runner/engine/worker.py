@@ -4,10 +4,11 @@ cache, its CUDA graphs, and the forward pass of a staged step up to the logits.
 With tensor_parallel_size=1 the ModelRunner owns one Worker in its own process. With N > 1 the
 driver's Worker is rank 0 and ranks 1..N-1 run `worker_main` in processes of their own. Every
 rank builds its Worker the same way, so the collectives of start-up line up: load the weight
-shard, profile memory, agree on the smallest KV block count of all ranks, allocate the cache,
-capture CUDA graphs (whose forward holds all_reduce calls). Each step the driver stages the
-inputs, sends them (distributed.StepChannel) and runs `execute` like every worker; the logits
-shards are gathered on every rank and only the driver samples.
+shard, set up the custom all-reduce (GPUs), profile memory, agree on the smallest KV block
+count of all ranks, allocate the cache, capture CUDA graphs (whose forward holds all_reduce
+calls). Each step the driver stages the inputs, sends them (distributed.StepChannel) and runs
+`execute` like every worker; the logits shards are gathered on every rank and only the driver
+samples.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from runner.engine.attention import AttentionMetadata
 from runner.engine.block_manager import cdiv
 from runner.engine.config import EngineConfig
 from runner.engine.cuda_graphs import CUDAGraphRunner, capture_batch_sizes, decode_num_splits
+from runner.engine.custom_all_reduce import MAX_BYTES
 from runner.engine.distributed import (EXECUTE, StepInput, TensorParallelGroup,
                                        init_tensor_parallel, recv_step)
 from runner.engine.input_batch import InputBuilder
@@ -57,6 +59,12 @@ class Worker:
         t0 = time.perf_counter()
         self.model = get_model(config.model_config, self.device, pc)
         self.load_seconds = time.perf_counter() - t0
+        if tp is not None and not config.parallel_config.disable_custom_all_reduce:
+            # decode's all-reduces are [num_seqs, hidden]: size the buffer for the largest
+            hidden = config.model_config.hf_config.hidden_size
+            elem = torch.empty((), dtype=config.model_config.dtype).element_size()
+            tp.init_custom_all_reduce(config.model_config.dtype, min(
+                MAX_BYTES, config.scheduler_config.max_num_seqs * hidden * elem))
         # the model says what its paged KV cache looks like (per tensor-parallel rank)
         self.num_layers = self.model.num_layers
         self.num_kv_heads = self.model.num_kv_heads
@@ -166,7 +174,9 @@ class Worker:
         torch.cuda.empty_cache()
         _, total = torch.cuda.mem_get_info()
         budget = total * self.config.cache_config.gpu_memory_utilization
-        available = budget - (peak - tmp_bytes) - graph_reserve
+        # the custom all-reduce's buffer lives outside PyTorch's allocator statistics
+        ca = self.tp.custom_all_reduce if self.tp is not None else None
+        available = budget - (peak - tmp_bytes) - graph_reserve - (ca.max_bytes if ca else 0)
         num_blocks = int(available // self.block_bytes)
         logger.info("memory profile: peak %.2f GiB without cache, CUDA-graph reserve %.2f GiB, "
                     "budget %.2f GiB -> %d blocks", (peak - tmp_bytes) / 2**30,

@@ -51,8 +51,12 @@ def _generate(path, tp, prompts, params, device="cpu", **kw):
     llm = LLM(path, tensor_parallel_size=tp, dtype="float32", seed=0, device=device, **kw)
     try:
         out = llm.generate(prompts, params, use_tqdm=False)
+        stats = llm.llm_engine.get_stats()
         if device == "cuda":
-            assert llm.llm_engine.get_stats()["cuda_graph_steps"] > 0
+            assert stats["cuda_graph_steps"] > 0
+        # the one-shot all-reduce runs on GPUs (float32 here) unless it was turned off
+        assert stats["custom_all_reduce"] == (device == "cuda" and tp > 1
+                                              and not kw.get("disable_custom_all_reduce"))
         return out
     finally:
         llm.llm_engine.shutdown()
@@ -84,6 +88,16 @@ def test_tp2_equals_tp1_greedy_and_logprobs(tiny_gqa, device):
     ref = _generate(tiny_gqa, 1, PROMPTS, sp, device, **kw)
     out = _generate(tiny_gqa, 2, PROMPTS, sp, device, **kw)
     _assert_same(ref, out)
+
+
+@pytest.mark.multi_gpu
+def test_custom_all_reduce_gives_nccl_results(tiny_gqa):
+    """The one-shot all-reduce and NCCL add the same two partial sums: identical outputs."""
+    sp = SamplingParams(temperature=0, max_tokens=24, logprobs=3)
+    kw = dict(max_num_batched_tokens=16, max_num_seqs=4)
+    nccl = _generate(tiny_gqa, 2, PROMPTS, sp, "cuda", disable_custom_all_reduce=True, **kw)
+    custom = _generate(tiny_gqa, 2, PROMPTS, sp, "cuda", **kw)
+    _assert_same(nccl, custom, atol=1e-6)
 
 
 def test_tp4_replicates_kv_heads(tiny_gqa):
