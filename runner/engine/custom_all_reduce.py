@@ -47,16 +47,31 @@ def unavailable_reason(device: torch.device, world_size: int, dtype: torch.dtype
     return None
 
 
+def _register_group(name: str, rank: int, world_size: int) -> str:
+    """Give symmetric memory a group of its own under a name used once (the engine's
+    rendezvous file): PyTorch keeps a group's rendezvous store for the life of the process, by
+    name, and the default group's name ("0") comes back with every engine. A second engine in
+    the driver's process would rendezvous through the first one's dead store with workers that
+    use the new one, and wait for ever."""
+    import torch.distributed as dist
+    from torch._C._distributed_c10d import _SymmetricMemory
+
+    store = dist.PrefixStore(f"{name}/", dist.distributed_c10d._get_default_store())
+    _SymmetricMemory.set_group_info(name, rank, world_size, store)
+    return name
+
+
 class CustomAllreduce:
     """One rank's symmetric buffer and the one-shot all-reduce over it."""
 
-    def __init__(self, group_name: str, device: torch.device, dtype: torch.dtype,
-                 max_bytes: int):
+    def __init__(self, group_name: str, rank: int, world_size: int, device: torch.device,
+                 dtype: torch.dtype, max_bytes: int):
         import torch.distributed._symmetric_memory as symm_mem
 
         # this engine never uses multicast: do not let the allocator set it up either
         os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
-        self.group_name, self.dtype = group_name, dtype
+        self.group_name = _register_group(group_name, rank, world_size)
+        self.dtype = dtype
         self.max_bytes = max_bytes
         numel = max_bytes // torch.empty((), dtype=dtype).element_size()
         self.buffer = symm_mem.empty(numel, dtype=dtype, device=device)
@@ -83,8 +98,9 @@ class CustomAllreduce:
 def build_custom_all_reduce(group_name: str, rank: int, world_size: int,
                             device: torch.device, dtype: torch.dtype, max_bytes: int,
                             agree: Callable[[int], int]) -> Optional[CustomAllreduce]:
-    """Collective: every rank calls this at the same point. `agree(v)` returns the minimum of
-    v over the ranks (on the CPU group). Returns None (NCCL everywhere) unless every rank built
+    """Collective: every rank calls this at the same point, with the same `group_name`, one
+    that no earlier engine of this process used. `agree(v)` returns the minimum of v over the
+    ranks (on the CPU group). Returns None (NCCL everywhere) unless every rank built
     its buffer and the probe all-reduce gave the right sum on every rank."""
     reason = unavailable_reason(device, world_size, dtype)
     if agree(0 if reason else 1) == 0:
@@ -95,7 +111,7 @@ def build_custom_all_reduce(group_name: str, rank: int, world_size: int,
         return None
     ca, error = None, None
     try:
-        ca = CustomAllreduce(group_name, device, dtype, max_bytes)
+        ca = CustomAllreduce(group_name, rank, world_size, device, dtype, max_bytes)
     except Exception as exc:     # noqa: BLE001 - an optional fast path: NCCL is always there
         error = f"{type(exc).__name__}: {exc}"
     if agree(0 if ca is None else 1) == 0:
@@ -103,7 +119,8 @@ def build_custom_all_reduce(group_name: str, rank: int, world_size: int,
                        error or "another rank failed to set it up")
         return None
     # the probe: rank r contributes r + 1 everywhere, so the sum is n (n + 1) / 2
-    x = torch.full((4096,), float(rank + 1), dtype=dtype, device=device)
+    x = torch.full((min(4096, ca.buffer.numel()),), float(rank + 1), dtype=dtype,
+                   device=device)
     got = ca.all_reduce(x)
     want = world_size * (world_size + 1) / 2
     ok = bool(torch.all(got == want).item())

@@ -117,12 +117,21 @@ class LlamaModel(nn.Module):
 
     def forward(self, input_ids, positions, kv_caches: list[torch.Tensor],
                 meta: AttentionMetadata) -> torch.Tensor:
-        hidden = self.embed_tokens(input_ids)                        # [T, H]
-        residual = None
-        for layer, kv_cache in zip(self.layers, kv_caches):
-            hidden, residual = layer(positions, hidden, residual, kv_cache, meta)
-        hidden, _ = self.norm(hidden, residual)
-        return hidden
+        return self.forward_piece(range(len(self.layers)), input_ids, positions, None, None,
+                                  kv_caches, meta)[0]
+
+    def forward_piece(self, layers: range, input_ids, positions, hidden, residual,
+                      kv_caches: list[torch.Tensor], meta: AttentionMetadata):
+        """Layers `layers` (consecutive) of the forward: from the embedding when they start at
+        0, through the final norm when they end at the last. -> (hidden [T, H], residual or
+        None after the norm). CUDA graphs capture decode in such pieces (cuda_graphs.py)."""
+        if layers.start == 0:
+            hidden, residual = self.embed_tokens(input_ids), None        # [T, H]
+        for i in layers:
+            hidden, residual = self.layers[i](positions, hidden, residual, kv_caches[i], meta)
+        if layers.stop == len(self.layers):
+            hidden, residual = self.norm(hidden, residual)[0], None
+        return hidden, residual
 
 
 class LlamaForCausalLM(nn.Module):
@@ -153,6 +162,11 @@ class LlamaForCausalLM(nn.Module):
 
     def forward(self, input_ids, positions, kv_caches, meta) -> torch.Tensor:
         return self.model(input_ids, positions, kv_caches, meta)
+
+    def forward_piece(self, layers: range, input_ids, positions, hidden, residual, kv_caches,
+                      meta):
+        return self.model.forward_piece(layers, input_ids, positions, hidden, residual,
+                                        kv_caches, meta)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head.compute_logits(hidden)
