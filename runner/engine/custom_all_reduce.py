@@ -24,6 +24,13 @@ import torch
 logger = logging.getLogger("runner.engine")
 
 MAX_BYTES = 8 << 20           # the buffer cap; larger tensors (prefill) go to NCCL
+# Process-wide fact mirrored from PyTorch: the process groups symmetric memory was set up for in
+# this process. PyTorch caches a group's rendezvous store by the group's name for the life of
+# the process, and the default group's name ("0") comes back with every engine: a second
+# engine's rendezvous would go through the first one's dead store while its fresh workers use
+# the new one, and wait for ever. (A group name of our own is refused: PyTorch 2.11 resolves it
+# to a process group.)
+_RENDEZVOUSED: set[str] = set()
 _SUPPORTED_DTYPES = (torch.float32, torch.bfloat16)
 
 
@@ -47,31 +54,16 @@ def unavailable_reason(device: torch.device, world_size: int, dtype: torch.dtype
     return None
 
 
-def _register_group(name: str, rank: int, world_size: int) -> str:
-    """Give symmetric memory a group of its own under a name used once (the engine's
-    rendezvous file): PyTorch keeps a group's rendezvous store for the life of the process, by
-    name, and the default group's name ("0") comes back with every engine. A second engine in
-    the driver's process would rendezvous through the first one's dead store with workers that
-    use the new one, and wait for ever."""
-    import torch.distributed as dist
-    from torch._C._distributed_c10d import _SymmetricMemory
-
-    store = dist.PrefixStore(f"{name}/", dist.distributed_c10d._get_default_store())
-    _SymmetricMemory.set_group_info(name, rank, world_size, store)
-    return name
-
-
 class CustomAllreduce:
     """One rank's symmetric buffer and the one-shot all-reduce over it."""
 
-    def __init__(self, group_name: str, rank: int, world_size: int, device: torch.device,
-                 dtype: torch.dtype, max_bytes: int):
+    def __init__(self, group_name: str, device: torch.device, dtype: torch.dtype,
+                 max_bytes: int):
         import torch.distributed._symmetric_memory as symm_mem
 
         # this engine never uses multicast: do not let the allocator set it up either
         os.environ.setdefault("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1")
-        self.group_name = _register_group(group_name, rank, world_size)
-        self.dtype = dtype
+        self.group_name, self.dtype = group_name, dtype
         self.max_bytes = max_bytes
         numel = max_bytes // torch.empty((), dtype=dtype).element_size()
         self.buffer = symm_mem.empty(numel, dtype=dtype, device=device)
@@ -98,11 +90,14 @@ class CustomAllreduce:
 def build_custom_all_reduce(group_name: str, rank: int, world_size: int,
                             device: torch.device, dtype: torch.dtype, max_bytes: int,
                             agree: Callable[[int], int]) -> Optional[CustomAllreduce]:
-    """Collective: every rank calls this at the same point, with the same `group_name`, one
-    that no earlier engine of this process used. `agree(v)` returns the minimum of v over the
+    """Collective: every rank calls this at the same point. `agree(v)` returns the minimum of v over the
     ranks (on the CPU group). Returns None (NCCL everywhere) unless every rank built
     its buffer and the probe all-reduce gave the right sum on every rank."""
     reason = unavailable_reason(device, world_size, dtype)
+    if reason is None and group_name in _RENDEZVOUSED:
+        reason = (f"an earlier tensor-parallel engine in this process set up symmetric memory "
+                  f"for process group {group_name!r}, and PyTorch keeps that group's store for "
+                  "the life of the process: one engine per process gets the custom path")
     if agree(0 if reason else 1) == 0:
         if reason and rank == 0:
             logger.info("custom all-reduce off (%s): NCCL for every all-reduce", reason)
@@ -111,7 +106,8 @@ def build_custom_all_reduce(group_name: str, rank: int, world_size: int,
         return None
     ca, error = None, None
     try:
-        ca = CustomAllreduce(group_name, rank, world_size, device, dtype, max_bytes)
+        _RENDEZVOUSED.add(group_name)
+        ca = CustomAllreduce(group_name, device, dtype, max_bytes)
     except Exception as exc:     # noqa: BLE001 - an optional fast path: NCCL is always there
         error = f"{type(exc).__name__}: {exc}"
     if agree(0 if ca is None else 1) == 0:

@@ -68,9 +68,8 @@ class TensorParallelGroup:
     """One rank's view of the tensor-parallel group: the collectives the model runs."""
 
     def __init__(self, rank: int, world_size: int, backend: str, device: torch.device,
-                 cpu_group, name: str = "tp"):
+                 cpu_group):
         self.rank, self.world_size, self.backend, self.device = rank, world_size, backend, device
-        self.name = name          # unique to this engine, the same on every rank
         self.device_group = dist.group.WORLD
         self.cpu_group = cpu_group
         self.custom_all_reduce = None      # set by init_custom_all_reduce
@@ -80,7 +79,7 @@ class TensorParallelGroup:
         (runner/engine/custom_all_reduce.py) where every rank can run it."""
         from runner.engine.custom_all_reduce import build_custom_all_reduce
         self.custom_all_reduce = build_custom_all_reduce(
-            f"runner-{self.name}", self.rank, self.world_size, self.device, dtype,
+            self.device_group.group_name, self.rank, self.world_size, self.device, dtype,
             max_bytes, self.min_int)
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
@@ -168,8 +167,7 @@ def init_tensor_parallel(rank: int, world_size: int, init_file: str, device: tor
                             world_size=world_size, timeout=timeout, **kwargs)
     cpu_group = dist.group.WORLD if backend == "gloo" else dist.new_group(
         backend="gloo", timeout=timeout)
-    return TensorParallelGroup(rank, world_size, backend, device, cpu_group,
-                               name=os.path.basename(init_file))
+    return TensorParallelGroup(rank, world_size, backend, device, cpu_group)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The custom one-shot all-reduce (runner/engine/custom_all_reduce.py): why it is off where it
 cannot run (CPU), and on 2 GPUs: the same sums as NCCL for the decode shapes, eager and inside
-a CUDA graph, NCCL for what it does not take (float16, tensors over its buffer), and a second
-group built in the same processes after the first is destroyed (a second engine)."""
+a CUDA graph, NCCL for what it does not take (float16, tensors over its buffer), and NCCL for a
+second group built in the same processes after the first is destroyed (a second engine)."""
 from __future__ import annotations
 
 import os
@@ -31,6 +31,12 @@ def _rank(rank: int, world: int, init_file: str, errors) -> None:
             tp = init_tensor_parallel(rank, world, f"{init_file}.{round_}", device, 60.0)
             tp.init_custom_all_reduce(torch.bfloat16, 64 * hidden * 2)
             ca = tp.custom_all_reduce
+            if round_ == 1:     # a second group in one process: NCCL (see _RENDEZVOUSED)
+                assert ca is None
+                x = torch.full((8, hidden), rank + 1.0, device=device, dtype=torch.bfloat16)
+                assert torch.all(tp.all_reduce(x) == 3)
+                tp.destroy()
+                continue
             assert ca is not None, "custom all-reduce did not come up"
             gen = torch.Generator(device=device).manual_seed(rank)
             for batch in (1, 3, 64):

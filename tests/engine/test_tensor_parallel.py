@@ -48,14 +48,18 @@ def _wait_gone(pids, timeout: float = 10.0) -> bool:
 
 
 def _generate(path, tp, prompts, params, device="cpu", **kw):
+    from runner.engine.custom_all_reduce import _RENDEZVOUSED
+    rendezvoused = bool(_RENDEZVOUSED)
     llm = LLM(path, tensor_parallel_size=tp, dtype="float32", seed=0, device=device, **kw)
     try:
         out = llm.generate(prompts, params, use_tqdm=False)
         stats = llm.llm_engine.get_stats()
+        # one engine per process gets the custom all-reduce (custom_all_reduce._RENDEZVOUSED)
+        first = not rendezvoused
         if device == "cuda":
             assert stats["cuda_graph_steps"] > 0
         # the one-shot all-reduce runs on GPUs (float32 here) unless it was turned off
-        assert stats["custom_all_reduce"] == (device == "cuda" and tp > 1
+        assert stats["custom_all_reduce"] == (device == "cuda" and tp > 1 and first
                                               and not kw.get("disable_custom_all_reduce"))
         return out
     finally:
@@ -80,6 +84,20 @@ def tiny_gqa(tiny_model_factory):
     return tiny_model_factory("llama_gqa")
 
 
+@pytest.mark.multi_gpu
+def test_custom_all_reduce_gives_nccl_results(tiny_gqa):
+    """The one-shot all-reduce and NCCL add the same two partial sums: identical outputs.
+    First of this file's GPU tests: only the first tensor-parallel engine of a process gets the
+    custom path, and the NCCL engine before it does not set it up."""
+    from runner.engine.custom_all_reduce import _RENDEZVOUSED
+    assert not _RENDEZVOUSED, "run this test before other in-process tensor-parallel GPU tests"
+    sp = SamplingParams(temperature=0, max_tokens=24, logprobs=3)
+    kw = dict(max_num_batched_tokens=16, max_num_seqs=4)
+    nccl = _generate(tiny_gqa, 2, PROMPTS, sp, "cuda", disable_custom_all_reduce=True, **kw)
+    custom = _generate(tiny_gqa, 2, PROMPTS, sp, "cuda", **kw)
+    _assert_same(nccl, custom, atol=1e-6)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_tp2_equals_tp1_greedy_and_logprobs(tiny_gqa, device):
     sp = SamplingParams(temperature=0, max_tokens=24, logprobs=3, prompt_logprobs=2)
@@ -88,16 +106,6 @@ def test_tp2_equals_tp1_greedy_and_logprobs(tiny_gqa, device):
     ref = _generate(tiny_gqa, 1, PROMPTS, sp, device, **kw)
     out = _generate(tiny_gqa, 2, PROMPTS, sp, device, **kw)
     _assert_same(ref, out)
-
-
-@pytest.mark.multi_gpu
-def test_custom_all_reduce_gives_nccl_results(tiny_gqa):
-    """The one-shot all-reduce and NCCL add the same two partial sums: identical outputs."""
-    sp = SamplingParams(temperature=0, max_tokens=24, logprobs=3)
-    kw = dict(max_num_batched_tokens=16, max_num_seqs=4)
-    nccl = _generate(tiny_gqa, 2, PROMPTS, sp, "cuda", disable_custom_all_reduce=True, **kw)
-    custom = _generate(tiny_gqa, 2, PROMPTS, sp, "cuda", **kw)
-    _assert_same(nccl, custom, atol=1e-6)
 
 
 def test_tp4_replicates_kv_heads(tiny_gqa):
