@@ -15,12 +15,14 @@ from torch.profiler import ProfilerActivity, profile
 from runner.engine import LLM, SamplingParams
 from runner.engine_bench import model_folder, random_prompts
 
+
 def main() -> None:
     model = sys.argv[1] if len(sys.argv) > 1 else "llama2_13b"
     variants = [("tp1", 1, False), ("tp2_nccl", 2, True), ("tp2_custom", 2, False)]
     report = {}
     for name, tp, no_custom in variants:
-        llm = LLM(model_folder(model), load_format="dummy", dtype="bfloat16", skip_tokenizer_init=True,
+        llm = LLM(model_folder(model), load_format="dummy", dtype="bfloat16",
+                  skip_tokenizer_init=True,
                   max_num_seqs=4, max_num_batched_tokens=4096, tensor_parallel_size=tp,
                   disable_custom_all_reduce=no_custom)
         eng = llm.llm_engine
@@ -44,7 +46,8 @@ def main() -> None:
         cpu_top = sorted(((e.key, round(e.self_cpu_time_total / 20, 1)) for e in ka),
                          key=lambda kv: -kv[1])[:12]
         gpu_top = sorted(((e.key[:60], round(e.self_device_time_total / 20, 1), e.count // 20)
-                          for e in ka if e.self_device_time_total > 0), key=lambda kv: -kv[1])[:12]
+                          for e in ka if e.self_device_time_total > 0),
+                         key=lambda kv: -kv[1])[:12]
         report[name] = {"wall_ms_per_step": wall * 1e3, "gpu_busy_ms_per_step": gpu_us / 1e3,
                         "cpu_self_us_per_step_top": cpu_top,
                         "gpu_us_per_step_top": gpu_top,

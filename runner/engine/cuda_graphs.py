@@ -9,7 +9,7 @@ reads the first n rows of the static output. Attention kernels size their grids 
 max_seq_len_to_capture, never from device values, so the captured launches fit any context up
 to it. Steps that do not fit (prefill chunks, more sequences, longer contexts) run eagerly.
 Models with `forward_piece` are captured as up to 8 graphs of consecutive layers, replayed in
-order (see CUDAGraphRunner.__init__): same kernels, same tokens, less time with the GPU idle.
+order (see CUDAGraphRunner.__init__): same kernels, same tokens.
 """
 from __future__ import annotations
 
@@ -61,8 +61,9 @@ class CUDAGraphRunner:
         self.query_start_loc = torch.arange(b + 1, dtype=torch.int32, device=device)
         self.block_tables = torch.zeros(b, self.max_blocks, dtype=torch.int32, device=device)
         # a model with `forward_piece` is captured in pieces of consecutive layers: launching
-        # a graph costs CPU time per node (~1 ms for a 13B step), and the GPU starts on the
-        # first piece while the CPU launches the rest, instead of idling through the launch
+        # a graph costs CPU time per node (0.2-1 ms for a 13B step), and the GPU can start on
+        # the first piece while the CPU launches the rest. On the H200 the batch-1 gain was
+        # within run-to-run noise (docs/benchmarks.md, "Tensor parallelism")
         num_layers = len(kv_caches)
         if hasattr(model, "forward_piece") and num_layers > 1:
             size = -(-num_layers // min(num_pieces, num_layers))

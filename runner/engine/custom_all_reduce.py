@@ -90,8 +90,8 @@ class CustomAllreduce:
 def build_custom_all_reduce(group_name: str, rank: int, world_size: int,
                             device: torch.device, dtype: torch.dtype, max_bytes: int,
                             agree: Callable[[int], int]) -> Optional[CustomAllreduce]:
-    """Collective: every rank calls this at the same point. `agree(v)` returns the minimum of v over the
-    ranks (on the CPU group). Returns None (NCCL everywhere) unless every rank built
+    """Collective: every rank calls this at the same point. `agree(v)` returns the minimum of
+    v over the ranks (on the CPU group). Returns None (NCCL everywhere) unless every rank built
     its buffer and the probe all-reduce gave the right sum on every rank."""
     reason = unavailable_reason(device, world_size, dtype)
     if reason is None and group_name in _RENDEZVOUSED:
