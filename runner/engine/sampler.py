@@ -26,6 +26,11 @@ draws its own q from its own generator, so its tokens depend on its seed and its
 never on the other rows in the batch. Unseeded rows share one draw from the sampler's default
 generator (or torch's global one).
 
+`Sampler.sample` returns its results still on the device (`SamplerTensors`); `.tokens()` reads
+them back. Nothing before that read waits for the GPU (small index and parameter tensors go
+through runner/engine/device_copy.py), so with async scheduling the model runner queues the
+sampler, starts the next step, and reads the tokens only then.
+
 `compute_prompt_logprobs` serves prompt_logprobs: the raw log-probability and rank of each
 prompt token given the positions before it, plus the top few alternatives.
 """
@@ -37,6 +42,7 @@ from dataclasses import dataclass
 
 import torch
 
+from runner.engine.device_copy import host_to_device, to_device
 from runner.engine.sampling_params import SamplingParams, SamplingType
 
 
@@ -65,6 +71,45 @@ class SampledToken:
 SamplerOutput = list[SampledToken]
 
 
+@dataclass
+class SamplerTensors:
+    """One sampler call's results before they are read back: [R] token ids, their raw
+    logprobs and ranks, and the top alternatives ([R, k], None when no row asked)."""
+
+    token_ids: torch.Tensor
+    logprobs: torch.Tensor
+    ranks: torch.Tensor
+    top_ids: torch.Tensor | None
+    top_vals: torch.Tensor | None
+    wanted: list  # params.logprobs of each row
+
+    def to_host(self) -> "SamplerTensors":
+        """Start copying to (pinned) host memory without waiting; read them once the copies
+        are done (an event recorded after this call)."""
+        def copy(t):
+            return None if t is None else t.to("cpu", non_blocking=True)
+        return SamplerTensors(copy(self.token_ids), copy(self.logprobs), copy(self.ranks),
+                              copy(self.top_ids), copy(self.top_vals), self.wanted)
+
+    def tokens(self) -> SamplerOutput:
+        """Read back (one transfer per tensor, not one per row) as SampledTokens."""
+        top_ids = top_vals = None
+        if self.top_ids is not None:
+            top_ids, top_vals = self.top_ids.tolist(), self.top_vals.tolist()
+        out: SamplerOutput = []
+        for i, (tok, lp, rank) in enumerate(zip(self.token_ids.tolist(), self.logprobs.tolist(),
+                                                self.ranks.tolist())):
+            k = self.wanted[i]
+            if k is None:
+                top = None
+            elif k == 0:
+                top = []
+            else:
+                top = list(zip(top_ids[i][:k], top_vals[i][:k]))
+            out.append(SampledToken(token_id=tok, logprob=lp, rank=rank, top_logprobs=top))
+        return out
+
+
 class Sampler:
     """Turns a batch of logits rows into tokens; holds no state besides the default generator."""
 
@@ -72,13 +117,15 @@ class Sampler:
         self.generator = generator
 
     def __call__(self, logits: torch.Tensor, requests: list[SamplingRequest]) -> SamplerOutput:
+        return self.sample(logits, requests).tokens()
+
+    def sample(self, logits: torch.Tensor, requests: list[SamplingRequest]) -> SamplerTensors:
+        """The rows' tokens and logprobs, left on the device."""
         if logits.dim() != 2 or logits.shape[0] != len(requests):
             raise ValueError(
                 f"logits must be [num_rows, vocab] with one row per request, got shape "
                 f"{tuple(logits.shape)} for {len(requests)} requests.")
         num_rows, vocab_size = logits.shape
-        if num_rows == 0:
-            return []
         device = logits.device
         raw_logprobs = torch.log_softmax(logits.float(), dim=-1)  # [R, V]
         x = logits.to(torch.float32, copy=True)  # [R, V], processed in place below
@@ -96,9 +143,9 @@ class Sampler:
         elif not greedy_rows:                 # all random
             token_ids = self._sample(x, requests)
         else:
-            idx = torch.tensor(greedy_rows, device=device)
+            idx = to_device(greedy_rows, torch.long, device)
             token_ids[idx] = x[idx].argmax(dim=-1)
-            idx = torch.tensor(random_rows, device=device)
+            idx = to_device(random_rows, torch.long, device)
             token_ids[idx] = self._sample(x[idx], [requests[i] for i in random_rows])
 
         return _gather_logprobs(raw_logprobs, token_ids, requests)
@@ -108,7 +155,7 @@ class Sampler:
         r, vocab_size = x.shape
         device = x.device
         params = [req.params for req in requests]
-        temperature = torch.tensor([p.temperature for p in params], device=device)  # [r]
+        temperature = to_device([p.temperature for p in params], torch.float32, device)  # [r]
         x.div_(temperature[:, None])
 
         top_k = [p.top_k if 0 < p.top_k < vocab_size else vocab_size for p in params]
@@ -120,19 +167,19 @@ class Sampler:
             sorted_x, order = x.sort(dim=-1, descending=True)  # [r, V] each
             if need_k:
                 positions = torch.arange(vocab_size, device=device)  # [V]
-                k = torch.tensor(top_k, device=device)  # [r]
+                k = to_device(top_k, torch.long, device)  # [r]
                 sorted_x.masked_fill_(positions[None, :] >= k[:, None], float("-inf"))
             if need_p:
                 probs = sorted_x.softmax(dim=-1)  # [r, V]
                 mass_before = probs.cumsum(dim=-1) - probs  # mass of strictly better tokens
-                p = torch.tensor(top_p, device=device)  # [r]
+                p = to_device(top_p, torch.float32, device)  # [r]
                 drop = mass_before >= p[:, None]
                 drop[:, 0] = False  # the best token always survives
                 sorted_x.masked_fill_(drop, float("-inf"))
             x = torch.empty_like(x).scatter_(1, order, sorted_x)
 
         if any(p.min_p > 0.0 for p in params):
-            min_p = torch.tensor([p.min_p for p in params], device=device)  # [r]
+            min_p = to_device([p.min_p for p in params], torch.float32, device)  # [r]
             probs = x.softmax(dim=-1)  # [r, V]
             threshold = probs.max(dim=-1, keepdim=True).values * min_p[:, None]  # [r, 1]
             x.masked_fill_(probs < threshold, float("-inf"))
@@ -140,8 +187,10 @@ class Sampler:
         probs = x.softmax(dim=-1)  # [r, V]
         q = torch.empty_like(probs)  # [r, V] exponential race variables
         shared = [i for i, req in enumerate(requests) if req.generator is None]
-        if shared:
-            idx = torch.tensor(shared, device=device)
+        if len(shared) == r:                  # one draw for the whole batch, no row gather
+            q.exponential_(generator=self.generator)
+        elif shared:
+            idx = to_device(shared, torch.long, device)
             q[idx] = torch.empty(len(shared), vocab_size, device=device).exponential_(
                 generator=self.generator)
         for i, req in enumerate(requests):
@@ -226,7 +275,8 @@ def _apply_min_tokens(x: torch.Tensor, requests: list[SamplingRequest]) -> None:
                 rows.append(i)
                 cols.append(t)
     if rows:
-        x[torch.tensor(rows, device=x.device), torch.tensor(cols, device=x.device)] = float("-inf")
+        x[to_device(rows, torch.long, x.device), to_device(cols, torch.long, x.device)] = \
+            float("-inf")
 
 
 def _token_counts(token_lists: list[list[int]], vocab_size: int,
@@ -237,7 +287,7 @@ def _token_counts(token_lists: list[list[int]], vocab_size: int,
     flat = torch.tensor(list(itertools.chain.from_iterable(token_lists)), dtype=torch.long)  # [N]
     row_ids = torch.repeat_interleave(torch.arange(num_lists), lengths)  # [N]
     # One bincount over row * V + token counts every row at once, with no padding.
-    counts = torch.bincount((row_ids * vocab_size + flat).to(device),
+    counts = torch.bincount(host_to_device(row_ids * vocab_size + flat, device),
                             minlength=num_lists * vocab_size)
     return counts.view(num_lists, vocab_size).float()
 
@@ -250,47 +300,36 @@ def _apply_penalties(x: torch.Tensor, requests: list[SamplingRequest]) -> None:
         return
     device = x.device
     vocab_size = x.shape[1]
-    idx = torch.tensor(rows, device=device)
+    idx = to_device(rows, torch.long, device)
     sub = x[idx]  # [P, V] copy
     reqs = [requests[i] for i in rows]
     output_counts = _token_counts([r.output_token_ids for r in reqs], vocab_size, device)  # [P, V]
 
-    repetition = torch.tensor([r.params.repetition_penalty for r in reqs], device=device)  # [P]
-    if (repetition != 1.0).any():
+    repetition = to_device([r.params.repetition_penalty for r in reqs], torch.float32,
+                           device)  # [P]
+    if any(r.params.repetition_penalty != 1.0 for r in reqs):
         # Prompts only matter for the repetition penalty; skip counting them for other rows.
         prompts = [r.prompt_token_ids if r.params.repetition_penalty != 1.0 else [] for r in reqs]
         seen = (_token_counts(prompts, vocab_size, device) > 0) | (output_counts > 0)  # [P, V]
         penalty = torch.where(seen, repetition[:, None], torch.ones_like(sub))  # [P, V]
         sub = torch.where(sub > 0, sub / penalty, sub * penalty)
 
-    frequency = torch.tensor([r.params.frequency_penalty for r in reqs], device=device)  # [P]
-    presence = torch.tensor([r.params.presence_penalty for r in reqs], device=device)  # [P]
+    frequency = to_device([r.params.frequency_penalty for r in reqs], torch.float32,
+                          device)  # [P]
+    presence = to_device([r.params.presence_penalty for r in reqs], torch.float32,
+                         device)  # [P]
     sub -= frequency[:, None] * output_counts + presence[:, None] * (output_counts > 0).float()
     x[idx] = sub
 
 
 def _gather_logprobs(raw_logprobs: torch.Tensor, token_ids: torch.Tensor,
-                     requests: list[SamplingRequest]) -> SamplerOutput:
-    """Package sampled ids with their raw logprob, rank and the requested top alternatives."""
+                     requests: list[SamplingRequest]) -> SamplerTensors:
+    """Sampled ids with their raw logprob, rank and the requested top alternatives."""
     chosen = raw_logprobs.gather(1, token_ids[:, None])  # [R, 1]
     ranks = (raw_logprobs > chosen).sum(dim=-1) + 1  # [R]
     wanted = [r.params.logprobs for r in requests]
-    max_k = min(max((k or 0) for k in wanted), raw_logprobs.shape[1])
-    top_ids = top_vals = None
+    max_k = min(max((k or 0) for k in wanted), raw_logprobs.shape[1]) if wanted else 0
+    top_vals = top_ids = None
     if max_k > 0:
-        vals, ids = raw_logprobs.topk(max_k, dim=-1)  # [R, max_k] each
-        top_ids, top_vals = ids.tolist(), vals.tolist()
-
-    out: SamplerOutput = []
-    # One .tolist() per tensor: a single device sync instead of one per row.
-    for i, (tok, lp, rank) in enumerate(zip(token_ids.tolist(), chosen.squeeze(1).tolist(),
-                                            ranks.tolist())):
-        k = wanted[i]
-        if k is None:
-            top = None
-        elif k == 0:
-            top = []
-        else:
-            top = list(zip(top_ids[i][:k], top_vals[i][:k]))
-        out.append(SampledToken(token_id=tok, logprob=lp, rank=rank, top_logprobs=top))
-    return out
+        top_vals, top_ids = raw_logprobs.topk(max_k, dim=-1)  # [R, max_k] each
+    return SamplerTensors(token_ids, chosen.squeeze(1), ranks, top_ids, top_vals, wanted)
