@@ -233,6 +233,7 @@ def build_llm(folder: str, args, enforce_eager: bool):
               max_num_seqs=args.max_num_seqs, seed=args.seed,
               tensor_parallel_size=getattr(args, "tensor_parallel_size", 1),
               disable_async_output_proc=getattr(args, "disable_async_output_proc", False),
+              async_scheduling=getattr(args, "async_scheduling", True),
               disable_custom_all_reduce=getattr(args, "disable_custom_all_reduce", False),
               distributed_timeout_s=getattr(args, "distributed_timeout_s", 600.0))
     if args.max_num_batched_tokens:
@@ -255,6 +256,8 @@ def engine_facts(llm) -> dict:
     facts["max_num_batched_tokens"] = llm.llm_engine.scheduler_config.max_num_batched_tokens
     facts["tensor_parallel_size"] = llm.llm_engine.config.parallel_config.tensor_parallel_size
     facts["async_output_proc"] = llm.llm_engine.async_output_proc
+    facts["async_scheduling"] = llm.llm_engine.async_scheduling
+    facts["num_async_steps"] = stats["num_async_steps"]
     facts["custom_all_reduce"] = stats["custom_all_reduce"]
     if torch.cuda.is_available():
         total = torch.cuda.get_device_properties(0).total_memory
@@ -382,6 +385,9 @@ def parse_args(argv: Optional[list] = None):
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--disable-async-output-proc", action="store_true",
                     help="process each step's outputs before the next step starts")
+    ap.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=True,
+                    help="launch each step before reading the last one's tokens back "
+                         "(--no-async-scheduling: read them first)")
     ap.add_argument("--tensor-parallel-size", type=int, default=1,
                     help="GPUs the model is split across (one process each)")
     ap.add_argument("--disable-custom-all-reduce", action="store_true",

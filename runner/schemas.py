@@ -66,6 +66,7 @@ class EngineConfig:
     max_seq_len_to_capture: int = 8192
     disable_custom_all_reduce: bool = False
     disable_async_output_proc: bool = False
+    async_scheduling: bool = True  # launch step k+1 before reading step k's tokens back
     max_num_seqs: int = 256
     max_num_batched_tokens: Optional[int] = None
     block_size: int = 16

@@ -99,6 +99,7 @@ class EngineConfig:
     max_seq_len_to_capture: int
     disable_async_output_proc: bool
     kernel_backend: str = "torch"     # resolved: 'triton' or 'torch'
+    async_scheduling: bool = True
 
 
 @dataclass
@@ -124,6 +125,7 @@ class EngineArgs:
     disable_custom_all_reduce: bool = False
     disable_async_output_proc: bool = False
     # engine kwargs
+    async_scheduling: bool = True      # schedule step k+1 before reading step k's tokens
     max_model_len: Optional[int] = None
     max_num_seqs: int = 256
     max_num_batched_tokens: Optional[int] = None
@@ -152,6 +154,9 @@ class EngineArgs:
                 or isinstance(self.tensor_parallel_size, bool) or self.tensor_parallel_size < 1):
             raise ValueError(f"tensor_parallel_size must be an integer >= 1, got "
                              f"{self.tensor_parallel_size!r}.")
+        if not isinstance(self.async_scheduling, bool):
+            raise ValueError(f"async_scheduling must be True or False, got "
+                             f"{self.async_scheduling!r}.")
         if self.pipeline_parallel_size != 1:
             raise NotImplementedError(
                 f"pipeline_parallel_size={self.pipeline_parallel_size} is not supported "
@@ -271,6 +276,7 @@ class EngineArgs:
                                            float(self.distributed_timeout_s)),
             enforce_eager=enforce_eager, max_seq_len_to_capture=self.max_seq_len_to_capture,
             disable_async_output_proc=self.disable_async_output_proc,
+            async_scheduling=self.async_scheduling,
             kernel_backend=self._resolve_kernel_backend(device))
 
     def _resolve_kernel_backend(self, device: torch.device) -> str:

@@ -9,8 +9,10 @@ Rank 0 is the driver (the engine's own process); ranks 1..N-1 are worker process
   all-reduces take the custom one-shot path (runner/engine/custom_all_reduce.py);
 - the step's inputs, driver -> workers: `StepChannel`, one pipe per worker carrying one flat
   int64 array per step (header, the staged input arrays, the rows that need logits, the blocks
-  to copy). No tensor is pickled per step; a worker waits on its pipe with no timeout while the
-  engine is idle, and sees the driver's death as end-of-file.
+  to copy). With async scheduling, input ids the driver sampled on its GPU and has not read
+  back follow on the device group (a broadcast from rank 0 before the forward). No tensor is
+  pickled per step; a worker waits on its pipe with no timeout while the engine is idle, and
+  sees the driver's death as end-of-file.
 """
 from __future__ import annotations
 
@@ -88,6 +90,10 @@ class TensorParallelGroup:
             return ca.all_reduce(x)
         dist.all_reduce(x, group=self.device_group)
         return x
+
+    def broadcast(self, x: torch.Tensor) -> None:
+        """Rank 0's `x` (contiguous) into every rank's, in place."""
+        dist.broadcast(x, src=0, group=self.device_group)
 
     def gather_logits(self, shard: torch.Tensor, vocab_size: int) -> torch.Tensor:
         """[R, V/N] on every rank -> [R, V] (the vocabulary shards side by side)."""
@@ -179,6 +185,9 @@ class StepInput:
     width: int
     rows: Optional[np.ndarray] = None          # [R] int64
     blocks_to_copy: Optional[np.ndarray] = None   # [K, 2] int64 (src, dst)
+    # async scheduling: some input ids are tokens the driver sampled on its GPU and has not
+    # read back; it broadcasts the step's input ids to the other ranks
+    broadcast_input_ids: bool = False
 
 
 class StepChannel:
@@ -196,8 +205,9 @@ class StepChannel:
             rows = step.rows if step.rows is not None else np.zeros(0, np.int64)
             copies = (step.blocks_to_copy if step.blocks_to_copy is not None
                       else np.zeros((0, 2), np.int64))
-            header[1:6] = (step.num_tokens, step.num_seqs, step.width,
-                           -1 if step.rows is None else len(rows), len(copies))
+            header[1:7] = (step.num_tokens, step.num_seqs, step.width,
+                           -1 if step.rows is None else len(rows), len(copies),
+                           int(step.broadcast_input_ids))
             parts += [*staged, rows.astype(np.int64), copies.astype(np.int64).ravel()]
         buf = np.concatenate(parts)
         for conn in self.conns:
@@ -210,11 +220,11 @@ def recv_step(conn, inputs) -> tuple[int, Optional[StepInput]]:
     cmd = int(flat[0])
     if cmd != EXECUTE:
         return cmd, None
-    num_tokens, n, width, num_rows, num_copies = (int(v) for v in flat[1:6])
+    num_tokens, n, width, num_rows, num_copies, broadcast = (int(v) for v in flat[1:7])
     at = _HEADER + inputs.unpack(num_tokens, n, width, flat[_HEADER:])
     rows = None
     if num_rows >= 0:
         rows = flat[at:at + num_rows].copy()
         at += num_rows
     copies = flat[at:at + 2 * num_copies].reshape(num_copies, 2).copy() if num_copies else None
-    return cmd, StepInput(num_tokens, n, width, rows, copies)
+    return cmd, StepInput(num_tokens, n, width, rows, copies, bool(broadcast))

@@ -109,6 +109,10 @@ class InputBuilder:
             meta.decode_query_rows = torch.from_numpy(qsl[:-1][decode]).to(self.device)
         return dev_i64[0], dev_i64[1], meta
 
+    def staged_input_ids(self, num_tokens: int) -> np.ndarray:
+        """The staged step's input ids (host, writable: a view of the staging buffer)."""
+        return self._i64.numpy()[0, :num_tokens]
+
     def query_start_loc(self, n: int) -> list[int]:
         """The staged step's query_start_loc (host), for choosing the rows that need logits."""
         return self._i32.numpy()[0, :n + 1].tolist()

@@ -14,6 +14,18 @@ and a final step() with nothing scheduled returns the last ones. What decides th
 stays synchronous: tokens, EOS / stop-token / length checks, and the detokenization of requests
 with stop strings (a stop string ends a request in the step that produced it). Outputs are the
 same either way.
+
+Async scheduling (vLLM's async_scheduling; on unless async_scheduling=False): a step whose
+samples need no host work at once (no fork, beam or prompt logprobs) is left in flight: its
+sampler is queued on the device and each sequence that sampled gets a placeholder token
+(runner/engine/sequence.py). The next step() schedules and launches the next forward pass,
+which reads those tokens on the device, and only then reads them back and processes them
+(tokens, stop checks, outputs) while the GPU computes. The host's per-step work (scheduling,
+input staging, graph launch, reading tokens, outputs) then hides behind the GPU's instead of
+adding to it. A sequence that a token in flight ended has computed one more position, which
+is dropped; one that its length limit ends is not scheduled again. Tokens are the same either
+way for greedy and seeded requests; unseeded random requests share the sampler's generator, so
+a different batch order (a sequence admitted a step later) can change theirs.
 """
 from __future__ import annotations
 
@@ -28,7 +40,8 @@ from runner.engine.beam_search import BeamSearchState
 from runner.engine.block_manager import BlockManager
 from runner.engine.config import EngineArgs, EngineConfig
 from runner.engine.detokenizer import IncrementalDetokenizer, find_stop_string
-from runner.engine.model_runner import ModelRunner, ModelRunnerOutput, needs_fork
+from runner.engine.model_runner import (ModelRunner, ModelRunnerOutput, PendingSample,
+                                        needs_fork)
 from runner.engine.outputs import CompletionOutput, Logprob, RequestOutput
 from runner.engine.sampler import SampledToken
 from runner.engine.sampling_params import BeamSearchParams, SamplingParams
@@ -48,6 +61,13 @@ class _Deferred:
     touched: list = field(default_factory=list)        # groups that progressed
     finished: set = field(default_factory=set)         # their request ids that finished
     aborted: set = field(default_factory=set)          # aborted since: no output for them
+
+
+@dataclass
+class _InFlight:
+    """A step sampled on the device whose tokens are not read back yet (async scheduling)."""
+    sched_out: SchedulerOutput
+    pending: PendingSample
 
 
 def seed_for(seed: int, index: int) -> int:
@@ -81,6 +101,9 @@ class LLMEngine:
         self.step_times = {"schedule_s": 0.0, "execute_s": 0.0, "process_s": 0.0,
                            "output_proc_s": 0.0}
         self.async_output_proc = not config.disable_async_output_proc
+        self.async_scheduling = config.async_scheduling
+        self._inflight: Optional[_InFlight] = None   # async scheduling: the unread step
+        self.stats["num_async_steps"] = 0
         self._deferred: Optional[_Deferred] = None   # the last step's unfinished output work
         self._ready: list[RequestOutput] = []        # its outputs, once that work ran
         self._in_deferred = False
@@ -195,7 +218,8 @@ class LLMEngine:
 
     def has_unfinished_requests(self) -> bool:
         """Requests still running, or outputs not yet handed out by step()."""
-        return bool(self.requests) or self._deferred is not None or bool(self._ready)
+        return (bool(self.requests) or self._deferred is not None or bool(self._ready)
+                or self._inflight is not None)
 
     def get_num_unfinished_requests(self) -> int:
         return len(self.requests)
@@ -207,12 +231,16 @@ class LLMEngine:
         except BaseException:
             # the last good step's outputs stay available to take_held_outputs(): requests
             # that finished there are finished work, whatever broke afterwards
-            if self._deferred is not None and not self._in_deferred:
+            if (self._deferred is not None or self._inflight is not None) and \
+                    not self._in_deferred:
                 try:
+                    if self._inflight is not None:
+                        self._resolve(self._inflight)
                     self._run_deferred()
                 except Exception:
                     logger.exception("processing the last step's outputs failed too")
             self._deferred = None
+            self._inflight = None
             raise
 
     def take_held_outputs(self) -> list[RequestOutput]:
@@ -223,9 +251,12 @@ class LLMEngine:
 
     def _step(self) -> list[RequestOutput]:
         t0 = time.perf_counter()
+        prev = self._inflight           # resolved (and cleared) by _resolve
         sched_out = self.scheduler.schedule()
         if sched_out.is_empty:
-            # nothing to run: hand out what the last step left (async output processing)
+            # nothing to run: hand out what the last step left
+            if prev is not None:
+                self._resolve(prev)
             self._run_deferred()
             self.step_times["process_s"] += time.perf_counter() - t0
             return self._take_ready()
@@ -234,23 +265,64 @@ class LLMEngine:
             s.seq.group.maybe_set_first_scheduled(now)
         t1 = time.perf_counter()
         before = self.step_times["output_proc_s"]
-        runner_out = self.model_runner.execute_model(
-            sched_out, self._run_deferred if self._deferred is not None else None)
+        runner = self.model_runner
+        launched = runner.launch(sched_out, prev.pending if prev is not None else None)
+        # the last step's output work runs while the GPU computes this one
+        if prev is not None:
+            runner.overlap(lambda: self._resolve(prev))
+        else:
+            runner.overlap(self._run_deferred if self._deferred is not None else None)
         self._run_deferred()        # in case the runner had no forward pass to hide it behind
-        t2 = time.perf_counter()
         self.scheduler.update(sched_out)
-        deferred = self._process_outputs(sched_out, runner_out)
-        self.scheduler.free_finished()
-        self.step_times["schedule_s"] += t1 - t0
-        self.step_times["execute_s"] += t2 - t1 - (self.step_times["output_proc_s"] - before)
         self.stats["num_steps"] += 1
         self.stats["num_prompt_tokens"] += sum(
             s.num_new_tokens for s in sched_out.scheduled if s.start < s.seq.prompt_len)
-        self._deferred = deferred
-        if not self.async_output_proc:
-            self._run_deferred()
+        if self.async_scheduling and runner.can_sample_async(sched_out):
+            pending = runner.sample_async(launched)
+            self._add_placeholders(sched_out, pending)
+            self._inflight = _InFlight(sched_out, pending)
+            self.stats["num_async_steps"] += 1
+            t2 = time.perf_counter()
+        else:
+            runner_out = runner.sample(launched)
+            t2 = time.perf_counter()
+            self._deferred = self._process_outputs(sched_out, runner_out)
+            self.scheduler.free_finished()
+            if not self.async_output_proc:
+                self._run_deferred()
+        self.step_times["schedule_s"] += t1 - t0
+        self.step_times["execute_s"] += t2 - t1 - (self.step_times["output_proc_s"] - before)
         self.step_times["process_s"] += time.perf_counter() - t2
         return self._take_ready()
+
+    def _add_placeholders(self, sched_out: SchedulerOutput, pending: PendingSample) -> None:
+        """Each sequence sampled in the step left in flight gets a placeholder token."""
+        max_len = self.scheduler_config.max_model_len
+        scheduled = sched_out.scheduled
+        for row, owner in enumerate(pending.owners):
+            seq = scheduled[owner].seq
+            max_tokens = seq.sampling_params.max_tokens
+            limit = max_len if max_tokens is None else min(max_len, seq.prompt_len + max_tokens)
+            seq.append_placeholder(row, limit)
+
+    def _resolve(self, prev: _InFlight) -> None:
+        """Read back the step left in flight and process its tokens, placeholders first
+        (async scheduling). A sequence preempted meanwhile that its token ended leaves the
+        waiting queue."""
+        self._inflight = None
+        self._in_deferred = True        # a failure here is not retried by step()
+        try:
+            runner_out = self.model_runner.finish(prev.pending)
+        finally:
+            self._in_deferred = False
+        waiting = SequenceStatus.WAITING
+        preempted = [s.seq for s in prev.sched_out.scheduled if s.seq.status == waiting]
+        self._deferred = self._process_outputs(prev.sched_out, runner_out)
+        ended = [q for q in preempted if q.is_finished()]
+        if ended:
+            self.scheduler.drop_waiting(ended)
+        self.scheduler.free_finished()
+        self._run_deferred()
 
     def _take_ready(self) -> list[RequestOutput]:
         ready, self._ready = self._ready, []
@@ -296,7 +368,7 @@ class LLMEngine:
                 beam_groups[group.request_id] = group
                 continue
             tokens = runner_out.sampled.get(i)
-            if not tokens:
+            if not tokens or seq.is_finished():     # (aborted while its step was in flight)
                 continue
             touched[group.request_id] = group
             if group.metrics.first_token_time is None:
@@ -407,7 +479,10 @@ class LLMEngine:
         """Append a sampled token and check the stop conditions. The text and logprob dicts
         are deferred, except for a request with stop strings, whose text decides whether it
         stops."""
-        seq.append_token(tok.token_id, tok.logprob)
+        if seq.pending_row is not None:
+            seq.fill_placeholder(tok.token_id, tok.logprob)
+        else:
+            seq.append_token(tok.token_id, tok.logprob)
         self.stats["num_generation_tokens"] += 1
         if seq.sampling_params.stop and seq.detokenizer is not None:
             self._append_text(seq, tok, check_stop=True)
@@ -522,4 +597,5 @@ class LLMEngine:
             **{k: round(v, 3) for k, v in self.model_runner.times.items()},
             "cuda_graph_steps": self.model_runner.num_graph_steps,
             "custom_all_reduce": self.model_runner.custom_all_reduce,
+            "async_scheduling": self.async_scheduling,
         }

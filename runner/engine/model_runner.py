@@ -1,6 +1,6 @@
 """The model runner: runs one scheduled step on the Worker(s) and samples from the logits.
 
-execute_model(SchedulerOutput):
+execute_model(SchedulerOutput) = launch + overlap + sample:
   1. stage inputs on the host: the scheduled tokens of every sequence flattened into one batch,
      their positions, the cache slot of each (slot_mapping), block tables, query/context
      lengths; and choose the rows that need logits (the last token of each sequence that
@@ -12,10 +12,16 @@ execute_model(SchedulerOutput):
      output processing, vLLM's async output processing);
   5. the Sampler -> SampledToken per sampled row. A request with n > 1 samples its first token n
      times from the one prompt row, once per output sequence (the engine forks afterwards).
+
+Async scheduling splits step 5: `sample_async` queues the sampler and a copy of its results to
+pinned host memory and returns at once; the engine launches the next step, whose inputs take
+the still-unread tokens from the device (placeholders, runner/engine/sequence.py), and only
+then `finish` waits for them.
 A worker that dies or hangs surfaces here as a WorkerFailure naming it (runner/engine/executor.py).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -26,9 +32,11 @@ import torch
 import numpy as np
 
 from runner.engine.config import EngineConfig
+from runner.engine.device_copy import numpy_to_device, to_device
 from runner.engine.distributed import EXECUTE, StepInput, init_tensor_parallel
 from runner.engine.executor import MultiprocExecutor, WorkerFailure
-from runner.engine.sampler import Sampler, SampledToken, SamplingRequest, compute_prompt_logprobs
+from runner.engine.sampler import (Sampler, SampledToken, SamplerTensors, SamplingRequest,
+                                   compute_prompt_logprobs)
 from runner.engine.scheduler import SchedulerOutput
 from runner.engine.sequence import Sequence
 from runner.engine.worker import Worker, rank_device
@@ -44,6 +52,28 @@ class ModelRunnerOutput:
     prompt_logprobs: dict[int, list] = field(default_factory=dict)
     # index into SchedulerOutput.scheduled -> a beam's best (token ids, logprobs)
     beam_candidates: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)
+
+
+@dataclass
+class LaunchedStep:
+    """A step whose forward pass is launched: its logits [R, V] (None when no row needs them)
+    and which rows sample / carry prompt logprobs."""
+    out: SchedulerOutput
+    logits: Optional[torch.Tensor]
+    sample_rows: list
+    prompt_rows: list
+
+
+@dataclass
+class PendingSample:
+    """A step sampled on the device and not read back yet (async scheduling). Token j of the
+    sampler's output belongs to out.scheduled[owners[j]]; `token_ids` stays on the device for
+    the next step's inputs, `host` is its copy on the way to pinned memory."""
+    out: SchedulerOutput
+    owners: list[int]
+    token_ids: Optional[torch.Tensor] = None
+    host: Optional[SamplerTensors] = None
+    copied: Optional[object] = None          # CUDA event: the copy to the host is done
 
 
 def _needs_history(p) -> bool:
@@ -129,27 +159,132 @@ class ModelRunner:
         """Run one step. `overlap` (the engine's output processing of the previous step) is
         called once the forward pass is launched and before its tokens are read back, so on a
         GPU that CPU work hides behind the GPU's."""
+        step = self.launch(out)
+        self.overlap(overlap)
+        return self.sample(step)
+
+    @torch.inference_mode()
+    def launch(self, out: SchedulerOutput, prev: Optional["PendingSample"] = None
+               ) -> LaunchedStep:
+        """Stage a step and launch its forward pass (on CUDA it runs on while this returns).
+        `prev`: the step before, launched with `sample_async` and not read back yet; the
+        placeholder tokens it left (runner/engine/sequence.py) are taken from its sampled
+        tokens on the device."""
         t0 = time.perf_counter()
-        shape = self.worker.inputs.stage(out)
-        rows, sample_rows, prompt_rows = self._logit_rows(
-            out, self.worker.inputs.query_start_loc(shape[1]))
+        inputs = self.worker.inputs
+        shape = inputs.stage(out)
+        qsl = inputs.query_start_loc(shape[1])
+        rows, sample_rows, prompt_rows = self._logit_rows(out, qsl)
+        fill = self._placeholder_fill(out, qsl, shape[0], prev)
         # rows ascend within [0, num_tokens): as many as tokens means every row, in order
         step = StepInput(*shape, rows=None if len(rows) == shape[0]
                          else np.asarray(rows, np.int64),
                          blocks_to_copy=np.asarray(out.blocks_to_copy, np.int64)
-                         if out.blocks_to_copy else None)
+                         if out.blocks_to_copy else None,
+                         broadcast_input_ids=fill is not None and self.executor is not None)
         t1 = time.perf_counter()
         self._times["stage_s"] += t1 - t0
         self._overlap_error = None
-        if self.executor is None:
-            result = self._execute(out, step, sample_rows, prompt_rows, overlap)
-            self._raise_overlap_error()
+        with self._guard():
+            if self.executor is not None:
+                self.executor.channel.send(EXECUTE, step, inputs.pack(*shape))
+            logits = self.worker.execute(step, fill)    # on CUDA: launched, not finished
+        return LaunchedStep(out, logits, sample_rows, prompt_rows)
+
+    def _placeholder_fill(self, out: SchedulerOutput, qsl: list[int], num_tokens: int,
+                          prev: Optional["PendingSample"]):
+        """Input rows that hold a placeholder -> (index [2, P], prev's sampled tokens) on the
+        device, for Worker.execute; None when there is none."""
+        ids = self.worker.inputs.staged_input_ids(num_tokens)
+        dst = np.flatnonzero(ids < 0)
+        if not len(dst):
+            return None
+        owners = np.searchsorted(np.asarray(qsl), dst, side="right") - 1
+        src = [out.scheduled[i].seq.pending_row for i in owners.tolist()]
+        if prev is None or any(r is None for r in src):
+            raise RuntimeError("a placeholder token has no in-flight step to take it from "
+                               "(engine bug: async scheduling lost a step)")
+        ids[dst] = 0            # a valid id until the device fills the row
+        index = numpy_to_device(np.stack([dst, np.asarray(src, np.int64)]), self.device)
+        return index, prev.token_ids
+
+    def overlap(self, work: Optional[Callable[[], None]]) -> None:
+        """Run CPU work while the launched step computes. Its error is its own, not a worker
+        failure: it is raised as it was by the step's `sample`/`sample_async`, once the step's
+        collectives are done."""
+        if work is None:
+            return
+        try:
+            work()
+        except Exception as exc:        # the step itself goes on: every rank is in it
+            self._overlap_error = exc
+
+    @torch.inference_mode()
+    def sample(self, step: LaunchedStep) -> ModelRunnerOutput:
+        """Sample the launched step and read its tokens back (waits for the GPU)."""
+        t = time.perf_counter()
+        with self._guard():
+            result = self._sample(step.out, step.logits, step.sample_rows, step.prompt_rows)
+        self._times["sample_s"] += time.perf_counter() - t
+        self._raise_overlap_error()
+        return result
+
+    @torch.inference_mode()
+    def sample_async(self, step: LaunchedStep) -> "PendingSample":
+        """Queue the launched step's sampler and start copying its tokens to the host; read
+        them with `finish`. Only for steps `can_sample_async` accepts."""
+        t = time.perf_counter()
+        owners, requests, logit_rows = self._sampling_requests(step.out, step.sample_rows)
+        pending = PendingSample(step.out, owners)
+        if requests:
+            tensors = self.sampler.sample(self._select_rows(step.logits, logit_rows), requests)
+            pending.token_ids = tensors.token_ids
+            pending.host = tensors.to_host()
+            if self.device.type == "cuda":
+                pending.copied = torch.cuda.Event()
+                pending.copied.record()
+        self._times["sample_s"] += time.perf_counter() - t
+        self._raise_overlap_error()
+        return pending
+
+    @staticmethod
+    def can_sample_async(out: SchedulerOutput) -> bool:
+        """Whether a step's samples can stay on the device until the next step is launched:
+        not when it forks (n > 1, best_of), runs beams or computes prompt logprobs (their
+        host-side work needs the values at once)."""
+        for s in out.scheduled:
+            group = s.seq.group
+            if group.beam is not None or needs_fork(s.seq):
+                return False
+            if group.prompt_logprobs is not None and not group.prompt_logprobs_done():
+                return False
+        return True
+
+    def finish(self, pending: "PendingSample") -> ModelRunnerOutput:
+        """Wait for a `sample_async` step's tokens and return them."""
+        result = ModelRunnerOutput()
+        if pending.host is None:
             return result
+        t = time.perf_counter()
+        with self._guard():
+            if pending.copied is not None:
+                pending.copied.synchronize()
+            for owner, tok in zip(pending.owners, pending.host.tokens()):
+                result.sampled.setdefault(owner, []).append(tok)
+        self._times["sample_s"] += time.perf_counter() - t
+        return result
+
+    @contextlib.contextmanager
+    def _guard(self):
+        """Around every call that waits on the other ranks: a hung one fails the step after
+        distributed_timeout_s; a failed collective is explained as the worker failure."""
+        if self.executor is None:
+            yield
+            return
         self.executor.check()
         self.executor.step_started = time.monotonic()
         try:
-            self.executor.channel.send(EXECUTE, step, self.worker.inputs.pack(*shape))
-            result = self._execute(out, step, sample_rows, prompt_rows, overlap)
+            yield
         except WorkerFailure:
             raise
         except (RuntimeError, OSError) as exc:
@@ -158,8 +293,6 @@ class ModelRunner:
             self.executor.step_started = None
         # an aborted collective can return instead of raising: never hand on such a step
         self.executor.check()
-        self._raise_overlap_error()
-        return result
 
     def _raise_overlap_error(self) -> None:
         """An error of the engine's output processing is its own, not a worker failure: it
@@ -167,18 +300,6 @@ class ModelRunner:
         if self._overlap_error is not None:
             exc, self._overlap_error = self._overlap_error, None
             raise exc
-
-    def _execute(self, out, step, sample_rows, prompt_rows, overlap) -> ModelRunnerOutput:
-        logits = self.worker.execute(step)          # launched; on CUDA not finished yet
-        if overlap is not None:
-            try:
-                overlap()
-            except Exception as exc:    # the step itself goes on: every rank is in it
-                self._overlap_error = exc
-        t = time.perf_counter()
-        result = self._sample(out, logits, sample_rows, prompt_rows)
-        self._times["sample_s"] += time.perf_counter() - t
-        return result
 
     def _logit_rows(self, out: SchedulerOutput, qsl: list[int]):
         """Which hidden rows need logits: the last token of each sequence that samples, and the
@@ -216,14 +337,26 @@ class ModelRunner:
             result.prompt_logprobs[i] = compute_prompt_logprobs(
                 logits[at:at + count], targets, s.seq.sampling_params.prompt_logprobs)
 
-        requests, owners, logit_rows = [], [], []
         beam_rows = [(i, at) for i, at in sample_rows if out.scheduled[i].seq.group.beam]
         if beam_rows:
             self._beam_candidates(out, logits, beam_rows, result)
+        owners, requests, logit_rows = self._sampling_requests(out, sample_rows)
+        if requests:
+            sampled = self.sampler(self._select_rows(logits, logit_rows), requests)
+            for owner, tok in zip(owners, sampled):
+                result.sampled.setdefault(owner, []).append(tok)
+        return result
+
+    def _sampling_requests(self, out: SchedulerOutput, sample_rows: list[tuple[int, int]]):
+        """One SamplingRequest per token to draw: (owners: scheduled index of each, requests,
+        logit_rows: the logits row of each). Beams are left out (their candidates come from
+        `_beam_candidates`), and so are sequences that ended while the step was in flight
+        (async scheduling: their last token, read back meanwhile, stopped them)."""
+        owners, requests, logit_rows = [], [], []
         for i, at in sample_rows:
             seq = out.scheduled[i].seq
             group = seq.group
-            if group.beam is not None:
+            if group.beam is not None or seq.is_finished():
                 continue
             gens = group.generators if needs_fork(seq) else [seq.generator]
             p = group.sampling_params
@@ -235,13 +368,13 @@ class ModelRunner:
                     output_token_ids=history, generator=gen, eos_token_id=self.eos_token_id))
                 owners.append(i)
                 logit_rows.append(at)
-        if requests:
-            if logit_rows != list(range(logits.shape[0])):
-                logits = logits[torch.tensor(logit_rows, dtype=torch.long).to(logits.device)]
-            sampled = self.sampler(logits, requests)
-            for owner, tok in zip(owners, sampled):
-                result.sampled.setdefault(owner, []).append(tok)
-        return result
+        return owners, requests, logit_rows
+
+    @staticmethod
+    def _select_rows(logits: torch.Tensor, logit_rows: list[int]) -> torch.Tensor:
+        if logit_rows == list(range(logits.shape[0])):
+            return logits
+        return logits[to_device(logit_rows, torch.long, logits.device)]
 
     def _beam_candidates(self, out: SchedulerOutput, logits: torch.Tensor,
                          beam_rows: list[tuple[int, int]], result: ModelRunnerOutput) -> None:

@@ -11,6 +11,10 @@ When a running sequence needs a block and none is free, the newest running seque
 by recompute: its blocks are freed and it goes back to the front of the waiting queue with all
 its tokens (prompt and generated) to be computed again. Nothing it generated is lost or changed.
 
+With async scheduling a sequence may end in a placeholder token (runner/engine/sequence.py): it
+is scheduled like any other, except one whose placeholder surely ends it (`finishing`), which
+gets no step; the engine frees it once the token is read back.
+
 This module imports no torch.cuda: it is tested on CPU with fake model outputs.
 """
 from __future__ import annotations
@@ -149,8 +153,8 @@ class Scheduler:
         for seq in list(self.running):
             if budget <= 0:
                 break
-            if seq.status != running_status:
-                continue                      # preempted earlier in this loop
+            if seq.status != running_status or seq.finishing:
+                continue                      # preempted earlier in this loop / ends anyway
             visited.add(id(seq))
             pos = seq.num_computed_tokens
             k = min(len(seq.token_ids) - pos, budget)
@@ -247,6 +251,12 @@ class Scheduler:
         """The step's forward ran: its tokens are now in the KV cache."""
         for s in out.scheduled:
             s.seq.num_computed_tokens = s.start + s.num_new_tokens
+
+    def drop_waiting(self, seqs: list[Sequence]) -> None:
+        """Async scheduling: sequences preempted while their last token was in flight, which
+        that token ended, leave the waiting queue."""
+        gone = {id(s) for s in seqs}
+        self.waiting = deque(s for s in self.waiting if id(s) not in gone)
 
     def free_finished(self) -> None:
         keep = []

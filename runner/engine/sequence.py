@@ -9,6 +9,12 @@ are all this one rule.
 A `SequenceGroup` is one request: its sampling params, its n sequences (forked from the first
 when the prompt's first token is sampled) and the request-level outputs (prompt logprobs,
 timing metrics).
+
+With async scheduling (runner/engine/llm_engine.py) a sequence's newest token can be a
+placeholder: the step that samples it is still on the GPU when the next step is scheduled.
+`append_placeholder` stands in for it (the scheduler only counts tokens), the next step takes
+its input id from the GPU (`pending_row`: the row of the sampler's output that holds it), and
+`fill_placeholder` writes the real token once it is read back.
 """
 from __future__ import annotations
 
@@ -20,6 +26,9 @@ import torch
 
 from runner.engine.outputs import Logprob, RequestMetrics
 from runner.engine.sampling_params import SamplingParams
+
+
+PLACEHOLDER_TOKEN_ID = -1
 
 
 class SequenceStatus(enum.IntEnum):
@@ -60,6 +69,11 @@ class Sequence:
         # beam search: this beam's best (token ids, logprobs) after its last forward, held until
         # every live beam of the request has its own
         self.beam_candidates: Optional[tuple[list[int], list[float]]] = None
+        # async scheduling: the row of the in-flight step's sampled tokens that holds this
+        # sequence's placeholder token, and whether that token surely ends it (its length
+        # limit), so that the scheduler gives it no further step
+        self.pending_row: Optional[int] = None
+        self.finishing = False
 
     @property
     def request_id(self) -> str:
@@ -95,6 +109,18 @@ class Sequence:
     def append_token(self, token_id: int, logprob: float) -> None:
         self.token_ids.append(token_id)
         self.cumulative_logprob += logprob
+
+    def append_placeholder(self, row: int, length_limit: int) -> None:
+        """The token sampled in row `row` of a step still in flight; `length_limit` is the most
+        tokens (prompt + output) this sequence may reach."""
+        self.token_ids.append(PLACEHOLDER_TOKEN_ID)
+        self.pending_row = row
+        self.finishing = len(self.token_ids) >= length_limit
+
+    def fill_placeholder(self, token_id: int, logprob: float) -> None:
+        self.token_ids[-1] = token_id
+        self.cumulative_logprob += logprob
+        self.pending_row = None
 
     def fork(self, seq_id: int, index: int, generator: Optional[torch.Generator]) -> "Sequence":
         """A child that shares everything computed so far (the block table is shared by the

@@ -19,7 +19,6 @@ import time
 import traceback
 from typing import Optional
 
-import numpy as np
 import torch
 
 from runner.engine.attention import AttentionMetadata
@@ -27,6 +26,7 @@ from runner.engine.block_manager import cdiv
 from runner.engine.config import EngineConfig
 from runner.engine.cuda_graphs import CUDAGraphRunner, capture_batch_sizes, decode_num_splits
 from runner.engine.custom_all_reduce import MAX_BYTES
+from runner.engine.device_copy import numpy_to_device
 from runner.engine.distributed import (EXECUTE, StepInput, TensorParallelGroup,
                                        init_tensor_parallel, recv_step)
 from runner.engine.input_batch import InputBuilder
@@ -225,20 +225,30 @@ class Worker:
 
     # ------------------------------------------------------------ step
     @torch.inference_mode()
-    def execute(self, step: StepInput) -> Optional[torch.Tensor]:
+    def execute(self, step: StepInput, fill: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+                ) -> Optional[torch.Tensor]:
         """Run a staged step; returns the logits [R, V] of the rows that need them (float32)
-        on every rank, or None when no row does."""
+        on every rank, or None when no row does.
+
+        `fill` (async scheduling, the driver): (index [2, P], sampled [R]) on the device:
+        input row index[0, j] takes the token sampled in row index[1, j] of the step before,
+        which was not read back; with tensor parallelism the driver then broadcasts the input
+        ids (step.broadcast_input_ids) and the other ranks receive them here."""
         if step.blocks_to_copy is not None and len(step.blocks_to_copy):
             # copy-on-write for forked sequences: one batched copy per layer, not one per block
             # (beam search forks hundreds of blocks a step). A destination is always a fresh
             # block and a source a still-shared one, so no copy reads another's destination.
-            pairs = torch.from_numpy(np.ascontiguousarray(step.blocks_to_copy.T))
-            src, dst = pairs.to(self.device, non_blocking=True).unbind(0)
+            src, dst = numpy_to_device(step.blocks_to_copy.T, self.device).unbind(0)
             for cache in self.kv_caches:
                 cache[:, dst] = cache[:, src]
         t0 = time.perf_counter()
         input_ids, positions, meta = self.inputs.load(step.num_tokens, step.num_seqs,
                                                       step.width)
+        if fill is not None:
+            index, sampled = fill
+            input_ids[index[0]] = sampled[index[1]]
+        if step.broadcast_input_ids:
+            self.tp.broadcast(input_ids)
         t_built = time.perf_counter()
         if self.use_triton and meta.decode_only and meta.max_seq_len <= self.capture_len and \
                 self.device.type == "cuda":
@@ -256,8 +266,7 @@ class Worker:
         if step.rows is not None:
             if not len(step.rows):
                 return None
-            index = torch.from_numpy(np.ascontiguousarray(step.rows))
-            hidden = hidden[index.to(hidden.device, non_blocking=True)]
+            hidden = hidden[numpy_to_device(step.rows, hidden.device)]
         return self._logits(hidden).float()                                 # [R, V]
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:

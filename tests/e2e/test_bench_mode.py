@@ -45,14 +45,15 @@ def test_bench_mode_rejects_an_unknown_workload(tiny_llama, tmp_path):
 
 
 def test_bench_mode_passes_the_engine_group_on(tiny_model_factory, tmp_path):
-    """engine=tp2 (two gloo ranks on CPU) and engine.disable_async_output_proc reach the engine
-    and are recorded in benchmark.json."""
+    """engine=tp2 (two gloo ranks on CPU), engine.disable_async_output_proc and
+    engine.async_scheduling reach the engine and are recorded in benchmark.json."""
     model = tiny_model_factory("llama_gqa")
     out = tmp_path / "out"
     run_cli(["mode=bench", "model=local", f"model.model={model}", "engine=tp2",
              "engine.load_format=auto", "engine.device=cpu", "engine.disable_async_output_proc=true",
-             "bench.num_prompts=3", "bench.input_len=5", "bench.output_len=3",
+             "engine.async_scheduling=false", "bench.num_prompts=3", "bench.input_len=5", "bench.output_len=3",
              f"output_root={out}", "use_tqdm=false"], cwd=tmp_path, check=True)
     engine = read_json(only_run_dir(out) / "benchmark.json")["engine"]
-    assert (engine["tensor_parallel_size"], engine["async_output_proc"]) == (2, False)
+    assert (engine["tensor_parallel_size"], engine["async_output_proc"],
+            engine["async_scheduling"], engine["num_async_steps"]) == (2, False, False, 0)
     assert (engine["num_requests"], engine["output_tokens"]) == (3, 9)

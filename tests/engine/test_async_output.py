@@ -1,6 +1,8 @@
 """Async output processing (disable_async_output_proc=False, the default): the same outputs as
 synchronous processing, step() handing out each step's outputs one step later, stop strings
-still ending a request in the step that produced it, aborts honoured for held-back outputs."""
+still ending a request in the step that produced it, aborts honoured for held-back outputs.
+Async scheduling is off here (it reads each step's tokens a step later and processes them behind
+the next forward itself: tests/engine/test_async_scheduling.py)."""
 from __future__ import annotations
 
 import pytest
@@ -14,7 +16,7 @@ PROMPTS = ["The quick brown fox", "Paris is the capital of France and",
 @pytest.fixture(scope="module")
 def engines(tiny_llama):
     # a small token budget mixes prefill chunks and decodes in one step
-    kw = dict(seed=0, max_num_batched_tokens=24, max_num_seqs=4)
+    kw = dict(seed=0, max_num_batched_tokens=24, max_num_seqs=4, async_scheduling=False)
     return (LLM(tiny_llama, **kw),
             LLM(tiny_llama, disable_async_output_proc=True, **kw))
 
@@ -106,18 +108,22 @@ def test_outputs_held_back_survive_an_engine_failure(engines, monkeypatch, fail_
     predictions.jsonl before failing)."""
     engine = engines[0].llm_engine
     runner = engine.model_runner
-    real = runner.execute_model
+    real_launch, real_sample = runner.launch, runner.sample
     calls = []
 
-    def flaky(out, overlap=None):
+    def flaky_launch(out, prev=None):
         calls.append(1)
-        if len(calls) == 3:
-            if fail_after_overlap and overlap is not None:
-                overlap()
+        if len(calls) == 3 and not fail_after_overlap:
             raise RuntimeError("the GPU fell off the bus")
-        return real(out, overlap)
+        return real_launch(out, prev)
 
-    monkeypatch.setattr(runner, "execute_model", flaky)
+    def flaky_sample(step):
+        if len(calls) == 3:           # the last step's deferred work ran meanwhile
+            raise RuntimeError("the GPU fell off the bus")
+        return real_sample(step)
+
+    monkeypatch.setattr(runner, "launch", flaky_launch)
+    monkeypatch.setattr(runner, "sample", flaky_sample)
     engine.add_request("short", "Hello world", SamplingParams(temperature=0, max_tokens=2))
     engine.add_request("long", "The quick", SamplingParams(temperature=0, max_tokens=10))
     assert engine.step() == []

@@ -107,6 +107,29 @@ def test_cuda_graphs_give_the_eager_tokens(small_model):
     assert _tokens(graphs, prompts) == want
 
 
+def test_async_scheduling_gives_the_synchronous_tokens(small_model):
+    """Placeholders filled on the device from the unread sampled tokens, with CUDA graphs:
+    fp32 greedy and seeded tokens equal those of async_scheduling=False, including requests that
+    a stop token ends while their next step is in flight."""
+    prompts = _prompts(seed=2)
+    kw = dict(dtype="float32", num_gpu_blocks_override=1024, max_model_len=256,
+              max_num_seqs=64, enforce_eager=False)
+    sync = LLM(small_model, async_scheduling=False, **kw)
+    stop = sync.generate(prompts[:1], GREEDY, use_tqdm=False)[0].outputs[0].token_ids[10]
+    cases = [GREEDY, SamplingParams(temperature=0, max_tokens=64, stop_token_ids=[stop]),
+             SamplingParams(temperature=0.8, top_p=0.9, seed=3, max_tokens=64)]
+    want = [[o.outputs[0].token_ids for o in sync.generate(prompts, sp, use_tqdm=False)]
+            for sp in cases]
+    del sync
+    llm = LLM(small_model, **kw)
+    got = [[o.outputs[0].token_ids for o in llm.generate(prompts, sp, use_tqdm=False)]
+           for sp in cases]
+    stats = llm.llm_engine.get_stats()
+    assert stats["num_async_steps"] > 0 and stats["cuda_graph_steps"] > 0
+    assert got == want
+    assert any(len(t) < 64 for t in got[1])         # the stop token did end some early
+
+
 def test_kv_cache_sizing_stays_under_the_memory_fraction(small_model):
     import gc
     gc.collect()
