@@ -273,18 +273,21 @@ class LLMEngine:
         else:
             runner.overlap(self._run_deferred if self._deferred is not None else None)
         self._run_deferred()        # in case the runner had no forward pass to hide it behind
-        self.scheduler.update(sched_out)
         self.stats["num_steps"] += 1
         self.stats["num_prompt_tokens"] += sum(
             s.num_new_tokens for s in sched_out.scheduled if s.start < s.seq.prompt_len)
+        # the step counts as computed only once it sampled: after an error (the last step's
+        # output work raises from here) its positions are computed again
         if self.async_scheduling and runner.can_sample_async(sched_out):
             pending = runner.sample_async(launched)
+            self.scheduler.update(sched_out)
             self._add_placeholders(sched_out, pending)
             self._inflight = _InFlight(sched_out, pending)
             self.stats["num_async_steps"] += 1
             t2 = time.perf_counter()
         else:
             runner_out = runner.sample(launched)
+            self.scheduler.update(sched_out)
             t2 = time.perf_counter()
             self._deferred = self._process_outputs(sched_out, runner_out)
             self.scheduler.free_finished()

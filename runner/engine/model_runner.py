@@ -202,8 +202,10 @@ class ModelRunner:
         owners = np.searchsorted(np.asarray(qsl), dst, side="right") - 1
         src = [out.scheduled[i].seq.pending_row for i in owners.tolist()]
         if prev is None or any(r is None for r in src):
-            raise RuntimeError("a placeholder token has no in-flight step to take it from "
-                               "(engine bug: async scheduling lost a step)")
+            raise RuntimeError(
+                f"request {out.scheduled[int(owners[0])].seq.request_id!r} has a token whose "
+                "step was lost: an earlier step() failed while it was in flight. Abort the "
+                "requests that were running then (LLM.generate does) and resubmit them.")
         ids[dst] = 0            # a valid id until the device fills the row
         index = numpy_to_device(np.stack([dst, np.asarray(src, np.int64)]), self.device)
         return index, prev.token_ids

@@ -217,3 +217,46 @@ def test_tensor_parallel_broadcasts_the_unread_tokens(tiny_model_factory):
 def test_async_scheduling_must_be_a_bool(tiny_llama):
     with pytest.raises(ValueError, match="async_scheduling must be True or False, got 'no'"):
         LLM(tiny_llama, async_scheduling="no")
+
+
+@pytest.mark.parametrize("failing", ["a", "b"])
+def test_a_failed_read_back_leaves_a_usable_engine(tiny_llama, monkeypatch, failing):
+    """Reading a step's tokens back fails half-way. If every token was placed ("b", the last
+    one, fails after its token was written), the engine goes on: the failed step's positions
+    are computed again and both requests finish. If one was not ("a" fails first, "b" keeps
+    its placeholder), the next step() names that request and the fix (abort it) instead of
+    computing on a placeholder."""
+    from runner.engine.llm_engine import LLMEngine
+    llm = LLM(tiny_llama, seed=0)
+    engine = llm.llm_engine
+    sp = SamplingParams(temperature=0, max_tokens=10, stop=["never-in-this-text"])
+    engine.add_request("a", "Hello world", sp)
+    engine.add_request("b", "The quick", sp)
+    engine.step()
+    real = LLMEngine._append_text
+
+    def broken(self, seq, tok, check_stop=False):
+        if seq.request_id == failing:
+            raise RuntimeError("detokenizer broke")
+        return real(self, seq, tok, check_stop)
+
+    monkeypatch.setattr(LLMEngine, "_append_text", broken)
+    with pytest.raises(RuntimeError, match="detokenizer broke"):
+        engine.step()
+    monkeypatch.setattr(LLMEngine, "_append_text", real)
+    if failing == "b":
+        finals = {}
+        for _ in range(50):
+            if not engine.has_unfinished_requests():
+                break
+            finals.update({o.request_id: o for o in engine.step() if o.finished})
+        assert sorted(finals) == ["a", "b"]
+        assert all(len(o.outputs[0].token_ids) == 10 for o in finals.values())
+        return
+    with pytest.raises(RuntimeError, match="request 'b' has a token whose step was lost.*Abort"):
+        engine.step()
+    engine.abort_request(["a", "b"])
+    while engine.has_unfinished_requests():
+        engine.step()
+    out = llm.generate(["Hello world"], sp, use_tqdm=False)[0]     # the engine goes on
+    assert out.finished and len(out.outputs[0].token_ids) == 10
