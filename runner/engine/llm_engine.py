@@ -1,10 +1,11 @@
 """LLMEngine: requests in, one step at a time, RequestOutputs out (vLLM's LLMEngine API).
 
 add_request() tokenizes and validates a prompt and queues a SequenceGroup. step() runs
-    Scheduler.schedule() -> ModelRunner.execute_model() -> Scheduler.update()
+    Scheduler.schedule() -> ModelRunner.launch() -> sample() -> Scheduler.update()
     -> append sampled tokens (fork n > 1 requests), check stop conditions
     -> free finished sequences
-    -> detokenize, build logprob dicts, RequestOutput for every request that progressed.
+    -> detokenize, build logprob dicts, RequestOutput for every request that progressed
+       (runner/engine/request_outputs.py).
 A finished request leaves the engine with its last RequestOutput (finished=True).
 
 Async output processing (vLLM's; on unless disable_async_output_proc): the last stage, the
@@ -42,7 +43,8 @@ from runner.engine.config import EngineArgs, EngineConfig
 from runner.engine.detokenizer import IncrementalDetokenizer, find_stop_string
 from runner.engine.model_runner import (ModelRunner, ModelRunnerOutput, PendingSample,
                                         needs_fork)
-from runner.engine.outputs import CompletionOutput, Logprob, RequestOutput
+from runner.engine.outputs import Logprob, RequestOutput
+from runner.engine.request_outputs import RequestOutputBuilder
 from runner.engine.sampler import SampledToken
 from runner.engine.sampling_params import BeamSearchParams, SamplingParams
 from runner.engine.scheduler import Scheduler, SchedulerOutput
@@ -85,6 +87,7 @@ class LLMEngine:
         self.tokenizer = None if self.model_config.skip_tokenizer_init else load_tokenizer(
             self.model_config)
         self.eos_token_id = self._eos_token_id()
+        self.output_builder = RequestOutputBuilder(self.tokenizer)
         self.model_runner = ModelRunner(config, self.eos_token_id)
         self.block_manager = BlockManager(self.model_runner.num_blocks, self.cache_config.block_size)
         self.scheduler = Scheduler(self.scheduler_config, self.block_manager)
@@ -349,7 +352,7 @@ class LLMEngine:
                 if rid in d.aborted and not finished:
                     continue
                 if finished or self.stream_outputs:
-                    self._ready.append(self._make_output(group, finished))
+                    self._ready.append(self.output_builder.make_output(group, finished))
         finally:
             self._in_deferred = False
         self.step_times["output_proc_s"] += time.perf_counter() - t
@@ -460,23 +463,15 @@ class LLMEngine:
         ids, lps = parent.beam_candidates
         k = parent.sampling_params.logprobs or 0
         rank = ids.index(c.token_id) + 1 if c.token_id in ids else None
-        return self._logprob_dict(c.token_id, c.logprob, rank, list(zip(ids[:k], lps[:k])))
+        return self.output_builder.logprob_dict(c.token_id, c.logprob, rank,
+                                                list(zip(ids[:k], lps[:k])))
 
     def _add_prompt_logprobs(self, group: SequenceGroup, entries: list, s) -> None:
         first = len(group.prompt_logprobs)          # prompt token index of the first entry
         for j, (lp, rank, top) in enumerate(entries):
             target = group.prompt_token_ids[first + j]
-            group.prompt_logprobs.append(self._logprob_dict(target, lp, rank, top))
-
-    def _decode_token(self, token_id: int) -> Optional[str]:
-        return None if self.tokenizer is None else self.tokenizer.decode([token_id])
-
-    def _logprob_dict(self, token_id: int, lp: float, rank: int, top) -> dict[int, Logprob]:
-        d = {token_id: Logprob(lp, rank, self._decode_token(token_id))}
-        for r, (tid, tlp) in enumerate(top or [], start=1):
-            if tid not in d:
-                d[tid] = Logprob(tlp, r, self._decode_token(tid))
-        return d
+            group.prompt_logprobs.append(
+                self.output_builder.logprob_dict(target, lp, rank, top))
 
     def _append(self, seq: Sequence, tok: SampledToken, deferred: "_Deferred") -> None:
         """Append a sampled token and check the stop conditions. The text and logprob dicts
@@ -497,7 +492,8 @@ class LLMEngine:
         p = seq.sampling_params
         if p.logprobs is not None:
             seq.output_logprobs.append(
-                self._logprob_dict(tok.token_id, tok.logprob, tok.rank, tok.top_logprobs))
+                self.output_builder.logprob_dict(tok.token_id, tok.logprob, tok.rank,
+                                                 tok.top_logprobs))
         new_chars = 0
         if seq.detokenizer is not None:
             new_text = seq.detokenizer.append([tok.token_id])
@@ -535,53 +531,6 @@ class LLMEngine:
             seq.status = SequenceStatus.FINISHED_LENGTH_CAPPED
         elif seq.num_tokens >= self.scheduler_config.max_model_len:
             seq.status = SequenceStatus.FINISHED_LENGTH_CAPPED
-
-    # -------------------------------------------------------------------- outputs
-    def _make_output(self, group: SequenceGroup, finished: bool) -> RequestOutput:
-        p = group.sampling_params
-        if group.beam is not None:
-            completions = self._beam_completions(group, finished)
-        else:
-            seqs = sorted(group.seqs, key=lambda s: s.index)
-            if finished and group.num_seqs > p.n:
-                # best_of: keep the n candidates with the highest cumulative logprob
-                seqs = sorted(seqs, key=lambda s: -s.cumulative_logprob)[:p.n]
-            completions = []
-            for i, seq in enumerate(seqs):
-                text = seq.output_text
-                if not seq.is_finished() and p.output_text_buffer_length:
-                    text = text[:-p.output_text_buffer_length] or ""
-                completions.append(CompletionOutput(
-                    index=i if finished else seq.index, text=text,
-                    token_ids=seq.output_token_ids, cumulative_logprob=seq.cumulative_logprob,
-                    logprobs=list(seq.output_logprobs) if p.logprobs is not None else None,
-                    finish_reason=seq.status.finish_reason, stop_reason=seq.stop_reason))
-        return RequestOutput(
-            request_id=group.request_id, prompt=group.prompt,
-            prompt_token_ids=group.prompt_token_ids,
-            prompt_logprobs=list(group.prompt_logprobs) if group.prompt_logprobs is not None
-            else None,
-            outputs=completions, finished=finished, metrics=group.metrics)
-
-    def _beam_completions(self, group: SequenceGroup, finished: bool) -> list[CompletionOutput]:
-        """Finished: the n best hypotheses by length-penalized score. Running: the live beams,
-        best first."""
-        p = group.sampling_params
-        if finished and group.beam_results is not None:
-            items = [(h.token_ids, h.cumulative_logprob, h.logprobs, h.finish_reason)
-                     for h in group.beam_results]
-        else:
-            items = [(q.output_token_ids, q.cumulative_logprob,
-                      list(q.output_logprobs) if p.logprobs is not None else None, None)
-                     for q in group.seqs[:p.n]]
-        out = []
-        for i, (tokens, cum, lps, reason) in enumerate(items):
-            text = "" if self.tokenizer is None or not p.detokenize else self.tokenizer.decode(
-                tokens, skip_special_tokens=p.skip_special_tokens)
-            out.append(CompletionOutput(index=i, text=text, token_ids=list(tokens),
-                                        cumulative_logprob=cum, logprobs=lps,
-                                        finish_reason=reason))
-        return out
 
     def get_stats(self) -> dict:
         bs = self.cache_config.block_size
