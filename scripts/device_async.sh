@@ -8,16 +8,7 @@
 #   bash scripts/device_async.sh x2     (nvidia-h200-x2) multi-GPU tests; Llama-2-13B batch-1
 #                                       latency tp=1 and tp=2, on and off; 13B throughput tp=2
 # Each benchmark's log goes to $OUT/<name>.log (benchmark.json under outputs/bench as usual).
-set -o pipefail
-export PYTHONPATH=. PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-OUT=${OUT:-outputs/device}
-mkdir -p "$OUT"
-nvidia-smi -L
-B="python3 -m runner.engine_bench --out outputs/bench"
-LAT="--workload latency --batch-size 1 --input-len 32 --output-len 128"
-THR8="--workload throughput --num-prompts 1000 --input-len 256 --output-len 256 --max-num-seqs 512 --max-num-batched-tokens 16384"
-THR13="--workload throughput --num-prompts 500 --input-len 512 --output-len 128 --max-num-seqs 256 --max-num-batched-tokens 16384"
-show() { grep -E '"(async_scheduling|num_async_steps|custom_all_reduce|total_tokens_per_s|output_tokens_per_s|median_latency_s|cuda_graphs_speedup|num_preemptions|fraction_of_measured_matmul_roofline|fraction_of_weight_read_roofline)"|Error|error' "$1" | head -14; }
+source "$(dirname "$0")/device_env.sh"
 run() {  # name timeout args...
   local name=$1 t=$2; shift 2
   timeout "$t" $B "$@" > "$OUT/$name.log" 2>&1
@@ -28,11 +19,11 @@ if [ "$1" = h100 ]; then
       2>&1 | tee "$OUT/tests_gpu.log" | tail -8
   run lat8_on 80 --model llama3_8b $LAT --compare-eager
   run lat8_off 60 --model llama3_8b $LAT --no-async-scheduling
-  run thr8_on 110 --model llama3_8b $THR8
-  run thr8_off 110 --model llama3_8b $THR8 --no-async-scheduling
+  run thr8_on 110 --model llama3_8b $THR_256_256
+  run thr8_off 110 --model llama3_8b $THR_256_256 --no-async-scheduling
 elif [ "$1" = h100b ]; then
-  run thr13_on 120 --model llama2_13b $THR13
-  run thr13_off 120 --model llama2_13b $THR13 --no-async-scheduling
+  run thr13_on 120 --model llama2_13b $THR_512_128
+  run thr13_off 120 --model llama2_13b $THR_512_128 --no-async-scheduling
 elif [ "$1" = x2 ]; then
   timeout 200 python3 -m pytest -q -p no:cacheprovider -m multi_gpu --timeout 90 \
       tests/engine/test_custom_all_reduce.py tests/engine/test_tensor_parallel.py 2>&1 \
@@ -41,5 +32,5 @@ elif [ "$1" = x2 ]; then
   run lat13_tp2_off 80 --model llama2_13b $LAT --tensor-parallel-size 2 --no-async-scheduling
   CUDA_VISIBLE_DEVICES=0 run lat13_tp1_on 60 --model llama2_13b $LAT
   CUDA_VISIBLE_DEVICES=0 run lat13_tp1_off 60 --model llama2_13b $LAT --no-async-scheduling
-  run thr13_tp2_on 110 --model llama2_13b $THR13 --tensor-parallel-size 2
+  run thr13_tp2_on 110 --model llama2_13b $THR_512_128 --tensor-parallel-size 2
 fi

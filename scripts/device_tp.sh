@@ -15,15 +15,7 @@
 #   bash scripts/device_tp.sh all     multi-GPU tests, then 13B tp=2 (and, with 4 GPUs, the 70B
 #                                      tp=4 run), then the 13B tp=1 baselines on GPU 0
 # Each benchmark's JSON record goes to $OUT/<name>.log (also outputs/bench/... as usual).
-set -o pipefail
-export PYTHONPATH=. PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-OUT=${OUT:-outputs/device}
-mkdir -p "$OUT"
-nvidia-smi -L
-B="python3 -m runner.engine_bench --out outputs/bench"
-THR="--workload throughput --num-prompts 500 --input-len 512 --output-len 128 --max-num-seqs 256 --max-num-batched-tokens 16384"
-LAT="--workload latency --batch-size 1 --input-len 32 --output-len 128"
-show() { grep -E '"(custom_all_reduce|total_tokens_per_s|output_tokens_per_s|median_latency_s|num_gpu_blocks|num_preemptions|fraction_of_measured_matmul_roofline|fraction_of_weight_read_roofline)"|custom all-reduce|Error|error' "$1" | head -12; }
+source "$(dirname "$0")/device_env.sh"
 if [ "$1" = tests ]; then
   timeout 280 python3 -m pytest -q -p no:cacheprovider -m multi_gpu --timeout 120 \
       tests/engine/test_tensor_parallel.py 2>&1 | tee "$OUT/tests_tp.log" | tail -30
@@ -32,7 +24,7 @@ if [ "$1" = tests ]; then
       | tee "$OUT/tests_gpu.log" | tail -15
 elif [ "$1" = bench ]; then
   for tp in 1 2; do
-    timeout 170 $B --model llama2_13b $THR --tensor-parallel-size $tp > "$OUT/thr13_tp$tp.log" 2>&1
+    timeout 170 $B --model llama2_13b $THR_512_128 --tensor-parallel-size $tp > "$OUT/thr13_tp$tp.log" 2>&1
     echo "== throughput tp=$tp"; show "$OUT/thr13_tp$tp.log"
   done
   for tp in 1 2; do
@@ -42,18 +34,18 @@ elif [ "$1" = bench ]; then
 elif [ "$1" = all ]; then
   timeout 150 python3 -m pytest -q -p no:cacheprovider -m multi_gpu --timeout 60 \
       tests/engine/test_tensor_parallel.py 2>&1 | tee "$OUT/tests_tp.log" | tail -8
-  timeout 110 $B --model llama2_13b $THR --tensor-parallel-size 2 > "$OUT/thr13_tp2.log" 2>&1
+  timeout 110 $B --model llama2_13b $THR_512_128 --tensor-parallel-size 2 > "$OUT/thr13_tp2.log" 2>&1
   echo "== 13B throughput tp=2"; show "$OUT/thr13_tp2.log"
   timeout 70 $B --model llama2_13b $LAT --tensor-parallel-size 2 > "$OUT/lat13_tp2.log" 2>&1
   echo "== 13B latency tp=2"; show "$OUT/lat13_tp2.log"
   if [ "$(nvidia-smi -L | wc -l)" -ge 4 ]; then
-    timeout 200 $B --model llama2_70b $THR --tensor-parallel-size 4 > "$OUT/thr70_tp4.log" 2>&1
+    timeout 200 $B --model llama2_70b $THR_512_128 --tensor-parallel-size 4 > "$OUT/thr70_tp4.log" 2>&1
     echo "== 70B throughput tp=4"; show "$OUT/thr70_tp4.log"
   fi
   export CUDA_VISIBLE_DEVICES=0
   timeout 60 $B --model llama2_13b $LAT > "$OUT/lat13_tp1.log" 2>&1
   echo "== 13B latency tp=1"; show "$OUT/lat13_tp1.log"
-  timeout 120 $B --model llama2_13b $THR > "$OUT/thr13_tp1.log" 2>&1
+  timeout 120 $B --model llama2_13b $THR_512_128 > "$OUT/thr13_tp1.log" 2>&1
   echo "== 13B throughput tp=1"; show "$OUT/thr13_tp1.log"
 elif [ "$1" = ar ]; then
   timeout 150 python3 scripts/bench_all_reduce.py --world-size 2 > "$OUT/allreduce.log" 2>&1
@@ -66,7 +58,7 @@ elif [ "$1" = ar ]; then
   timeout 80 $B --model llama2_13b $LAT --tensor-parallel-size 2 --disable-custom-all-reduce \
       > "$OUT/lat13_tp2_nccl.log" 2>&1
   echo "== 13B latency tp=2 (NCCL only)"; show "$OUT/lat13_tp2_nccl.log"
-  timeout 110 $B --model llama2_13b $THR --tensor-parallel-size 2 > "$OUT/thr13_tp2.log" 2>&1
+  timeout 110 $B --model llama2_13b $THR_512_128 --tensor-parallel-size 2 > "$OUT/thr13_tp2.log" 2>&1
   echo "== 13B throughput tp=2"; show "$OUT/thr13_tp2.log"
   CUDA_VISIBLE_DEVICES=0 timeout 60 $B --model llama2_13b $LAT > "$OUT/lat13_tp1.log" 2>&1
   echo "== 13B latency tp=1"; show "$OUT/lat13_tp1.log"
@@ -86,7 +78,7 @@ elif [ "$1" = final ]; then
   CUDA_VISIBLE_DEVICES=0 timeout 60 $B --model llama2_13b $LAT > "$OUT/lat13_tp1.log" 2>&1
   echo "== 13B latency tp=1"; show "$OUT/lat13_tp1.log"
 elif [ "$1" = tp4 ]; then
-  timeout 400 $B --model llama2_70b $THR --tensor-parallel-size 4 > "$OUT/thr70_tp4.log" 2>&1
+  timeout 400 $B --model llama2_70b $THR_512_128 --tensor-parallel-size 4 > "$OUT/thr70_tp4.log" 2>&1
   echo "== 70B throughput tp=4"; show "$OUT/thr70_tp4.log"
   tail -5 "$OUT/thr70_tp4.log"
 fi

@@ -101,14 +101,18 @@ def test_an_aborted_request_gets_no_held_back_output(engines):
     assert "a" not in seen and seen.count("b") == 6
 
 
+@pytest.mark.parametrize("async_scheduling", [False, True])
 @pytest.mark.parametrize("fail_after_overlap", [False, True])
-def test_outputs_held_back_survive_an_engine_failure(engines, monkeypatch, fail_after_overlap):
+def test_outputs_held_back_survive_an_engine_failure(engines, tiny_llama, monkeypatch,
+                                                     fail_after_overlap, async_scheduling):
     """A request that finished in the last good step is finished work: when the next step
     raises, take_held_outputs() still has its output (the runner writes it to
-    predictions.jsonl before failing)."""
-    engine = engines[0].llm_engine
+    predictions.jsonl before failing). With async scheduling that step's tokens were still in
+    flight when the next one failed (before its forward, or after reading them back)."""
+    engine = (LLM(tiny_llama, seed=0) if async_scheduling else engines[0]).llm_engine
     runner = engine.model_runner
-    real_launch, real_sample = runner.launch, runner.sample
+    sample = "sample_async" if async_scheduling else "sample"
+    real_launch, real_sample = runner.launch, getattr(runner, sample)
     calls = []
 
     def flaky_launch(out, prev=None):
@@ -118,12 +122,12 @@ def test_outputs_held_back_survive_an_engine_failure(engines, monkeypatch, fail_
         return real_launch(out, prev)
 
     def flaky_sample(step):
-        if len(calls) == 3:           # the last step's deferred work ran meanwhile
+        if len(calls) == 3:           # the last step's output work ran meanwhile
             raise RuntimeError("the GPU fell off the bus")
         return real_sample(step)
 
     monkeypatch.setattr(runner, "launch", flaky_launch)
-    monkeypatch.setattr(runner, "sample", flaky_sample)
+    monkeypatch.setattr(runner, sample, flaky_sample)
     engine.add_request("short", "Hello world", SamplingParams(temperature=0, max_tokens=2))
     engine.add_request("long", "The quick", SamplingParams(temperature=0, max_tokens=10))
     assert engine.step() == []

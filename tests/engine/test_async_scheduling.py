@@ -3,7 +3,9 @@ the next step is launched, with placeholders in between. Against the same engine
 async_scheduling=False: the same tokens, logprobs, texts and finish reasons for greedy and seeded
 requests (stop strings, stop tokens that end a sequence while its next step is in flight, length
 limits, n > 1, prompt logprobs, beams, penalties), under preemption and with tensor parallelism;
-aborts and failures while a step is in flight; no step wasted on a sequence its length ends."""
+aborts and failures while a step is in flight (held outputs after a failure:
+tests/engine/test_async_output.py, both modes); no step wasted on a sequence its length
+ends."""
 from __future__ import annotations
 
 import pytest
@@ -155,43 +157,6 @@ def test_abort_while_a_step_is_in_flight(engines):
     assert finals[0].outputs[0].token_ids == ref.outputs[0].token_ids
     assert all(o.request_id == "keep" for o in seen[seen.index(finals[0]) - 1:])
     assert not engine.scheduler.has_unfinished_seqs()
-
-
-@pytest.mark.parametrize("fail_after_overlap", [False, True])
-def test_outputs_in_flight_survive_an_engine_failure(tiny_llama, monkeypatch,
-                                                     fail_after_overlap):
-    """A request whose last token was still in flight when the next step failed is finished
-    work: take_held_outputs() has it (the runner writes it before failing)."""
-    llm = LLM(tiny_llama, seed=0)
-    engine = llm.llm_engine
-    runner = engine.model_runner
-    real_launch, real_sample = runner.launch, runner.sample_async
-    calls = []
-
-    def flaky_launch(out, prev=None):
-        calls.append(1)
-        if len(calls) == 3 and not fail_after_overlap:
-            raise RuntimeError("the GPU fell off the bus")
-        return real_launch(out, prev)
-
-    def flaky_sample(step):
-        if len(calls) == 3:           # the step in flight was read back meanwhile
-            raise RuntimeError("the GPU fell off the bus")
-        return real_sample(step)
-
-    monkeypatch.setattr(runner, "launch", flaky_launch)
-    monkeypatch.setattr(runner, "sample_async", flaky_sample)
-    engine.add_request("short", "Hello world", SamplingParams(temperature=0, max_tokens=2))
-    engine.add_request("long", "The quick", SamplingParams(temperature=0, max_tokens=10))
-    assert engine.step() == []
-    assert [o.finished for o in engine.step()] == [False, False]     # step 1's outputs
-    with pytest.raises(RuntimeError, match="fell off the bus"):
-        engine.step()
-    held = {o.request_id: o for o in engine.take_held_outputs()}
-    assert held["short"].finished and len(held["short"].outputs[0].token_ids) == 2
-    assert not held["long"].finished
-    engine.abort_request("long")
-    assert not engine.has_unfinished_requests()
 
 
 def test_tensor_parallel_broadcasts_the_unread_tokens(tiny_model_factory):
