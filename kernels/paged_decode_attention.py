@@ -92,9 +92,9 @@ def paged_decode_attention_kernel(
         kv_mask = n_valid[:, None] & d_mask[None, :]
         k = tl.load(k_base + offs[:, None] + dims[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_base + offs[:, None] + dims[None, :], mask=kv_mask, other=0.0)
-        if DOT_UPCAST:
-            k = k.to(tl.float32)                                         # [BLOCK_N, BLOCK_D]
-            v = v.to(tl.float32)
+        # to the query's dtype: widens an fp8 cache (and, under DOT_UPCAST, bf16 to fp32)
+        k = k.to(q.dtype)                                                # [BLOCK_N, BLOCK_D]
+        v = v.to(q.dtype)
 
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_G, BLOCK_N]
         s = tl.where(n_valid[None, :], s, float("-inf"))

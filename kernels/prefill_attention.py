@@ -45,9 +45,9 @@ def _prefill_tile(acc, l_i, m_i, q, k_base, v_base, block_table, start, q_pos, k
     offs = block_id.to(tl.int64) * stride_c_blk + (n % BLOCK_SIZE) * stride_c_tok
     k = tl.load(k_base + offs[:, None] + dims[None, :], mask=kv_mask, other=0.0)
     v = tl.load(v_base + offs[:, None] + dims[None, :], mask=kv_mask, other=0.0)
-    if DOT_UPCAST:
-        k = k.to(tl.float32)                                             # [BLOCK_N, BLOCK_D]
-        v = v.to(tl.float32)
+    # to the query's dtype: widens an fp8 cache (and, under DOT_UPCAST, bf16 to fp32)
+    k = k.to(q.dtype)                                                # [BLOCK_N, BLOCK_D]
+    v = v.to(q.dtype)
 
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
     if MASKED:

@@ -1,7 +1,9 @@
 """KV-cache write by slot: the new keys and values of a step go into their paged cache slots.
 
     k, v          [T, num_kv_heads, head_dim]     this step's keys and values (row views allowed)
-    kv_cache      [2, num_blocks, block_size, num_kv_heads, head_dim]   0 = keys, 1 = values
+    kv_cache      [2, num_blocks, block_size, num_kv_heads, head_dim]   0 = keys, 1 = values;
+                  the model's dtype, or fp8 (e4m3fn / e5m2: kv_cache_dtype='fp8*'), where
+                  values are stored unscaled and saturate at the format's largest finite value
     slot_mapping  [T] int64 = block_id * block_size + offset; a slot < 0 skips the token
                   (padding rows of a CUDA-graph batch)
 
@@ -15,7 +17,25 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.utils import next_power_of_2
+from kernels.utils import fp8_max, is_interpreter, next_power_of_2
+
+
+@triton.jit
+def _round_to_fp8_grid(x, MANT_BITS: tl.constexpr, MIN_EXP: tl.constexpr):
+    """x (fp32, already saturated) rounded half-to-even onto the fp8 format's grid, in fp32.
+
+    Only the interpreter runs this: its fp32 -> fp8 cast rounds ties away from zero and drops
+    the carry into the exponent (0.484 -> 0.25), where the GPU's cast rounds correctly; values
+    already on the grid convert exactly, so the cast that follows is exact."""
+    bits = x.to(tl.int32, bitcast=True)
+    exp = tl.maximum(((bits >> 23) & 0xFF) - 127, MIN_EXP)    # subnormals share MIN_EXP's ulp
+    ulp = tl.exp2((exp - MANT_BITS).to(tl.float32))
+    q = tl.abs(x) / ulp                                        # exact: ulp is a power of two
+    r = tl.floor(q)
+    frac = q - r
+    odd = (r.to(tl.int32) % 2) == 1
+    r = tl.where((frac > 0.5) | ((frac == 0.5) & odd), r + 1.0, r)
+    return tl.where(x < 0, -r * ulp, r * ulp)
 
 
 @triton.jit
@@ -27,6 +47,10 @@ def reshape_and_cache_kernel(
     BLOCK_SIZE: tl.constexpr,   # tokens per cache block
     BLOCK_H: tl.constexpr,      # num_kv_heads padded to a power of two
     BLOCK_D: tl.constexpr,      # head_dim padded to a power of two
+    FP8_MAX: tl.constexpr,      # > 0: the cache is fp8 and values saturate at +-FP8_MAX
+    FP8_ROUND: tl.constexpr,    # interpreter only: round onto the fp8 grid before the cast
+    FP8_MANT_BITS: tl.constexpr,
+    FP8_MIN_EXP: tl.constexpr,
 ):
     tok = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_mapping_ptr + tok).to(tl.int64)
@@ -40,6 +64,13 @@ def reshape_and_cache_kernel(
                 mask=mask)                                               # [BLOCK_H, BLOCK_D]
     v = tl.load(v_ptr + tok * stride_v_tok + heads[:, None] * stride_v_head + dims[None, :],
                 mask=mask)
+
+    if FP8_MAX > 0:
+        k = tl.minimum(tl.maximum(k.to(tl.float32), -FP8_MAX), FP8_MAX)
+        v = tl.minimum(tl.maximum(v.to(tl.float32), -FP8_MAX), FP8_MAX)
+        if FP8_ROUND:
+            k = _round_to_fp8_grid(k, FP8_MANT_BITS, FP8_MIN_EXP)
+            v = _round_to_fp8_grid(v, FP8_MANT_BITS, FP8_MIN_EXP)
 
     block_id = slot // BLOCK_SIZE
     offset = slot % BLOCK_SIZE
@@ -74,6 +105,10 @@ def reshape_and_cache(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
         BLOCK_SIZE=block_size,
         BLOCK_H=next_power_of_2(num_kv_heads),
         BLOCK_D=next_power_of_2(head_dim),
+        FP8_MAX=fp8_max(kv_cache.dtype),
+        FP8_ROUND=is_interpreter() and fp8_max(kv_cache.dtype) > 0,
+        FP8_MANT_BITS=2 if kv_cache.dtype == torch.float8_e5m2 else 3,
+        FP8_MIN_EXP=-14 if kv_cache.dtype == torch.float8_e5m2 else -6,
         num_warps=4,
     )
 
@@ -85,5 +120,9 @@ def reshape_and_cache_ref(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tens
     slots = slot_mapping[:k.shape[0]]
     keep = slots >= 0                                                    # [T] bool
     flat = (num_blocks * block_size, num_kv_heads, head_dim)
-    kv_cache[0].view(flat)[slots[keep]] = k[keep].to(kv_cache.dtype)
-    kv_cache[1].view(flat)[slots[keep]] = v[keep].to(kv_cache.dtype)
+    k, v = k[keep], v[keep]
+    limit = fp8_max(kv_cache.dtype)
+    if limit:                                     # fp8 cache: saturate as the kernel does
+        k, v = k.float().clamp(-limit, limit), v.float().clamp(-limit, limit)
+    kv_cache[0].view(flat)[slots[keep]] = k.to(kv_cache.dtype)
+    kv_cache[1].view(flat)[slots[keep]] = v.to(kv_cache.dtype)

@@ -47,6 +47,13 @@ def dot_upcast(dtype: torch.dtype) -> bool:
     return is_interpreter() and dtype == torch.bfloat16
 
 
+def fp8_max(dtype: torch.dtype) -> float:
+    """The largest finite value of an fp8 cache dtype (values saturate there); 0.0 otherwise."""
+    if dtype.itemsize == 1 and dtype.is_floating_point:
+        return float(torch.finfo(dtype).max)
+    return 0.0
+
+
 def next_power_of_2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
 

@@ -54,7 +54,7 @@ def _bench_args(cfg: RunConfig) -> argparse.Namespace:
         kernel_backend=e.kernel_backend, enforce_eager=bool(e.enforce_eager),
         tensor_parallel_size=e.tensor_parallel_size,
         disable_async_output_proc=bool(e.disable_async_output_proc),
-        async_scheduling=bool(e.async_scheduling),
+        async_scheduling=bool(e.async_scheduling), kv_cache_dtype=e.kv_cache_dtype,
         disable_custom_all_reduce=bool(e.disable_custom_all_reduce),
         distributed_timeout_s=e.distributed_timeout_s,
         compare_eager=b.compare_eager, hf_num_prompts=b.hf_num_prompts,

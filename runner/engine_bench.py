@@ -234,6 +234,7 @@ def build_llm(folder: str, args, enforce_eager: bool):
               tensor_parallel_size=getattr(args, "tensor_parallel_size", 1),
               disable_async_output_proc=getattr(args, "disable_async_output_proc", False),
               async_scheduling=getattr(args, "async_scheduling", True),
+              kv_cache_dtype=getattr(args, "kv_cache_dtype", "auto"),
               disable_custom_all_reduce=getattr(args, "disable_custom_all_reduce", False),
               distributed_timeout_s=getattr(args, "distributed_timeout_s", 600.0))
     if args.max_num_batched_tokens:
@@ -248,7 +249,7 @@ def build_llm(folder: str, args, enforce_eager: bool):
 def engine_facts(llm) -> dict:
     stats = llm.llm_engine.get_stats()
     facts = {k: stats[k] for k in ("num_gpu_blocks", "block_size", "kv_cache_token_capacity",
-                                   "kv_cache_bytes", "kernel_backend", "cuda_graph_steps",
+                                   "kv_cache_bytes", "kv_cache_dtype", "kernel_backend", "cuda_graph_steps",
                                    "num_preemptions", "model_load_seconds", "num_steps",
                                    "schedule_s", "execute_s", "process_s", "output_proc_s",
                                    "prepare_s", "forward_s", "sample_s")}
@@ -381,6 +382,9 @@ def parse_args(argv: Optional[list] = None):
     ap.add_argument("--max-num-batched-tokens", type=int, default=None)
     ap.add_argument("--max-model-len", type=int, default=None)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    ap.add_argument("--kv-cache-dtype", default="auto",
+                    choices=["auto", "fp8", "fp8_e4m3", "fp8_e5m2"],
+                    help="auto: the model's dtype; fp8: one byte per entry (twice the tokens)")
     ap.add_argument("--kernel-backend", default=None, choices=["auto", "triton", "torch"])
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--disable-async-output-proc", action="store_true",

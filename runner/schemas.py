@@ -75,6 +75,7 @@ class EngineConfig:
     num_gpu_blocks_override: Optional[int] = None
     enable_chunked_prefill: Optional[bool] = None
     enable_prefix_caching: bool = False
+    kv_cache_dtype: str = "auto"  # auto (the model's dtype) | fp8 | fp8_e4m3 | fp8_e5m2
     kernel_backend: str = "auto"  # auto (Triton on CUDA) | triton | torch (reference ops)
     distributed_timeout_s: float = 600.0  # tensor parallelism: a hung worker's error after this
     # engine=remote: evaluate against an OpenAI-compatible server instead of a local LLM

@@ -9,11 +9,6 @@
 #                                       latency tp=1 and tp=2, on and off; 13B throughput tp=2
 # Each benchmark's log goes to $OUT/<name>.log (benchmark.json under outputs/bench as usual).
 source "$(dirname "$0")/device_env.sh"
-run() {  # name timeout args...
-  local name=$1 t=$2; shift 2
-  timeout "$t" $B "$@" > "$OUT/$name.log" 2>&1
-  echo "== $name (rc $?)"; show "$OUT/$name.log"
-}
 if [ "$1" = h100 ]; then
   timeout 200 python3 -m pytest -q -x -p no:cacheprovider -m gpu tests/engine/test_gpu_path.py \
       2>&1 | tee "$OUT/tests_gpu.log" | tail -8

@@ -5,7 +5,9 @@ where each sequence's query tokens start (`query_start_loc`), how long its conte
 step (`seq_lens`), which cache blocks hold its keys and values (`block_tables`) and into which
 cache slot each new token's key and value go (`slot_mapping`).
 
-The torch backend writes the new keys and values by slot, then attends each query token to its
+The cache holds the model's dtype or, with kv_cache_dtype='fp8' / 'fp8_e4m3' / 'fp8_e5m2', one
+byte per entry (stored unscaled, saturating; read back widened to the query's dtype). The torch
+backend writes the new keys and values by slot, then attends each query token to its
 sequence's cached context: decode tokens (one query each) in one batched, masked pass; prefill
 chunks (several queries, causal with an offset for the cached prefix) one sequence at a time.
 It is the reference the Triton kernels are compared with, and it runs on CPU.
@@ -44,10 +46,21 @@ class AttentionMetadata:
 
 def write_kv_cache_ref(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
                        slot_mapping: torch.Tensor) -> None:
-    """k, v [T, Hk, D] -> kv_cache [2, num_blocks, block_size, Hk, D] at flat slots."""
+    """k, v [T, Hk, D] -> kv_cache [2, num_blocks, block_size, Hk, D] at flat slots (an fp8
+    cache saturates as the Triton kernel does)."""
     num_blocks, block_size, hk, d = kv_cache.shape[1:]
-    kv_cache[0].view(num_blocks * block_size, hk, d)[slot_mapping] = k
-    kv_cache[1].view(num_blocks * block_size, hk, d)[slot_mapping] = v
+    kv_cache[0].view(num_blocks * block_size, hk, d)[slot_mapping] = to_cache_dtype(
+        k, kv_cache.dtype)
+    kv_cache[1].view(num_blocks * block_size, hk, d)[slot_mapping] = to_cache_dtype(
+        v, kv_cache.dtype)
+
+
+def to_cache_dtype(x: torch.Tensor, cache_dtype: torch.dtype) -> torch.Tensor:
+    """x in the cache's dtype; into fp8 through fp32, saturating at its largest finite value."""
+    if cache_dtype.itemsize == 1:
+        limit = torch.finfo(cache_dtype).max
+        x = x.float().clamp(-limit, limit)
+    return x.to(cache_dtype)
 
 
 def _gather_context(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
@@ -91,8 +104,8 @@ def paged_attention_ref(q: torch.Tensor, kv_cache: torch.Tensor, meta: Attention
         start, end = qs[b], qs[b + 1]
         qlen, ctx = end - start, meta.seq_lens[b]
         table = meta.block_tables[b].long()
-        k = _gather_context(k_cache, table, ctx)                         # [ctx, Hk, D]
-        v = _gather_context(v_cache, table, ctx)
+        k = _gather_context(k_cache, table, ctx).to(q.dtype)             # [ctx, Hk, D]
+        v = _gather_context(v_cache, table, ctx).to(q.dtype)
         k = k.repeat_interleave(group, dim=1).transpose(0, 1)            # [Hq, ctx, D]
         v = v.repeat_interleave(group, dim=1).transpose(0, 1)
         qpos = torch.arange(ctx - qlen, ctx, device=q.device).view(-1, 1)

@@ -26,6 +26,10 @@ _STR_TO_DTYPE = {
 }
 _LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy", "gguf")
 _DEVICES = ("auto", "cpu", "cuda")
+# kv_cache_dtype -> the cache tensor's dtype (None: the model's). fp8 entries are stored unscaled
+# (vLLM's default k_scale = v_scale = 1.0), saturating at the format's largest finite value.
+_KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn,
+                    "fp8_e5m2": torch.float8_e5m2}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
@@ -61,6 +65,8 @@ class CacheConfig:
     num_gpu_blocks_override: Optional[int]
     enable_prefix_caching: bool
     num_gpu_blocks: Optional[int] = None   # set by the model runner after sizing
+    cache_dtype: Optional[torch.dtype] = None   # the KV cache's dtype (None: the model's)
+    kv_cache_dtype: str = "auto"                # as the user gave it
 
 
 @dataclass
@@ -168,9 +174,6 @@ class EngineArgs:
         if self.cpu_offload_gb:
             raise NotImplementedError(
                 f"cpu_offload_gb={self.cpu_offload_gb} is not supported yet; use 0.")
-        if self.kv_cache_dtype != "auto":
-            raise NotImplementedError(
-                f"kv_cache_dtype={self.kv_cache_dtype!r} is not supported yet; use 'auto'.")
         if self.enable_prefix_caching:
             raise NotImplementedError(
                 "enable_prefix_caching=True is not supported yet; use False.")
@@ -204,6 +207,9 @@ class EngineArgs:
                 "auto", *_STR_TO_DTYPE):
             raise ValueError(f"dtype must be one of ['auto', 'half', 'float16', 'bfloat16', "
                              f"'float', 'float32'], got {self.dtype!r}.")
+        if self.kv_cache_dtype not in _KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {list(_KV_CACHE_DTYPES)}, got "
+                             f"{self.kv_cache_dtype!r}.")
         if self.kernel_backend not in ("auto", "triton", "torch"):
             raise ValueError(f"kernel_backend must be one of ['auto', 'triton', 'torch'], got "
                              f"{self.kernel_backend!r}.")
@@ -261,12 +267,15 @@ class EngineArgs:
             logger.info("max_num_batched_tokens=%d < max_num_seqs=%d: at most %d sequences "
                         "decode per step.", max_batched, self.max_num_seqs, max_batched)
         enforce_eager = bool(self.enforce_eager) if self.enforce_eager is not None else False
+        kernel_backend = self._resolve_kernel_backend(device)
+        cache_dtype = self._resolve_cache_dtype(dtype, device, kernel_backend)
         return EngineConfig(
             model_config=model_config,
             cache_config=CacheConfig(
                 block_size=self.block_size, gpu_memory_utilization=self.gpu_memory_utilization,
                 swap_space=self.swap_space, num_gpu_blocks_override=self.num_gpu_blocks_override,
-                enable_prefix_caching=self.enable_prefix_caching),
+                enable_prefix_caching=self.enable_prefix_caching, cache_dtype=cache_dtype,
+                kv_cache_dtype=self.kv_cache_dtype),
             scheduler_config=SchedulerConfig(
                 max_num_batched_tokens=max_batched, max_num_seqs=self.max_num_seqs,
                 max_model_len=max_model_len, enable_chunked_prefill=chunked),
@@ -277,7 +286,20 @@ class EngineArgs:
             enforce_eager=enforce_eager, max_seq_len_to_capture=self.max_seq_len_to_capture,
             disable_async_output_proc=self.disable_async_output_proc,
             async_scheduling=self.async_scheduling,
-            kernel_backend=self._resolve_kernel_backend(device))
+            kernel_backend=kernel_backend)
+
+    def _resolve_cache_dtype(self, dtype: torch.dtype, device: torch.device,
+                             kernel_backend: str) -> torch.dtype:
+        cache_dtype = _KV_CACHE_DTYPES[self.kv_cache_dtype] or dtype
+        if cache_dtype.itemsize == 1 and device.type == "cuda" and kernel_backend == "triton":
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            capability = torch.cuda.get_device_capability(index)
+            if capability < (8, 9):
+                raise ValueError(
+                    f"kv_cache_dtype={self.kv_cache_dtype!r} needs a GPU with fp8 support "
+                    f"(compute capability 8.9 or newer: Ada, Hopper); this one has "
+                    f"{capability[0]}.{capability[1]}. Use kv_cache_dtype='auto'.")
+        return cache_dtype
 
     def _resolve_kernel_backend(self, device: torch.device) -> str:
         if self.kernel_backend == "torch" or (self.kernel_backend == "auto"

@@ -56,6 +56,10 @@ class LLM:
         self.llm_engine: Optional[LLMEngine] = None
         self.pooling_runner: Optional[PoolingRunner] = None
         if is_embedding_model(config.model_config.hf_config):
+            if config.cache_config.kv_cache_dtype != "auto":
+                raise ValueError(
+                    f"kv_cache_dtype={config.cache_config.kv_cache_dtype!r}: embedding models "
+                    "keep no KV cache; use kv_cache_dtype='auto'.")
             self.pooling_runner = PoolingRunner(config)
         else:
             self.llm_engine = LLMEngine(config)

@@ -541,6 +541,7 @@ class LLMEngine:
             "block_size": bs,
             "kv_cache_token_capacity": self.model_runner.num_blocks * bs,
             "kv_cache_bytes": self.model_runner.num_blocks * self.model_runner.block_bytes,
+            "kv_cache_dtype": self.cache_config.kv_cache_dtype,
             "model_load_seconds": round(self.model_runner.load_seconds, 3),
             "device": str(self.device_config.device),
             "dtype": str(self.model_config.dtype).replace("torch.", ""),

@@ -70,6 +70,8 @@ class Worker:
         self.num_kv_heads = self.model.num_kv_heads
         self.head_dim = self.model.head_dim
         self.dtype = config.model_config.dtype
+        # kv_cache_dtype: fp8 caches hold 1-byte entries (twice the tokens in the same memory)
+        self.cache_dtype = config.cache_config.cache_dtype or self.dtype
         num_blocks = self._determine_num_blocks()
         self.num_blocks = tp.min_int(num_blocks) if tp else num_blocks
         max_len = config.scheduler_config.max_model_len
@@ -84,11 +86,12 @@ class Worker:
         # memset took seconds at start-up), and attention masks every unwritten slot
         alloc = torch.empty if self.device.type == "cpu" else torch.zeros
         self.kv_caches = [alloc(2, self.num_blocks, self.block_size, self.num_kv_heads,
-                                self.head_dim, dtype=self.dtype, device=self.device)
+                                self.head_dim, dtype=self.cache_dtype, device=self.device)
                           for _ in range(self.num_layers)]
         if rank == 0:
-            logger.info("KV cache: %d blocks x %d tokens = %d tokens (%.1f MiB per rank)",
-                        self.num_blocks, self.block_size, self.num_blocks * self.block_size,
+            logger.info("KV cache (%s): %d blocks x %d tokens = %d tokens (%.1f MiB per rank)",
+                        str(self.cache_dtype).replace("torch.", ""), self.num_blocks,
+                        self.block_size, self.num_blocks * self.block_size,
                         self.num_blocks * self.block_bytes / 2**20)
         sched = config.scheduler_config
         self.inputs = InputBuilder(self.block_size, self.device, sched.max_num_batched_tokens,
@@ -121,7 +124,7 @@ class Worker:
     @property
     def block_bytes(self) -> int:
         return (2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim
-                * torch.empty((), dtype=self.dtype).element_size())
+                * self.cache_dtype.itemsize)
 
     def _determine_num_blocks(self) -> int:
         cache = self.config.cache_config
@@ -143,7 +146,7 @@ class Worker:
         num_seqs = cdiv(num_tokens, seq_len)
         tmp_blocks = num_seqs * cdiv(seq_len, self.block_size)
         tmp_caches = [torch.zeros(2, tmp_blocks, self.block_size, self.num_kv_heads,
-                                  self.head_dim, dtype=self.dtype, device=self.device)
+                                  self.head_dim, dtype=self.cache_dtype, device=self.device)
                       for _ in range(self.num_layers)]
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -240,7 +243,9 @@ class Worker:
             # block and a source a still-shared one, so no copy reads another's destination.
             src, dst = numpy_to_device(step.blocks_to_copy.T, self.device).unbind(0)
             for cache in self.kv_caches:
-                cache[:, dst] = cache[:, src]
+                # on the raw bytes: indexed copies are not defined for every dtype (fp8)
+                raw = cache.view(torch.uint8)
+                raw[:, dst] = raw[:, src]
         t0 = time.perf_counter()
         input_ids, positions, meta = self.inputs.load(step.num_tokens, step.num_seqs,
                                                       step.width)

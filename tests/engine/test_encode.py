@@ -187,3 +187,8 @@ def test_tiny_random_bert_cls_default_equals_hf(tmp_path):
         with torch.no_grad():
             cls = ref(torch.tensor([p])).last_hidden_state[0, 0]
         torch.testing.assert_close(emb, F.normalize(cls, dim=-1), atol=1e-5, rtol=0)
+
+
+def test_fp8_kv_cache_is_refused_for_an_embedding_model(minilm_path):
+    with pytest.raises(ValueError, match="embedding models keep no KV cache"):
+        LLM(minilm_path, kv_cache_dtype="fp8")

@@ -8,6 +8,7 @@ from runner.engine.attention import AttentionMetadata
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+FP8_DTYPES = [torch.float8_e4m3fn, torch.float8_e5m2]     # kv_cache_dtype='fp8*' caches
 
 # (atol, rtol) per dtype. bf16 allows ~2 ulps: besides the rounding of P before PV, Triton's
 # CPU interpreter truncates fp32 -> bf16 where the GPU rounds to nearest even.
@@ -26,7 +27,7 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: dict, dtype:
 
 def make_kv_cache(num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int,
                   dtype: torch.dtype, gen: torch.Generator) -> torch.Tensor:
-    """[2, num_blocks, block_size, Hk, D] random keys and values."""
+    """[2, num_blocks, block_size, Hk, D] random keys and values (dtype may be an fp8 type)."""
     cache = torch.randn(2, num_blocks, block_size, num_kv_heads, head_dim, generator=gen)
     return cache.to(dtype=dtype, device=DEVICE)
 

@@ -13,15 +13,17 @@ import torch
 from kernels.paged_decode_attention import paged_decode_attention, paged_decode_attention_ref
 from kernels.utils import pick_num_splits
 from runner.engine.attention import paged_attention_ref
-from tests.kernels.paged_utils import (ATTN_TOL, DEVICE, DTYPES, assert_close,
+from tests.kernels.paged_utils import (ATTN_TOL, DEVICE, DTYPES, FP8_DTYPES, assert_close,
                                        make_block_tables, make_kv_cache, runner_decode_meta)
 
 
 def _run_case(dtype, num_heads, num_kv_heads, head_dim, block_size, seq_lens, num_splits,
-              sliding_window=None, seed=0, max_seq_len=None, check_runner=True):
+              sliding_window=None, seed=0, max_seq_len=None, check_runner=True,
+              cache_dtype=None):
     gen = torch.Generator().manual_seed(seed)
     tables, num_blocks = make_block_tables(seq_lens, block_size, gen)
-    cache = make_kv_cache(num_blocks, block_size, num_kv_heads, head_dim, dtype, gen)
+    cache = make_kv_cache(num_blocks, block_size, num_kv_heads, head_dim, cache_dtype or dtype,
+                          gen)
     q = torch.randn(len(seq_lens), num_heads, head_dim, generator=gen).to(DEVICE, dtype)
     lens = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
     scale = head_dim ** -0.5
@@ -58,6 +60,14 @@ def test_decode_head_dim_128_block_32(dtype):
 def test_decode_sliding_window(dtype, num_splits):
     # window 10 cuts inside a tile and across a block boundary; the short row is all visible
     _run_case(dtype, 4, 2, 64, 8, [5, 40, 23], num_splits, sliding_window=10)
+
+
+@pytest.mark.parametrize("cache_dtype", FP8_DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_decode_over_fp8_cache(dtype, cache_dtype):
+    # kv_cache_dtype='fp8*': the kernel widens each K/V tile to the query's dtype; the
+    # references widen the same stored bytes to fp32, so the tolerance is the query dtype's
+    _run_case(dtype, 8, 2, 64, 8, [1, 29, 70], 2, cache_dtype=cache_dtype)
 
 
 def test_decode_long_context_many_splits():
@@ -111,6 +121,14 @@ def test_decode_strided_query_and_int64_tables():
 def test_decode_gpu_llama3_8b_heads(dtype, num_splits, sliding_window):
     seq_lens = [1, 15, 16, 17, 255, 1000, 3001, 4097]
     _run_case(dtype, 32, 8, 128, 16, seq_lens, num_splits, sliding_window=sliding_window)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cache_dtype", FP8_DTYPES, ids=str)
+@pytest.mark.parametrize("num_splits", [None, 1])
+def test_decode_gpu_fp8_cache(cache_dtype, num_splits):
+    _run_case(torch.bfloat16, 40, 40, 128, 16, [1, 17, 255, 1000, 3001], num_splits,
+              cache_dtype=cache_dtype)
 
 
 @pytest.mark.gpu

@@ -14,7 +14,7 @@ import torch
 from kernels.prefill_attention import prefill_attention, prefill_attention_ref
 from kernels.reshape_and_cache import reshape_and_cache
 from runner.engine.attention import Attention, paged_attention_ref
-from tests.kernels.paged_utils import (ATTN_TOL, DEVICE, DTYPES, assert_close,
+from tests.kernels.paged_utils import (ATTN_TOL, DEVICE, DTYPES, FP8_DTYPES, assert_close,
                                        make_block_tables, make_kv_cache, runner_prefill_meta)
 
 
@@ -27,10 +27,10 @@ def _batch(query_lens, prefix_lens, block_size, num_kv_heads, head_dim, dtype, g
 
 
 def _run_case(dtype, num_heads, num_kv_heads, head_dim, block_size, query_lens, prefix_lens,
-              sliding_window=None, seed=0, check_runner=True):
+              sliding_window=None, seed=0, check_runner=True, cache_dtype=None):
     gen = torch.Generator().manual_seed(seed)
     seq_lens, tables, cache, qsl = _batch(query_lens, prefix_lens, block_size, num_kv_heads,
-                                          head_dim, dtype, gen)
+                                          head_dim, cache_dtype or dtype, gen)
     q = torch.randn(sum(query_lens), num_heads, head_dim, generator=gen).to(DEVICE, dtype)
     lens = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
     scale = head_dim ** -0.5
@@ -69,18 +69,27 @@ def test_prefill_sliding_window(dtype, window):
     _run_case(dtype, 4, 2, 64, 8, [17, 30], [25, 2], sliding_window=window)
 
 
+@pytest.mark.parametrize("cache_dtype", FP8_DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_prefill_over_fp8_cache(dtype, cache_dtype):
+    _run_case(dtype, 4, 2, 64, 8, QUERY_LENS, PREFIX_LENS, cache_dtype=cache_dtype)
+
+
 def test_prefill_head_dim_not_power_of_two():
     # head_dim 80 (e.g. some Phi/StableLM shapes): the padded feature lanes must stay masked
     _run_case(torch.float16, 4, 2, 80, 16, [9, 20], [3, 0], check_runner=False)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-def test_prefill_after_cache_write_matches_engine_attention(dtype):
+@pytest.mark.parametrize("dtype,cache_dtype", [
+    (torch.float32, None), (torch.float16, None), (torch.bfloat16, torch.float8_e4m3fn)],
+    ids=["fp32", "fp16", "bf16-fp8"])
+def test_prefill_after_cache_write_matches_engine_attention(dtype, cache_dtype):
     """The engine's order: write the chunk's k/v by slot, then attend; compared with the torch
     Attention layer doing both itself on a copy of the same cache."""
     gen = torch.Generator().manual_seed(5)
     query_lens, prefix_lens, block_size, hq, hk, d = [6, 11], [9, 0], 8, 4, 2, 64
-    seq_lens, tables, cache, qsl = _batch(query_lens, prefix_lens, block_size, hk, d, dtype, gen)
+    seq_lens, tables, cache, qsl = _batch(query_lens, prefix_lens, block_size, hk, d,
+                                          cache_dtype or dtype, gen)
     slots = []
     for b, (ql, sl) in enumerate(zip(query_lens, seq_lens)):
         for pos in range(sl - ql, sl):
@@ -100,7 +109,7 @@ def test_prefill_after_cache_write_matches_engine_attention(dtype):
     meta.slot_mapping = slot_mapping
     layer = Attention(hq, d, d ** -0.5, hk)
     expected = layer(q.view(t, -1), k.view(t, -1), v.view(t, -1), engine_cache, meta)
-    assert torch.equal(cache, engine_cache)
+    assert torch.equal(cache.view(torch.uint8), engine_cache.view(torch.uint8))
     assert_close(out.view(t, -1), expected, ATTN_TOL, dtype, loosen=2.0)
 
 
@@ -121,3 +130,10 @@ def test_prefill_gpu_llama3_8b_heads(dtype, sliding_window):
 def test_prefill_gpu_shapes(num_heads, num_kv_heads, head_dim, block_size):
     _run_case(torch.bfloat16, num_heads, num_kv_heads, head_dim, block_size,
               [512, 77, 2048], [0, 300, 512], check_runner=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cache_dtype", FP8_DTYPES, ids=str)
+def test_prefill_gpu_fp8_cache(cache_dtype):
+    _run_case(torch.bfloat16, 40, 40, 128, 16, [512, 77, 2048, 1], [0, 300, 512, 999],
+              cache_dtype=cache_dtype)

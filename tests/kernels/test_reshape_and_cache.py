@@ -8,7 +8,7 @@ import torch
 
 from kernels.reshape_and_cache import reshape_and_cache, reshape_and_cache_ref
 from runner.engine.attention import write_kv_cache_ref
-from tests.kernels.paged_utils import DEVICE, DTYPES
+from tests.kernels.paged_utils import DEVICE, DTYPES, FP8_DTYPES
 
 
 def _case(dtype, num_tokens, num_kv_heads, head_dim, block_size, num_blocks, num_padding, seed):
@@ -36,6 +36,45 @@ def test_reshape_and_cache_matches_refs(dtype, block_size):
     keep = slots >= 0
     write_kv_cache_ref(k[keep], v[keep], engine, slots[keep])
     assert torch.equal(cache, engine)
+
+
+@pytest.mark.parametrize("cache_dtype", FP8_DTYPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_fp8_cache_rounds_and_saturates(dtype, cache_dtype):
+    """kv_cache_dtype='fp8*': values are stored unscaled, rounded to nearest, and saturate at
+    the format's largest finite value instead of becoming NaN; padding slots stay untouched."""
+    cache, slots, k, v = _case(dtype, 13, 3, 64, 8, 7, 3, 4)
+    cache = cache.to(cache_dtype)
+    biggest = torch.finfo(cache_dtype).max
+    big = min(2 * biggest, torch.finfo(dtype).max)
+    k[0, 0, :4] = torch.tensor([big, -big, 1.5, -0.25], dtype=dtype)
+    v[1, 1, :2] = torch.tensor([-big, 3.0], dtype=dtype)
+    expected = cache.clone()
+    reshape_and_cache_ref(k, v, expected, slots)
+    reshape_and_cache(k, v, cache, slots)
+    raw = cache.view(torch.uint8)
+    assert torch.equal(raw, expected.view(torch.uint8))
+
+    engine = torch.zeros_like(cache)
+    keep = slots >= 0
+    engine.view(torch.uint8).copy_(raw)
+    write_kv_cache_ref(k[keep], v[keep], engine, slots[keep])
+    assert torch.equal(engine.view(torch.uint8), raw)
+
+    # hand-checked values: what was written reads back as the clamped, rounded input
+    flat = cache.view(2, -1, 3, 64).float()
+    if int(slots[0]) >= 0:
+        assert flat[0, int(slots[0]), 0, :4].tolist() == [biggest, -biggest, 1.5, -0.25]
+    if int(slots[1]) >= 0:
+        assert flat[1, int(slots[1]), 1, :2].tolist() == [-biggest, 3.0]
+    written = flat[0, slots[keep]]
+    assert torch.isfinite(written).all()
+    want = k[keep].float().clamp(-biggest, biggest)
+    # half an ulp: e4m3 keeps 3 mantissa bits (2^-4 relative), e5m2 2 bits (2^-3); below the
+    # smallest normal the step is fixed (subnormals: 2^-9 for e4m3, 2^-16 for e5m2)
+    e4m3 = cache_dtype == torch.float8_e4m3fn
+    bound = want.abs() * (2 ** -4 if e4m3 else 2 ** -3) + (2 ** -10 if e4m3 else 2 ** -17)
+    assert ((written - want).abs() <= bound).all()
 
 
 def test_padding_slots_leave_cache_untouched():
