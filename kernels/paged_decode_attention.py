@@ -24,8 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.utils import (decode_tile_config, dot_precision, dot_upcast, next_power_of_2,
-                           pick_num_splits)
+from kernels.utils import (decode_tile_config, dot_precision, dot_upcast, fp16_dots,
+                           next_power_of_2, pick_num_splits)
 
 LOG2E = 1.4426950408889634
 
@@ -49,6 +49,7 @@ def paged_decode_attention_kernel(
     USE_SLIDING: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
+    FP16_DOTS: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -75,6 +76,8 @@ def paged_decode_attention_kernel(
                 + dims[None, :], mask=g_mask[:, None] & d_mask[None, :], other=0.0)
     if DOT_UPCAST:
         q = q.to(tl.float32)                                             # [BLOCK_G, BLOCK_D]
+    elif FP16_DOTS:     # fp8 cache, bf16 query (see kernels/utils.py: fp16_dots)
+        q = tl.minimum(tl.maximum(q.to(tl.float32), -65504.0), 65504.0).to(tl.float16)
 
     # a finite floor instead of -inf keeps exp2(m_old - m_new) defined on fully masked tiles
     m_i = tl.full([BLOCK_G], -1.0e30, dtype=tl.float32)
@@ -213,6 +216,7 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
         USE_SLIDING=sliding_window is not None,
         DOT_PRECISION=dot_precision(q.dtype),
         DOT_UPCAST=dot_upcast(q.dtype),
+        FP16_DOTS=fp16_dots(q.dtype, kv_cache.dtype),
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )

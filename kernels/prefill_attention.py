@@ -21,7 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.utils import dot_precision, dot_upcast, next_power_of_2, prefill_tile_config
+from kernels.utils import (dot_precision, dot_upcast, fp16_dots, next_power_of_2,
+                           prefill_tile_config)
 
 LOG2E = 1.4426950408889634
 
@@ -84,6 +85,7 @@ def prefill_attention_kernel(
     USE_SLIDING: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
+    FP16_DOTS: tl.constexpr,
 ):
     seq = tl.program_id(1)
     head = tl.program_id(2)
@@ -107,6 +109,8 @@ def prefill_attention_kernel(
                 mask=io_mask, other=0.0)                                 # [BLOCK_M, BLOCK_D]
     if DOT_UPCAST:
         q = q.to(tl.float32)
+    elif FP16_DOTS:     # fp8 cache, bf16 query (see kernels/utils.py: fp16_dots)
+        q = tl.minimum(tl.maximum(q.to(tl.float32), -65504.0), 65504.0).to(tl.float16)
 
     first_pos = prefix + m_block * BLOCK_M
     kv_hi = prefix + tl.minimum(m_block * BLOCK_M + BLOCK_M, q_len)     # last row's pos + 1
@@ -182,6 +186,7 @@ def prefill_attention(q: torch.Tensor, kv_cache: torch.Tensor, query_start_loc: 
         USE_SLIDING=sliding_window is not None,
         DOT_PRECISION=dot_precision(q.dtype),
         DOT_UPCAST=dot_upcast(q.dtype),
+        FP16_DOTS=fp16_dots(q.dtype, kv_cache.dtype),
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
