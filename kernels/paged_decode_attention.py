@@ -187,7 +187,7 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
     max_kv_len = min(max_seq_len, sliding_window) if sliding_window else max_seq_len
     if num_splits is None:
         num_splits = pick_num_splits(batch, num_kv_heads, max_kv_len, q.device)
-    cfg = decode_tile_config(group, head_dim, q.dtype)
+    cfg = decode_tile_config(group, head_dim, q.dtype, kv_cache.dtype)
     block_d = next_power_of_2(head_dim)
 
     if num_splits > 1:

@@ -31,8 +31,8 @@ orig = pda.decode_tile_config
 for cache_dtype in (torch.bfloat16, torch.float8_e4m3fn):
     cache = torch.randn(2, nb, bs, hk, d, device="cuda").to(cache_dtype)
     nbytes = 2 * B * ctx * hk * d * cache.element_size()
-    for bn, w, st in [(64, 4, 3), (128, 4, 3), (128, 8, 3), (64, 4, 4), (128, 4, 4),
-                      (256, 8, 3), (32, 4, 3)]:
+    for bn, w, st in [(64, 4, 3), (128, 4, 3), (64, 4, 4), (32, 4, 3), (64, 4, 2),
+                      (32, 4, 2), (64, 2, 2), (32, 2, 2), (128, 4, 2), (16, 2, 2)]:
         pda.decode_tile_config = lambda *a, bn=bn, w=w, st=st: TileConfig(16, bn, w, st)
         ms = triton.testing.do_bench(lambda: pda.paged_decode_attention(
             q, cache, tables, lens, 0.088, num_splits=1), return_mode="median")

@@ -1,0 +1,255 @@
+"""GEMV for small M: the linear layers of a decode step, where the weight read is all the cost.
+
+    gemv(x [M, K], weight [N, K], bias [N] | None) -> x @ weight^T + bias   [M, N], x's dtype
+
+M is a decode batch (1..MAX_M rows); the weight is row-major [N, K] (stride(-1) == 1) and is
+read from HBM exactly once, so the kernel is judged by its effective bandwidth
+(weight bytes / time), not by FLOPs.
+
+Grid (cdiv(N, BLOCK_N), SPLIT_K). A program owns BLOCK_N output rows for all M inputs and
+streams [BLOCK_N, BLOCK_K] weight tiles along K (each row contiguous, so loads are coalesced
+16-byte vectors), with the matching [M_PAD, BLOCK_K] tile of x beside it (x is tiny and stays in
+L1/L2). Two inner products, picked per config:
+
+  - FMA (USE_DOT=False): an fp32 accumulator [M_PAD, BLOCK_N, BLOCK_K] takes x * w elementwise
+    and is summed over K once after the loop, so the loop body is loads and FMAs only (no
+    cross-thread reduction per tile).
+  - tensor cores (USE_DOT=True): acc [BLOCK_N, M_PAD] += w @ x^T ("swap AB": the weight rows
+    are the MMA's M side, the padded batch, >= 16, its N side).
+
+Split-K: when N / BLOCK_N programs are too few to keep enough bytes in flight on every SM
+(N = 4096 with K = 14336, say), K is cut into SPLIT_K ranges of whole BLOCK_K tiles; each
+program writes fp32 partial sums to a [SPLIT_K, M, N] workspace and a second small kernel adds
+them in split order (deterministic, unlike atomics), adds the bias and casts.
+
+Rows past N and batch rows past M load clamped (the last valid row) instead of masked, so the
+weight loads carry no mask unless K is not a multiple of BLOCK_K; only the stores are masked.
+Tile configs come from `gemv_config` (shapes, dtype and SM count only: no autotuning, no host
+reads of device values), so a launch is deterministic and CUDA-graph capturable; callers such
+as scripts/bench_gemv.py may pass an explicit `GemvConfig`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from kernels.utils import cdiv, dot_precision, dot_upcast, is_interpreter, next_power_of_2, num_sms
+
+MAX_M = 16          # the kernel's largest batch; larger M is a GEMM (F.linear / cuBLAS)
+MAX_SPLIT_K = 16
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    block_n: int      # output rows (weight rows) per program
+    block_k: int      # K elements per weight tile
+    num_warps: int
+    num_stages: int
+    split_k: int = 1  # K ranges, each its own program; > 1 adds the reduce kernel
+    use_dot: bool = False
+
+
+@triton.jit
+def gemv_kernel(
+    x_ptr, w_ptr, bias_ptr, out_ptr, part_ptr,
+    M, N, K, k_per_split,                       # k_per_split: a multiple of BLOCK_K
+    stride_xm, stride_wn, stride_om,
+    M_PAD: tl.constexpr,                        # next power of two >= M (>= 16 with USE_DOT)
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    EVEN_K: tl.constexpr,                       # K % BLOCK_K == 0: no K mask at all
+    SPLIT: tl.constexpr,                        # write fp32 partials instead of the output
+    HAS_BIAS: tl.constexpr,
+    USE_DOT: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    DOT_UPCAST: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                    # [BLOCK_N]
+    offs_m = tl.arange(0, M_PAD)                                        # [M_PAD]
+    offs_k = tl.arange(0, BLOCK_K)                                      # [BLOCK_K]
+    # clamped rows re-read valid memory; their results are never stored
+    n_ld = tl.minimum(offs_n, N - 1)
+    m_ld = tl.minimum(offs_m, M - 1)
+    w_ptrs = w_ptr + n_ld.to(tl.int64)[:, None] * stride_wn + offs_k[None, :]   # [BLOCK_N, BLOCK_K]
+    x_ptrs = x_ptr + m_ld.to(tl.int64)[:, None] * stride_xm + offs_k[None, :]   # [M_PAD, BLOCK_K]
+
+    k_lo = pid_k * k_per_split
+    k_hi = tl.minimum(k_lo + k_per_split, K)
+    if USE_DOT:
+        acc = tl.zeros([BLOCK_N, M_PAD], dtype=tl.float32)
+    else:
+        acc = tl.zeros([M_PAD, BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for k in range(k_lo, k_hi, BLOCK_K):
+        if EVEN_K:
+            # streamed once: do not let the weight push x (reused by every program) out of L2
+            w = tl.load(w_ptrs + k, eviction_policy="evict_first")
+            x = tl.load(x_ptrs + k, eviction_policy="evict_last")
+        else:
+            k_mask = (k + offs_k) < K
+            w = tl.load(w_ptrs + k, mask=k_mask[None, :], other=0.0,
+                        eviction_policy="evict_first")
+            x = tl.load(x_ptrs + k, mask=k_mask[None, :], other=0.0,
+                        eviction_policy="evict_last")
+        if USE_DOT:
+            if DOT_UPCAST:      # the interpreter's bf16 dot is wrong; fp32 is the same math
+                w = w.to(tl.float32)
+                x = x.to(tl.float32)
+            acc = tl.dot(w, tl.trans(x), acc, input_precision=DOT_PRECISION)
+        else:
+            acc += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
+
+    if USE_DOT:
+        res = tl.trans(acc)                                             # [M_PAD, BLOCK_N]
+    else:
+        res = tl.sum(acc, axis=2)                                       # [M_PAD, BLOCK_N]
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    if SPLIT:
+        part = part_ptr + (pid_k * M + offs_m[:, None]).to(tl.int64) * N + offs_n[None, :]
+        tl.store(part, res, mask=mask)
+    else:
+        if HAS_BIAS:
+            res += tl.load(bias_ptr + n_ld).to(tl.float32)[None, :]
+        out = out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :]
+        tl.store(out, res.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def gemv_split_reduce_kernel(
+    part_ptr, bias_ptr, out_ptr,
+    M, N, split_k, stride_om,
+    BLOCK: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+):
+    """out[m, n] = sum over splits (in split order) of part[s, m, n] + bias[n]."""
+    m = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for s in range(split_k):
+        acc += tl.load(part_ptr + (s * M + m) * N + offs, mask=mask, other=0.0)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + m * stride_om + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def m_pad(m: int, use_dot: bool) -> int:
+    """Padded batch rows of the kernel: a power of two, at least 16 for tl.dot."""
+    return max(16, next_power_of_2(m)) if use_dot else next_power_of_2(m)
+
+
+def pick_split_k(n: int, k: int, block_n: int, block_k: int, sms: int) -> int:
+    """Split K until about 4 programs per SM are running (enough weight bytes in flight to
+    cover HBM latency), keeping at least 4 tiles per split; a power of two (few variants)."""
+    programs = cdiv(n, block_n)
+    target = 4 * sms
+    if programs >= target:
+        return 1
+    split = min(cdiv(target, programs), max(1, k // (4 * block_k)), MAX_SPLIT_K)
+    return 1 << (max(split, 1).bit_length() - 1)
+
+
+def gemv_config(m: int, n: int, k: int, dtype: torch.dtype, sms: int) -> GemvConfig:
+    """Tiles from static shapes only (CUDA-graph safe, deterministic).
+
+    FMA path: about 64 fp32 accumulators per thread (M_PAD * BLOCK_N * BLOCK_K / threads) and
+    BLOCK_K = 256, i.e. one 16-byte bf16 vector per thread and row per tile. 16-bit batches of
+    4 or more rows use tensor cores, whose padded 16-row batch costs nothing on a memory-bound
+    loop. Starting points from reasoning about H100 (132 SMs, 3.35 TB/s peak), to be replaced
+    by the winners of scripts/bench_gemv.py's sweep.
+    """
+    mp = next_power_of_2(m)
+    use_dot = dtype != torch.float32 and mp >= 4
+    if is_interpreter():
+        # small tiles so that the small CPU test shapes cross several tiles and splits
+        block_n, block_k, warps, stages = 16, 32, 4, 1
+    elif use_dot:
+        block_n, block_k, warps, stages = 64, 128, 4, 4
+    else:
+        warps, stages, block_k = 4, 1, 256
+        block_n = max(2, 32 // mp)
+        if mp >= 16:
+            warps = 2       # keep BLOCK_N * BLOCK_K >= the threads' vectors (no duplicate loads)
+    split = pick_split_k(n, k, block_n, block_k, sms)
+    return GemvConfig(block_n, block_k, warps, stages, split, use_dot)
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+         out: Optional[torch.Tensor] = None,
+         config: Optional[GemvConfig] = None) -> torch.Tensor:
+    """x [M, K] (1 <= M <= MAX_M) @ weight[N, K]^T (+ bias [N]) -> [M, N] in x's dtype.
+
+    out: optional preallocated [M, N] buffer (stride(-1) == 1); config: explicit tiles (the
+    benchmark's sweep), else `gemv_config` picks them.
+    """
+    if x.dim() != 2:
+        raise ValueError(f"gemv takes x [M, K], got {tuple(x.shape)}")
+    m, k = x.shape
+    n = weight.shape[0]
+    if m > MAX_M:
+        raise ValueError(f"gemv supports at most MAX_M={MAX_M} rows, got M={m}; "
+                         f"use F.linear for larger batches")
+    if weight.shape != (n, k) or weight.stride(-1) != 1:
+        raise ValueError(f"weight must be row-major [N, K={k}], got {tuple(weight.shape)} "
+                         f"with strides {weight.stride()}")
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16) or weight.dtype != x.dtype:
+        raise ValueError(f"gemv takes fp32/fp16/bf16 x and a weight of the same dtype, got "
+                         f"{x.dtype} and {weight.dtype}")
+    if bias is not None:
+        assert bias.shape == (n,), (bias.shape, n)
+        bias = bias.contiguous()
+    if x.stride(-1) != 1:
+        x = x.contiguous()                                              # [M, K], tiny
+    if out is None:
+        out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    assert out.shape == (m, n) and out.dtype == x.dtype and out.stride(-1) == 1, \
+        (out.shape, out.dtype, out.stride())
+    if m == 0 or n == 0:
+        return out
+    if k == 0:
+        return out.copy_(bias.expand(m, n) if bias is not None else torch.zeros_like(out))
+    cfg = config or gemv_config(m, n, k, x.dtype, num_sms(x.device))
+    split = max(1, min(cfg.split_k, cdiv(k, cfg.block_k)))
+    k_per_split = cdiv(cdiv(k, split), cfg.block_k) * cfg.block_k
+    split = cdiv(k, k_per_split)            # no empty trailing split
+    part = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 \
+        else out                            # unused by the unsplit kernel variant
+    gemv_kernel[(cdiv(n, cfg.block_n), split)](
+        x, weight, bias if bias is not None else out, out, part,
+        m, n, k, k_per_split,
+        x.stride(0), weight.stride(0), out.stride(0),
+        M_PAD=m_pad(m, cfg.use_dot),
+        BLOCK_N=cfg.block_n,
+        BLOCK_K=cfg.block_k,
+        EVEN_K=k % cfg.block_k == 0,
+        SPLIT=split > 1,
+        HAS_BIAS=bias is not None,
+        USE_DOT=cfg.use_dot,
+        DOT_PRECISION=dot_precision(x.dtype),
+        DOT_UPCAST=dot_upcast(x.dtype),
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+    if split > 1:
+        block = min(1024, next_power_of_2(n))
+        gemv_split_reduce_kernel[(m, cdiv(n, block))](
+            part, bias if bias is not None else out, out,
+            m, n, split, out.stride(0),
+            BLOCK=block,
+            HAS_BIAS=bias is not None,
+            num_warps=4,
+        )
+    return out
+
+
+def gemv_ref(x: torch.Tensor, weight: torch.Tensor,
+             bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Pure-torch twin of `gemv`: F.linear in fp32, cast to x's dtype."""
+    y = F.linear(x.float(), weight.float(), None if bias is None else bias.float())
+    return y.to(x.dtype)
