@@ -3,24 +3,26 @@
     gemv(x [M, K], weight [N, K], bias [N] | None) -> x @ weight^T + bias   [M, N], x's dtype
 
 M is a decode batch (1..MAX_M rows); the weight is row-major [N, K] (stride(-1) == 1) and is
-read from HBM exactly once, so the kernel is judged by its effective bandwidth
-(weight bytes / time), not by FLOPs.
+read from HBM exactly once, so the kernels are judged by effective bandwidth (weight bytes /
+time), not FLOPs. Accumulation is fp32.
 
 Grid (cdiv(N, BLOCK_N), SPLIT_K). A program owns BLOCK_N output rows for all M inputs and
-streams [BLOCK_N, BLOCK_K] weight tiles along K (each row contiguous, so loads are coalesced
-16-byte vectors), with the matching [M_PAD, BLOCK_K] tile of x beside it (x is tiny and stays in
-L1/L2). Two inner products, picked per config:
+streams [BLOCK_N, BLOCK_K] weight tiles along K (rows contiguous: coalesced 16-byte loads,
+evict-first so the weight does not push x out of L2), beside the matching slice of x (tiny,
+cache-resident). Two kernels:
 
-  - FMA (USE_DOT=False): an fp32 accumulator [M_PAD, BLOCK_N, BLOCK_K] takes x * w elementwise
-    and is summed over K once after the loop, so the loop body is loads and FMAs only (no
-    cross-thread reduction per tile).
-  - tensor cores (USE_DOT=True): acc [BLOCK_N, M_PAD] += w @ x^T ("swap AB": the weight rows
-    are the MMA's M side, the padded batch, >= 16, its N side).
+  - gemv_fma_kernel (M <= FMA_MAX_M): one [BLOCK_N, BLOCK_K] fp32 accumulator per batch row,
+    updated elementwise (loads and FMAs only in the loop) and summed over K after it. The x
+    rows are loaded as [1, BLOCK_K] with BLOCK_K >= fma_block_k, which gives them the weight
+    tile's register layout: no layout conversion, no shared memory in the loop.
+  - gemv_dot_kernel: acc [BLOCK_N, M_PAD] += w @ x^T on tensor cores ("swap AB": weight rows
+    are the MMA's M side, the batch padded to 16 its N side; the padding is free on a
+    memory-bound loop), tiles pipelined through shared memory over num_stages stages.
 
 Split-K: when N / BLOCK_N programs are too few to keep enough bytes in flight on every SM
 (N = 4096 with K = 14336, say), K is cut into SPLIT_K ranges of whole BLOCK_K tiles; each
-program writes fp32 partial sums to a [SPLIT_K, M, N] workspace and a second small kernel adds
-them in split order (deterministic, unlike atomics), adds the bias and casts.
+program writes fp32 partial sums to a [SPLIT_K, M, N] workspace and gemv_split_reduce_kernel
+adds them in split order (deterministic, unlike atomics), adds the bias and casts.
 
 Rows past N and batch rows past M load clamped (the last valid row) instead of masked, so the
 weight loads carry no mask unless K is not a multiple of BLOCK_K; only the stores are masked.
@@ -40,7 +42,8 @@ import triton.language as tl
 
 from kernels.utils import cdiv, dot_precision, dot_upcast, is_interpreter, next_power_of_2, num_sms
 
-MAX_M = 16          # the kernel's largest batch; larger M is a GEMM (F.linear / cuBLAS)
+MAX_M = 16          # the largest batch; larger M is a GEMM (F.linear / cuBLAS)
+FMA_MAX_M = 4       # the FMA kernel keeps one accumulator tile per batch row
 MAX_SPLIT_K = 16
 
 
@@ -55,26 +58,118 @@ class GemvConfig:
 
 
 @triton.jit
-def gemv_kernel(
+def _load_k(ptrs, k, offs_k, K, EVEN_K: tl.constexpr, POLICY: tl.constexpr):
+    """The tile at ptrs + k, [R, BLOCK_K]; masked on K only where K is not a multiple of
+    BLOCK_K (then only the last tile is partial)."""
+    if EVEN_K:
+        return tl.load(ptrs + k, eviction_policy=POLICY)
+    else:
+        return tl.load(ptrs + k, mask=((k + offs_k) < K)[None, :], other=0.0,
+                       eviction_policy=POLICY)
+
+
+@triton.jit
+def _gemv_epilogue(res, offs_m, offs_n, pid_k, M, N, bias_ptr, out_ptr, part_ptr, stride_om,
+                   SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """res [R, BLOCK_N] fp32 for batch rows offs_m [R]: the output (+ bias), or this split's
+    partial sums."""
+    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+    if SPLIT:
+        part = part_ptr + (pid_k * M + offs_m[:, None]).to(tl.int64) * N + offs_n[None, :]
+        tl.store(part, res, mask=mask)
+    else:
+        if HAS_BIAS:
+            res += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+        out = out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :]
+        tl.store(out, res.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def gemv_fma_kernel(
     x_ptr, w_ptr, bias_ptr, out_ptr, part_ptr,
     M, N, K, k_per_split,                       # k_per_split: a multiple of BLOCK_K
     stride_xm, stride_wn, stride_om,
-    M_PAD: tl.constexpr,                        # next power of two >= M (>= 16 with USE_DOT)
+    M_PAD: tl.constexpr,                        # 1, 2 or 4 (FMA_MAX_M)
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
     EVEN_K: tl.constexpr,                       # K % BLOCK_K == 0: no K mask at all
     SPLIT: tl.constexpr,                        # write fp32 partials instead of the output
     HAS_BIAS: tl.constexpr,
-    USE_DOT: tl.constexpr,
+):
+    """One [BLOCK_N, BLOCK_K] fp32 accumulator per batch row, updated elementwise with w * x
+    and summed over K once after the loop. Each x row is loaded as [1, BLOCK_K]: with
+    BLOCK_K >= 32 * num_warps * (16 bytes of elements) it gets the weight tile's register layout,
+    so the loop needs no layout conversion (a 3-D [M, BLOCK_N, BLOCK_K] product would route the
+    weight tile through shared memory every iteration)."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                    # [BLOCK_N]
+    offs_k = tl.arange(0, BLOCK_K)                                      # [BLOCK_K]
+    # clamped rows re-read valid memory; their results are never stored
+    n_ld = tl.minimum(offs_n, N - 1)
+    w_ptrs = w_ptr + n_ld.to(tl.int64)[:, None] * stride_wn + offs_k[None, :]   # [BLOCK_N, BLOCK_K]
+    x0_ptrs = x_ptr + offs_k[None, :]                                   # [1, BLOCK_K] per row
+    x1_ptrs = x0_ptrs + tl.minimum(1, M - 1).to(tl.int64) * stride_xm
+    x2_ptrs = x0_ptrs + tl.minimum(2, M - 1).to(tl.int64) * stride_xm
+    x3_ptrs = x0_ptrs + tl.minimum(3, M - 1).to(tl.int64) * stride_xm
+
+    k_lo = pid_k * k_per_split
+    k_hi = tl.minimum(k_lo + k_per_split, K)
+    acc0 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    acc1 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    acc2 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    acc3 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    for k in tl.range(k_lo, k_hi, BLOCK_K, num_stages=NUM_STAGES):
+        # streamed once: do not let the weight push x (reused by every program) out of L2
+        w = _load_k(w_ptrs, k, offs_k, K, EVEN_K, "evict_first").to(tl.float32)
+        x0 = _load_k(x0_ptrs, k, offs_k, K, EVEN_K, "evict_last")
+        acc0 += w * x0.to(tl.float32)
+        if M_PAD > 1:
+            x1 = _load_k(x1_ptrs, k, offs_k, K, EVEN_K, "evict_last")
+            acc1 += w * x1.to(tl.float32)
+        if M_PAD > 2:
+            x2 = _load_k(x2_ptrs, k, offs_k, K, EVEN_K, "evict_last")
+            x3 = _load_k(x3_ptrs, k, offs_k, K, EVEN_K, "evict_last")
+            acc2 += w * x2.to(tl.float32)
+            acc3 += w * x3.to(tl.float32)
+
+    row = tl.arange(0, 1)                                               # [1]
+    _gemv_epilogue(tl.sum(acc0, axis=1)[None, :], row, offs_n, pid_k, M, N, bias_ptr, out_ptr,
+                   part_ptr, stride_om, SPLIT, HAS_BIAS)
+    if M_PAD > 1:
+        _gemv_epilogue(tl.sum(acc1, axis=1)[None, :], row + 1, offs_n, pid_k, M, N, bias_ptr,
+                       out_ptr, part_ptr, stride_om, SPLIT, HAS_BIAS)
+    if M_PAD > 2:
+        _gemv_epilogue(tl.sum(acc2, axis=1)[None, :], row + 2, offs_n, pid_k, M, N, bias_ptr,
+                       out_ptr, part_ptr, stride_om, SPLIT, HAS_BIAS)
+        _gemv_epilogue(tl.sum(acc3, axis=1)[None, :], row + 3, offs_n, pid_k, M, N, bias_ptr,
+                       out_ptr, part_ptr, stride_om, SPLIT, HAS_BIAS)
+
+
+@triton.jit
+def gemv_dot_kernel(
+    x_ptr, w_ptr, bias_ptr, out_ptr, part_ptr,
+    M, N, K, k_per_split,                       # k_per_split: a multiple of BLOCK_K
+    stride_xm, stride_wn, stride_om,
+    M_PAD: tl.constexpr,                        # next power of two >= M, at least 16
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    SPLIT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
 ):
+    """acc [BLOCK_N, M_PAD] += w @ x^T on tensor cores ("swap AB": the weight rows are the
+    MMA's M side, the padded batch its N side); the tiles are software-pipelined through shared
+    memory over NUM_STAGES stages."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)                    # [BLOCK_N]
     offs_m = tl.arange(0, M_PAD)                                        # [M_PAD]
     offs_k = tl.arange(0, BLOCK_K)                                      # [BLOCK_K]
-    # clamped rows re-read valid memory; their results are never stored
     n_ld = tl.minimum(offs_n, N - 1)
     m_ld = tl.minimum(offs_m, M - 1)
     w_ptrs = w_ptr + n_ld.to(tl.int64)[:, None] * stride_wn + offs_k[None, :]   # [BLOCK_N, BLOCK_K]
@@ -82,42 +177,17 @@ def gemv_kernel(
 
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(k_lo + k_per_split, K)
-    if USE_DOT:
-        acc = tl.zeros([BLOCK_N, M_PAD], dtype=tl.float32)
-    else:
-        acc = tl.zeros([M_PAD, BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for k in range(k_lo, k_hi, BLOCK_K):
-        if EVEN_K:
-            # streamed once: do not let the weight push x (reused by every program) out of L2
-            w = tl.load(w_ptrs + k, eviction_policy="evict_first")
-            x = tl.load(x_ptrs + k, eviction_policy="evict_last")
-        else:
-            k_mask = (k + offs_k) < K
-            w = tl.load(w_ptrs + k, mask=k_mask[None, :], other=0.0,
-                        eviction_policy="evict_first")
-            x = tl.load(x_ptrs + k, mask=k_mask[None, :], other=0.0,
-                        eviction_policy="evict_last")
-        if USE_DOT:
-            if DOT_UPCAST:      # the interpreter's bf16 dot is wrong; fp32 is the same math
-                w = w.to(tl.float32)
-                x = x.to(tl.float32)
-            acc = tl.dot(w, tl.trans(x), acc, input_precision=DOT_PRECISION)
-        else:
-            acc += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
+    acc = tl.zeros([BLOCK_N, M_PAD], dtype=tl.float32)
+    for k in tl.range(k_lo, k_hi, BLOCK_K, num_stages=NUM_STAGES):
+        w = _load_k(w_ptrs, k, offs_k, K, EVEN_K, "evict_first")            # [BLOCK_N, BLOCK_K]
+        x = _load_k(x_ptrs, k, offs_k, K, EVEN_K, "evict_last")             # [M_PAD, BLOCK_K]
+        if DOT_UPCAST:          # the interpreter's bf16 dot is wrong; fp32 is the same math
+            w = w.to(tl.float32)
+            x = x.to(tl.float32)
+        acc = tl.dot(w, tl.trans(x), acc, input_precision=DOT_PRECISION)
 
-    if USE_DOT:
-        res = tl.trans(acc)                                             # [M_PAD, BLOCK_N]
-    else:
-        res = tl.sum(acc, axis=2)                                       # [M_PAD, BLOCK_N]
-    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
-    if SPLIT:
-        part = part_ptr + (pid_k * M + offs_m[:, None]).to(tl.int64) * N + offs_n[None, :]
-        tl.store(part, res, mask=mask)
-    else:
-        if HAS_BIAS:
-            res += tl.load(bias_ptr + n_ld).to(tl.float32)[None, :]
-        out = out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :]
-        tl.store(out, res.to(out_ptr.dtype.element_ty), mask=mask)
+    _gemv_epilogue(tl.trans(acc), offs_m, offs_n, pid_k, M, N, bias_ptr, out_ptr, part_ptr,
+                   stride_om, SPLIT, HAS_BIAS)
 
 
 @triton.jit
@@ -140,8 +210,14 @@ def gemv_split_reduce_kernel(
 
 
 def m_pad(m: int, use_dot: bool) -> int:
-    """Padded batch rows of the kernel: a power of two, at least 16 for tl.dot."""
+    """Padded batch rows of a kernel: a power of two, at least 16 for tl.dot."""
     return max(16, next_power_of_2(m)) if use_dot else next_power_of_2(m)
+
+
+def fma_block_k(dtype: torch.dtype, num_warps: int) -> int:
+    """The smallest BLOCK_K of the FMA kernel whose x rows share the weight tile's layout:
+    one 16-byte vector per thread across all the warps."""
+    return (16 // dtype.itemsize) * 32 * num_warps
 
 
 def pick_split_k(n: int, k: int, block_n: int, block_k: int, sms: int) -> int:
@@ -158,24 +234,24 @@ def pick_split_k(n: int, k: int, block_n: int, block_k: int, sms: int) -> int:
 def gemv_config(m: int, n: int, k: int, dtype: torch.dtype, sms: int) -> GemvConfig:
     """Tiles from static shapes only (CUDA-graph safe, deterministic).
 
-    FMA path: about 64 fp32 accumulators per thread (M_PAD * BLOCK_N * BLOCK_K / threads) and
-    BLOCK_K = 256, i.e. one 16-byte bf16 vector per thread and row per tile. 16-bit batches of
-    4 or more rows use tensor cores, whose padded 16-row batch costs nothing on a memory-bound
-    loop. Starting points from reasoning about H100 (132 SMs, 3.35 TB/s peak), to be replaced
-    by the winners of scripts/bench_gemv.py's sweep.
+    FMA kernel (M <= 2): 4 warps, BLOCK_K = fma_block_k (1024 for 16-bit types) and BLOCK_N
+    for 64 fp32 accumulators per thread (M_PAD * BLOCK_N * one 16-byte vector's elements).
+    tl.dot kernel (M >= 3): 64 x 128 weight tiles, 4 stages (fp32: smaller, the dot runs on
+    FMA units at IEEE precision). Starting points reasoned for H100 (132 SMs, 3.35 TB/s), to be
+    replaced by the winners of scripts/bench_gemv.py's sweep.
     """
     mp = next_power_of_2(m)
-    use_dot = dtype != torch.float32 and mp >= 4
+    use_dot = mp > 2
     if is_interpreter():
         # small tiles so that the small CPU test shapes cross several tiles and splits
         block_n, block_k, warps, stages = 16, 32, 4, 1
     elif use_dot:
-        block_n, block_k, warps, stages = 64, 128, 4, 4
+        block_n, block_k, warps, stages = (64, 128, 4, 4) if dtype.itemsize == 2 else \
+            (32, 64, 4, 2)
     else:
-        warps, stages, block_k = 4, 1, 256
-        block_n = max(2, 32 // mp)
-        if mp >= 16:
-            warps = 2       # keep BLOCK_N * BLOCK_K >= the threads' vectors (no duplicate loads)
+        warps, stages = 4, 1
+        block_k = fma_block_k(dtype, warps)
+        block_n = 64 // (mp * (16 // dtype.itemsize))
     split = pick_split_k(n, k, block_n, block_k, sms)
     return GemvConfig(block_n, block_k, warps, stages, split, use_dot)
 
@@ -220,22 +296,21 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = N
     split = cdiv(k, k_per_split)            # no empty trailing split
     part = torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 \
         else out                            # unused by the unsplit kernel variant
-    gemv_kernel[(cdiv(n, cfg.block_n), split)](
-        x, weight, bias if bias is not None else out, out, part,
-        m, n, k, k_per_split,
-        x.stride(0), weight.stride(0), out.stride(0),
-        M_PAD=m_pad(m, cfg.use_dot),
-        BLOCK_N=cfg.block_n,
-        BLOCK_K=cfg.block_k,
-        EVEN_K=k % cfg.block_k == 0,
-        SPLIT=split > 1,
-        HAS_BIAS=bias is not None,
-        USE_DOT=cfg.use_dot,
-        DOT_PRECISION=dot_precision(x.dtype),
-        DOT_UPCAST=dot_upcast(x.dtype),
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-    )
+    if not cfg.use_dot and m > FMA_MAX_M:
+        raise ValueError(f"the FMA kernel takes at most {FMA_MAX_M} rows, got M={m}: {cfg}")
+    grid = (cdiv(n, cfg.block_n), split)
+    args = (x, weight, bias if bias is not None else out, out, part,
+            m, n, k, k_per_split,
+            x.stride(0), weight.stride(0), out.stride(0))
+    common = dict(M_PAD=m_pad(m, cfg.use_dot), BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+                  NUM_STAGES=cfg.num_stages, EVEN_K=k % cfg.block_k == 0, SPLIT=split > 1,
+                  HAS_BIAS=bias is not None, num_warps=cfg.num_warps,
+                  num_stages=cfg.num_stages)
+    if cfg.use_dot:
+        gemv_dot_kernel[grid](*args, DOT_PRECISION=dot_precision(x.dtype),
+                              DOT_UPCAST=dot_upcast(x.dtype), **common)
+    else:
+        gemv_fma_kernel[grid](*args, **common)
     if split > 1:
         block = min(1024, next_power_of_2(n))
         gemv_split_reduce_kernel[(m, cdiv(n, block))](

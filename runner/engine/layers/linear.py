@@ -6,6 +6,10 @@ dimension (its partial outputs are summed across ranks by `all_reduce`). `QKVPar
 the checkpoint's separate tensors (q_proj, k_proj, ...) and write each into its slice, reading
 only this rank's shard when given a lazy CheckpointSlice. With tp_size=1 the shard is the whole
 tensor and all_reduce is the identity.
+
+With use_triton, inputs of at most GEMV_MAX_M rows on CUDA (decode steps) go through
+kernels/gemv.py, a weight-streaming GEMV, instead of F.linear; everything else, and every layer
+built without use_triton, stays on F.linear.
 """
 from __future__ import annotations
 
@@ -17,16 +21,34 @@ from torch import nn
 
 from runner.engine.layers.checkpoint import materialize
 
+# rows (flattened leading dims) up to which use_triton layers run kernels/gemv.py on CUDA; the
+# kernel itself takes up to kernels.gemv.MAX_M = 16 (scripts/bench_gemv.py times both sides)
+GEMV_MAX_M = 8
+
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def use_gemv(use_triton: bool, x: torch.Tensor) -> bool:
+    """The small-batch gate: Triton backend, a CUDA input, at most GEMV_MAX_M rows."""
+    return use_triton and x.is_cuda and 0 < x.numel() <= GEMV_MAX_M * x.shape[-1]
+
+
+def gemv_linear(x: torch.Tensor, weight: torch.Tensor,
+                bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """F.linear through kernels/gemv.py: x [..., K] -> [..., N], leading dims flattened."""
+    from kernels.gemv import gemv
+    y = gemv(x.reshape(-1, x.shape[-1]), weight, bias)                 # [M, N]
+    return y.view(*x.shape[:-1], weight.shape[0])
+
+
 class LinearBase(nn.Module):
     def __init__(self, input_size: int, output_size: int, bias: bool, tp_dim: Optional[int],
-                 tp_rank: int = 0, tp_size: int = 1):
+                 tp_rank: int = 0, tp_size: int = 1, use_triton: bool = False):
         super().__init__()
         self.tp_rank, self.tp_size, self.tp_dim = tp_rank, tp_size, tp_dim
+        self.use_triton = use_triton
         self.weight = nn.Parameter(torch.empty(output_size, input_size), requires_grad=False)
         self.weight.weight_loader = self.weight_loader
         if bias:
@@ -47,6 +69,8 @@ class LinearBase(nn.Module):
         _copy_checked(param, loaded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if use_gemv(self.use_triton, x):
+            return gemv_linear(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
 
@@ -65,18 +89,19 @@ class ReplicatedLinear(LinearBase):
 
 class ColumnParallelLinear(LinearBase):
     def __init__(self, input_size: int, output_size: int, bias: bool = False,
-                 tp_rank: int = 0, tp_size: int = 1):
+                 tp_rank: int = 0, tp_size: int = 1, use_triton: bool = False):
         assert output_size % tp_size == 0, (output_size, tp_size)
-        super().__init__(input_size, output_size // tp_size, bias, 0, tp_rank, tp_size)
+        super().__init__(input_size, output_size // tp_size, bias, 0, tp_rank, tp_size,
+                         use_triton)
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
     """Several column-parallel outputs (e.g. gate and up) in one matmul."""
 
     def __init__(self, input_size: int, output_sizes: list[int], bias: bool = False,
-                 tp_rank: int = 0, tp_size: int = 1):
+                 tp_rank: int = 0, tp_size: int = 1, use_triton: bool = False):
         self.output_sizes = output_sizes
-        super().__init__(input_size, sum(output_sizes), bias, tp_rank, tp_size)
+        super().__init__(input_size, sum(output_sizes), bias, tp_rank, tp_size, use_triton)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor,
                       shard_id: Optional[int] = None) -> None:
@@ -91,14 +116,15 @@ class QKVParallelLinear(ColumnParallelLinear):
     """q, k and v projections in one matmul; KV heads are replicated when tp_size exceeds them."""
 
     def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int,
-                 bias: bool = False, tp_rank: int = 0, tp_size: int = 1):
+                 bias: bool = False, tp_rank: int = 0, tp_size: int = 1,
+                 use_triton: bool = False):
         assert num_heads % tp_size == 0, (num_heads, tp_size)
         self.head_dim = head_dim
         self.num_heads = num_heads // tp_size
         self.num_kv_heads = max(1, num_kv_heads // tp_size)
         self.kv_replicas = max(1, tp_size // num_kv_heads)
         out = (self.num_heads + 2 * self.num_kv_heads) * head_dim * tp_size
-        super().__init__(hidden_size, out, bias, tp_rank, tp_size)
+        super().__init__(hidden_size, out, bias, tp_rank, tp_size, use_triton)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor,
                       shard_id: Optional[str] = None) -> None:
@@ -118,16 +144,20 @@ class RowParallelLinear(LinearBase):
 
     def __init__(self, input_size: int, output_size: int, bias: bool = False,
                  tp_rank: int = 0, tp_size: int = 1,
-                 all_reduce: Callable[[torch.Tensor], torch.Tensor] = _identity):
+                 all_reduce: Callable[[torch.Tensor], torch.Tensor] = _identity,
+                 use_triton: bool = False):
         assert input_size % tp_size == 0, (input_size, tp_size)
-        super().__init__(input_size // tp_size, output_size, bias, 1, tp_rank, tp_size)
+        super().__init__(input_size // tp_size, output_size, bias, 1, tp_rank, tp_size,
+                         use_triton)
         self.all_reduce = all_reduce
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor) -> None:
         _copy_checked(param, self._shard(loaded, 1) if param.dim() > 1 else loaded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight)
+        # the bias joins after the all-reduce (once, not once per rank)
+        y = gemv_linear(x, self.weight) if use_gemv(self.use_triton, x) else \
+            F.linear(x, self.weight)
         if self.tp_size > 1:
             y = self.all_reduce(y)
         if self.bias is not None:

@@ -1,4 +1,7 @@
-"""Token embedding and LM head, split over the vocabulary across tensor-parallel ranks."""
+"""Token embedding and LM head, split over the vocabulary across tensor-parallel ranks.
+
+With use_triton the LM head computes the logits of a small batch (at most GEMV_MAX_M rows, on
+CUDA) with kernels/gemv.py, like the linear layers; larger batches use F.linear."""
 from __future__ import annotations
 
 from typing import Callable
@@ -6,6 +9,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from runner.engine.layers.linear import gemv_linear, use_gemv
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -46,8 +51,16 @@ class VocabParallelEmbedding(nn.Module):
 class ParallelLMHead(VocabParallelEmbedding):
     """Logits for this rank's vocabulary shard; the model runner gathers the shards."""
 
+    def __init__(self, num_embeddings: int, embedding_dim: int, tp_rank: int = 0,
+                 tp_size: int = 1, all_reduce: Callable = _identity, use_triton: bool = False):
+        super().__init__(num_embeddings, embedding_dim, tp_rank, tp_size, all_reduce)
+        self.use_triton = use_triton
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(hidden, self.weight)                     # [N, shard]
+        if use_gemv(self.use_triton, hidden):
+            logits = gemv_linear(hidden, self.weight)                # [N, shard]
+        else:
+            logits = F.linear(hidden, self.weight)                   # [N, shard]
         if self.tp_size == 1:
             return logits[:, :self.num_embeddings]
         return logits

@@ -28,9 +28,9 @@ class LlamaMLP(nn.Module):
     def __init__(self, hidden: int, intermediate: int, bias: bool, pc: ParallelContext):
         super().__init__()
         self.gate_up_proj = MergedColumnParallelLinear(hidden, [intermediate] * 2, bias,
-                                                       **pc.tp_kwargs())
+                                                       **pc.tp_kwargs(), use_triton=pc.use_triton)
         self.down_proj = RowParallelLinear(intermediate, hidden, bias, **pc.tp_kwargs(),
-                                           all_reduce=pc.all_reduce)
+                                           all_reduce=pc.all_reduce, use_triton=pc.use_triton)
         self.act_fn = SiluAndMul(pc.use_triton)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -45,7 +45,7 @@ class LlamaAttention(nn.Module):
         total_kv = getattr(config, "num_key_value_heads", None) or total_heads
         self.head_dim = getattr(config, "head_dim", None) or hidden // total_heads
         self.qkv_proj = QKVParallelLinear(hidden, self.head_dim, total_heads, total_kv,
-                                          qkv_bias, **pc.tp_kwargs())
+                                          qkv_bias, **pc.tp_kwargs(), use_triton=pc.use_triton)
         self.num_heads = self.qkv_proj.num_heads
         self.num_kv_heads = self.qkv_proj.num_kv_heads
         self.q_size = self.num_heads * self.head_dim
@@ -53,7 +53,7 @@ class LlamaAttention(nn.Module):
         self.o_proj = RowParallelLinear(total_heads * self.head_dim, hidden,
                                         getattr(config, "attention_bias", False) and not
                                         qkv_bias_only(config), **pc.tp_kwargs(),
-                                        all_reduce=pc.all_reduce)
+                                        all_reduce=pc.all_reduce, use_triton=pc.use_triton)
         rope_scaling = getattr(config, "rope_scaling", None)
         rope_theta = getattr(config, "rope_theta", None)
         rope_params = getattr(config, "rope_parameters", None)
@@ -151,7 +151,8 @@ class LlamaForCausalLM(nn.Module):
             config, "attention_bias", False)
         self.model = LlamaModel(config, pc, qkv_bias)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
-        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, **pc.tp_kwargs())
+        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, **pc.tp_kwargs(),
+                                      use_triton=pc.use_triton)
         if self.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         # the paged KV cache's shape, read by the model runner (per tensor-parallel rank)
