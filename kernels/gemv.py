@@ -19,8 +19,8 @@ cache-resident). Two kernels:
     are the MMA's M side, the batch padded to 16 its N side; the padding is free on a
     memory-bound loop), tiles pipelined through shared memory over num_stages stages.
 
-Split-K: when N / BLOCK_N programs are too few to keep enough bytes in flight on every SM
-(N = 4096 with K = 14336, say), K is cut into SPLIT_K ranges of whole BLOCK_K tiles; each
+Split-K (the fp32 tiles; the measured 16-bit ones never split): when N / BLOCK_N programs are
+too few to keep enough bytes in flight on every SM (N = 4096 with K = 14336, say), K is cut into SPLIT_K ranges of whole BLOCK_K tiles; each
 program writes fp32 partial sums to a [SPLIT_K, M, N] workspace and gemv_split_reduce_kernel
 adds them in split order (deterministic, unlike atomics), adds the bias and casts.
 
@@ -234,17 +234,25 @@ def pick_split_k(n: int, k: int, block_n: int, block_k: int, sms: int) -> int:
 def gemv_config(m: int, n: int, k: int, dtype: torch.dtype, sms: int) -> GemvConfig:
     """Tiles from static shapes only (CUDA-graph safe, deterministic).
 
-    FMA kernel (M <= 2): 4 warps, BLOCK_K = fma_block_k (1024 for 16-bit types) and BLOCK_N
-    for 64 fp32 accumulators per thread (M_PAD * BLOCK_N * one 16-byte vector's elements).
-    tl.dot kernel (M >= 3): 64 x 128 weight tiles, 4 stages (fp32: smaller, the dot runs on
-    FMA units at IEEE precision). Starting points reasoned for H100 (132 SMs, 3.35 TB/s), to be
-    replaced by the winners of scripts/bench_gemv.py's sweep.
+    16-bit types, the winners of scripts/bench_gemv.py's sweep on an H100 (2026-11-23, the
+    Llama-3-8B and Llama-2-13B decode shapes; docs/benchmarks.md): M = 1 takes the FMA kernel
+    with 2-row x 1024 tiles, 4 warps, 1 stage; M = 2 4-row tiles with 3 stages; M >= 3 tl.dot
+    over 64 x 128 tiles with 6 stages. No split-K: on these shapes it never won (the
+    unsplit programs already keep enough bytes in flight).
+    fp32 (not measured): FMA BLOCK_N for 64 accumulators per thread, or 32 x 64 dot tiles with
+    2 stages (the dot runs on FMA units at IEEE precision), split-K by `pick_split_k`.
     """
     mp = next_power_of_2(m)
     use_dot = mp > 2
     if is_interpreter():
         # small tiles so that the small CPU test shapes cross several tiles and splits
         block_n, block_k, warps, stages = 16, 32, 4, 1
+    elif dtype.itemsize == 2:
+        if mp == 1:
+            return GemvConfig(2, fma_block_k(dtype, 4), 4, 1)
+        if mp == 2:
+            return GemvConfig(4, fma_block_k(dtype, 4), 4, 3)
+        return GemvConfig(64, 128, 4, 6, use_dot=True)
     elif use_dot:
         block_n, block_k, warps, stages = (64, 128, 4, 4) if dtype.itemsize == 2 else \
             (32, 64, 4, 2)

@@ -101,8 +101,9 @@ def test_fma_config_over_its_rows_is_refused():
 
 def test_gpu_heuristic_is_static_and_splits_few_rows(monkeypatch):
     """The GPU branch of gemv_config (a pure function of shapes): the same shapes give the
-    same config; few output rows for the SM count split K, many do not; small batches take
-    the FMA kernel with x rows in the weight tile's layout, larger ones tl.dot."""
+    same config; in fp32 few output rows for the SM count split K, many do not; small batches
+    take the FMA kernel with x rows in the weight tile's layout, larger ones tl.dot; 16-bit
+    types get the tiles measured on the H100."""
     gemv_mod = importlib.import_module("kernels.gemv")
     monkeypatch.setattr(gemv_mod, "is_interpreter", lambda: False)
     for dtype in DTYPES:
@@ -114,8 +115,11 @@ def test_gpu_heuristic_is_static_and_splits_few_rows(monkeypatch):
                 if not cfg.use_dot:
                     assert cfg.block_k >= fma_block_k(dtype, cfg.num_warps)
                     assert m_pad(m, False) <= FMA_MAX_M
-    assert gemv_config(8, 4096, 14336, torch.bfloat16, 132).split_k > 1
-    assert gemv_config(1, 128256, 4096, torch.bfloat16, 132).split_k == 1
+    # fp32 splits few output rows; the measured 16-bit tiles never split
+    assert gemv_config(8, 4096, 14336, torch.float32, 132).split_k > 1
+    assert gemv_config(1, 128256, 4096, torch.float32, 132).split_k == 1
+    assert gemv_config(8, 4096, 14336, torch.bfloat16, 132) == GemvConfig(64, 128, 4, 6, 1, True)
+    assert gemv_config(1, 4096, 14336, torch.float16, 132) == GemvConfig(2, 1024, 4, 1, 1, False)
 
 
 def test_gemv_linear_flattens_leading_dims():
