@@ -102,3 +102,22 @@ def test_fp8_cache_takes_a_quarter_of_the_float32_bytes(tiny_model_factory):
     assert fp8["kv_cache_token_capacity"] == full["kv_cache_token_capacity"] == 128
     assert fp8["kv_cache_bytes"] * 4 == full["kv_cache_bytes"]
 
+
+
+def test_forks_copy_fp8_blocks_and_score_like_hf(tiny_model_factory):
+    """n=4 forks share the prompt's fp8 blocks and copy the last partial one on write (a byte
+    copy: indexed copies are not defined for fp8); each fork's logprobs equal HF's with fp8
+    keys and values for that fork's tokens."""
+    path = tiny_model_factory("llama_gqa")
+    ref = hf_model(path, "fp8")
+    llm = LLM(path, dtype="float32", block_size=4, max_model_len=64, kv_cache_dtype="fp8")
+    params = SamplingParams(n=4, temperature=1.0, seed=7, max_tokens=10, ignore_eos=True,
+                            logprobs=0)
+    out = llm.generate("Paris is the capital of", params, use_tqdm=False)[0]
+    assert len({tuple(c.token_ids) for c in out.outputs}) > 1     # they really differ
+    n = len(out.prompt_token_ids)
+    assert n % 4 != 0                                               # a partial block is shared
+    for comp in out.outputs:
+        want = hf_logprobs(ref, out.prompt_token_ids + comp.token_ids)[n - 1:]
+        got = torch.tensor([comp.logprobs[j][t].logprob for j, t in enumerate(comp.token_ids)])
+        torch.testing.assert_close(got, want, atol=2e-4, rtol=0)
