@@ -32,6 +32,8 @@ from typing import Optional
 
 import torch
 
+from runner.engine.config import KV_CACHE_DTYPES
+
 MODEL_SHAPES = {
     "llama2_7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                       num_attention_heads=32, num_key_value_heads=32, vocab_size=32000,
@@ -382,8 +384,7 @@ def parse_args(argv: Optional[list] = None):
     ap.add_argument("--max-num-batched-tokens", type=int, default=None)
     ap.add_argument("--max-model-len", type=int, default=None)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    ap.add_argument("--kv-cache-dtype", default="auto",
-                    choices=["auto", "fp8", "fp8_e4m3", "fp8_e5m2"],
+    ap.add_argument("--kv-cache-dtype", default="auto", choices=list(KV_CACHE_DTYPES),
                     help="auto: the model's dtype; fp8: one byte per entry (twice the tokens)")
     ap.add_argument("--kernel-backend", default=None, choices=["auto", "triton", "torch"])
     ap.add_argument("--enforce-eager", action="store_true")

@@ -28,7 +28,7 @@ _LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy", "gguf")
 _DEVICES = ("auto", "cpu", "cuda")
 # kv_cache_dtype -> the cache tensor's dtype (None: the model's). fp8 entries are stored unscaled
 # (vLLM's default k_scale = v_scale = 1.0), saturating at the format's largest finite value.
-_KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn,
+KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn,
                     "fp8_e5m2": torch.float8_e5m2}
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
@@ -207,8 +207,8 @@ class EngineArgs:
                 "auto", *_STR_TO_DTYPE):
             raise ValueError(f"dtype must be one of ['auto', 'half', 'float16', 'bfloat16', "
                              f"'float', 'float32'], got {self.dtype!r}.")
-        if self.kv_cache_dtype not in _KV_CACHE_DTYPES:
-            raise ValueError(f"kv_cache_dtype must be one of {list(_KV_CACHE_DTYPES)}, got "
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {list(KV_CACHE_DTYPES)}, got "
                              f"{self.kv_cache_dtype!r}.")
         if self.kernel_backend not in ("auto", "triton", "torch"):
             raise ValueError(f"kernel_backend must be one of ['auto', 'triton', 'torch'], got "
@@ -290,7 +290,7 @@ class EngineArgs:
 
     def _resolve_cache_dtype(self, dtype: torch.dtype, device: torch.device,
                              kernel_backend: str) -> torch.dtype:
-        cache_dtype = _KV_CACHE_DTYPES[self.kv_cache_dtype] or dtype
+        cache_dtype = KV_CACHE_DTYPES[self.kv_cache_dtype] or dtype
         if cache_dtype.itemsize == 1 and device.type == "cuda" and kernel_backend == "triton":
             index = device.index if device.index is not None else torch.cuda.current_device()
             capability = torch.cuda.get_device_capability(index)
