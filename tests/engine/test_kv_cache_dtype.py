@@ -121,3 +121,21 @@ def test_forks_copy_fp8_blocks_and_score_like_hf(tiny_model_factory):
         want = hf_logprobs(ref, out.prompt_token_ids + comp.token_ids)[n - 1:]
         got = torch.tensor([comp.logprobs[j][t].logprob for j, t in enumerate(comp.token_ids)])
         torch.testing.assert_close(got, want, atol=2e-4, rtol=0)
+
+
+def test_tensor_parallel_fp8_cache_equals_hf_with_fp8_keys_and_values(tiny_model_factory):
+    """tp=2 (gloo): each rank keeps its KV heads in an fp8 cache; every prompt and output
+    token's logprob is still HF's with fp8 keys and values."""
+    path = tiny_model_factory("llama_gqa")
+    ref = hf_model(path, "fp8")
+    llm = LLM(path, dtype="float32", device="cpu", kv_cache_dtype="fp8", tensor_parallel_size=2,
+              max_num_batched_tokens=8, block_size=4, max_model_len=64)
+    try:
+        outs = llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=8,
+                                                    ignore_eos=True, logprobs=0,
+                                                    prompt_logprobs=0), use_tqdm=False)
+    finally:
+        llm.llm_engine.shutdown()
+    for out in outs:
+        ids, got = _engine_logprobs(out)
+        torch.testing.assert_close(got, hf_logprobs(ref, ids), atol=2e-4, rtol=0)
