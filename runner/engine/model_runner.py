@@ -126,7 +126,7 @@ class ModelRunner:
         self.load_seconds = self.worker.load_seconds
         config.cache_config.num_gpu_blocks = self.num_blocks
         self.sampler = Sampler(torch.Generator(device=self.device).manual_seed(
-            self.model_config.seed))
+            self.model_config.seed), use_triton=config.kernel_backend == "triton")
         self._times = {"stage_s": 0.0, "sample_s": 0.0}
         self._overlap_error: Optional[BaseException] = None
 

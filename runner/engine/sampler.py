@@ -26,6 +26,15 @@ draws its own q from its own generator, so its tokens depend on its seed and its
 never on the other rows in the batch. Unseeded rows share one draw from the sampler's default
 generator (or torch's global one).
 
+With `use_triton` (the model runner sets it for kernel_backend='triton') a call whose rows are
+all plain (greedy or temperature only: no logits processors, pending min_tokens, penalties,
+top-k, top-p, min-p or per-request seed) runs kernels/sampling.py instead: one fused kernel
+reads the logits twice and returns each row's token, raw logprob and rank. Greedy rows give the
+same tokens as the torch path; random rows draw from the same distribution through the
+Gumbel-max trick with counter-based random numbers, keyed by a seed that a host-side generator
+(seeded from the sampler's generator) draws each call, so a run stays reproducible but does not
+replay the torch path's random stream. Any other call takes the torch path.
+
 `Sampler.sample` returns its results still on the device (`SamplerTensors`); `.tokens()` reads
 them back. Nothing before that read waits for the GPU (small index and parameter tensors go
 through runner/engine/device_copy.py), so with async scheduling the model runner queues the
@@ -113,8 +122,13 @@ class SamplerTensors:
 class Sampler:
     """Turns a batch of logits rows into tokens; holds no state besides the default generator."""
 
-    def __init__(self, generator: torch.Generator | None = None) -> None:
+    def __init__(self, generator: torch.Generator | None = None,
+                 use_triton: bool = False) -> None:
         self.generator = generator
+        self.use_triton = use_triton
+        # the fused kernel's per-call seeds: host-side, so drawing one never waits for the GPU
+        self._seed_generator = torch.Generator().manual_seed(
+            generator.initial_seed() if generator is not None else torch.initial_seed())
 
     def __call__(self, logits: torch.Tensor, requests: list[SamplingRequest]) -> SamplerOutput:
         return self.sample(logits, requests).tokens()
@@ -127,6 +141,8 @@ class Sampler:
                 f"{tuple(logits.shape)} for {len(requests)} requests.")
         num_rows, vocab_size = logits.shape
         device = logits.device
+        if self.use_triton and num_rows > 0 and _all_plain(requests, vocab_size):
+            return self._sample_fused(logits, requests)
         raw_logprobs = torch.log_softmax(logits.float(), dim=-1)  # [R, V]
         x = logits.to(torch.float32, copy=True)  # [R, V], processed in place below
 
@@ -149,6 +165,28 @@ class Sampler:
             token_ids[idx] = self._sample(x[idx], [requests[i] for i in random_rows])
 
         return _gather_logprobs(raw_logprobs, token_ids, requests)
+
+    def _sample_fused(self, logits: torch.Tensor,
+                      requests: list[SamplingRequest]) -> SamplerTensors:
+        """Plain rows through kernels/sampling.py: token, raw logprob and rank per row."""
+        from kernels.sampling import sample as fused_sample  # Triton only on this path
+
+        temperature = to_device(
+            [r.params.temperature if r.params.sampling_type == SamplingType.RANDOM else 0.0
+             for r in requests], torch.float32, logits.device)  # [R], 0 = greedy
+        seed = int(torch.randint(0, 2 ** 62, (1,), generator=self._seed_generator))
+        token_ids, logprobs, ranks = fused_sample(logits, temperature, seed)
+        wanted = [r.params.logprobs for r in requests]
+        max_k = min(max((k or 0) for k in wanted), logits.shape[1])
+        top_vals = top_ids = None
+        if max_k > 0:
+            # raw logprobs of the best tokens: logit - logsumexp, the normaliser recovered from
+            # the sampled token's logit and logprob
+            x = logits.float()
+            lse = x.gather(1, token_ids[:, None]) - logprobs[:, None]  # [R, 1]
+            top_vals, top_ids = x.topk(max_k, dim=-1)  # [R, max_k] each
+            top_vals = top_vals - lse
+        return SamplerTensors(token_ids, logprobs, ranks, top_ids, top_vals, wanted)
 
     def _sample(self, x: torch.Tensor, requests: list[SamplingRequest]) -> torch.Tensor:
         """Temperature, top-k, top-p, min-p and one draw per row; x [r, V] -> token ids [r]."""
@@ -232,6 +270,20 @@ def compute_prompt_logprobs(
 
 
 # ---------------------------------------------------------------------- processing steps
+
+
+def _all_plain(requests: list[SamplingRequest], vocab_size: int) -> bool:
+    """Whether every row is greedy or temperature-only sampling without its own generator:
+    the rows the fused kernel serves."""
+    for r in requests:
+        p = r.params
+        if (p.logits_processors or r.generator is not None
+                or len(r.output_token_ids) < p.min_tokens
+                or p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0
+                or p.presence_penalty != 0.0 or 0 < p.top_k < vocab_size or p.top_p < 1.0
+                or p.min_p > 0.0):
+            return False
+    return True
 
 
 def _processor_wants_prompt(fn) -> bool:

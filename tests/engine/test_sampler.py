@@ -321,3 +321,95 @@ def test_compute_prompt_logprobs():
         assert all(v == pytest.approx(row[t], abs=1e-5) for t, v in top)
     assert [top for _, _, top in compute_prompt_logprobs(logits, targets, 0)] == [[]] * 7
     assert compute_prompt_logprobs(logits[:0], [], 2) == []
+
+
+# ---------------------------------------------------------------------- the fused Triton path
+# Sampler(use_triton=True) serves all-plain calls with kernels/sampling.py (under the Triton
+# interpreter on CPU). Fewer draws than above: each row is one interpreted program.
+
+N_FUSED = 800
+
+
+def _fused_draws(params, n=N_FUSED, seed=0):
+    sampler = Sampler(generator=torch.Generator().manual_seed(seed), use_triton=True)
+    rows = torch.tensor([LOGITS] * n, dtype=torch.float32)
+    reqs = [SamplingRequest(params, [], [], None, None) for _ in range(n)]
+    return torch.tensor([t.token_id for t in sampler(rows, reqs)])
+
+
+def test_fused_path_draws_from_softmax_over_t():
+    # kernels' own tests check the draw at scale; this one checks the temperature the sampler
+    # hands the kernel: 0.07 is 4 standard deviations of a frequency near 0.5 from 800 draws,
+    # and T = 1 or 1 / 0.5 would move token 0's frequency by more than 0.18
+    freq = torch.bincount(_fused_draws(SamplingParams(temperature=0.5)),
+                          minlength=8).double() / N_FUSED
+    assert torch.allclose(freq, ref_probs(LOGITS, temperature=0.5), atol=0.07), freq
+    for wrong in (1.0, 2.0):
+        assert not torch.allclose(freq, ref_probs(LOGITS, temperature=wrong), atol=0.07)
+
+
+def test_fused_path_is_reproducible_and_keyed_by_the_generator_seed():
+    params = SamplingParams(temperature=1.0)
+    a, b = _fused_draws(params, n=60, seed=3), _fused_draws(params, n=60, seed=3)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, _fused_draws(params, n=60, seed=4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_path_greedy_and_logprobs_equal_the_torch_path(dtype):
+    vocab = 300
+    g = torch.Generator().manual_seed(5)
+    logits = (torch.randn(6, vocab, generator=g) * 3).to(dtype)
+    params = [SamplingParams(temperature=0.0, logprobs=3), SamplingParams(temperature=0.0),
+              SamplingParams(temperature=0.0, logprobs=0), SamplingParams(logprobs=5),
+              SamplingParams(temperature=0.3, logprobs=1), SamplingParams(temperature=0.0)]
+    reqs = [SamplingRequest(p, [1], [2], None, 0) for p in params]
+    fused = Sampler(torch.Generator().manual_seed(0), use_triton=True)(logits, reqs)
+    plain = Sampler(torch.Generator().manual_seed(0))(logits, reqs)
+    ref = torch.log_softmax(logits.double(), dim=-1)
+    for i, (p, f, t) in enumerate(zip(params, fused, plain)):
+        row = ref[i].tolist()
+        if p.temperature == 0.0:
+            assert f.token_id == t.token_id
+        assert f.logprob == pytest.approx(row[f.token_id], abs=1e-5)
+        assert f.rank == 1 + sum(v > row[f.token_id] for v in row)
+        if p.logprobs is None:
+            assert f.top_logprobs is None
+            continue
+        best = sorted(range(vocab), key=lambda tok: -row[tok])[:p.logprobs]
+        assert [tok for tok, _ in f.top_logprobs] == best
+        assert all(lp == pytest.approx(row[tok], abs=1e-5) for tok, lp in f.top_logprobs)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(top_k=3), dict(top_p=0.8), dict(min_p=0.2), dict(repetition_penalty=1.3),
+    dict(frequency_penalty=0.5), dict(presence_penalty=0.5), dict(min_tokens=5),
+    dict(logits_processors=[lambda out, row: row]),
+])
+def test_fused_path_leaves_other_rows_to_the_torch_path(kwargs):
+    # one such row sends the whole call down the torch path: with equal generators both
+    # samplers then draw the same tokens, which the fused path's own random stream would not
+    n = 64
+    g = torch.Generator().manual_seed(9)
+    rows = torch.randn(n, 40, generator=g)
+    special = SamplingParams(**kwargs)
+    reqs = [SamplingRequest(special if i == 0 else SamplingParams(), [1], [2], None, 0)
+            for i in range(n)]
+    fused = Sampler(torch.Generator().manual_seed(1), use_triton=True)(rows, reqs)
+    plain = Sampler(torch.Generator().manual_seed(1))(rows, reqs)
+    assert [t.token_id for t in fused] == [t.token_id for t in plain]
+    plain_reqs = [SamplingRequest(SamplingParams(), [1], [2], None, 0)] * n
+    fused = Sampler(torch.Generator().manual_seed(1), use_triton=True)(rows, plain_reqs)
+    plain = Sampler(torch.Generator().manual_seed(1))(rows, plain_reqs)
+    assert [t.token_id for t in fused] != [t.token_id for t in plain]
+
+
+def test_fused_path_leaves_seeded_requests_to_the_torch_path():
+    rows = torch.randn(8, 40, generator=torch.Generator().manual_seed(2))
+    params = SamplingParams(seed=11)
+    out = []
+    for sampler in (Sampler(use_triton=True), Sampler()):
+        reqs = [SamplingRequest(params, [], [], torch.Generator().manual_seed(11), None)
+                for _ in range(8)]
+        out.append([t.token_id for t in sampler(rows, reqs)])
+    assert out[0] == out[1]
