@@ -1,7 +1,7 @@
 """paged_decode_attention (Triton) against its torch twin and the engine's reference backend.
 
 CPU runs (Triton interpreter) use small, irregular shapes: context lengths off block
-boundaries, block sizes 4-32, GQA ratios 1/2/4, head_dim 64 and 128, split counts that are and
+boundaries, block sizes 4-32, GQA ratios 1/2/4, head_dim 64, 80 and 128, split counts that are and
 are not powers of two, sliding windows, a padding row with seq_len 0. The gpu-marked tests
 add Llama-3-8B-sized heads, long contexts over many splits and CUDA-graph replay.
 """
@@ -53,6 +53,24 @@ def test_decode_matches_references(dtype, num_heads, num_kv_heads, block_size, n
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_decode_head_dim_128_block_32(dtype):
     _run_case(dtype, 8, 2, 128, 32, [3, 71], num_splits=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_decode_head_dim_80_masks_padded_columns(dtype):
+    # 80 pads to a 128-wide tile: columns 80..127 of each cache row are NaN here (a view with a
+    # wider head stride), and only the column mask keeps them out of the dots
+    gen = torch.Generator().manual_seed(3)
+    seq_lens = [9, 40]
+    tables, num_blocks = make_block_tables(seq_lens, 16, gen)
+    wide = torch.full((2, num_blocks, 16, 2, 128), float("nan"))
+    wide[..., :80] = torch.randn(2, num_blocks, 16, 2, 80, generator=gen)
+    cache = wide.to(DEVICE, dtype)[..., :80]
+    q = torch.randn(2, 4, 80, generator=gen).to(DEVICE, dtype)
+    lens = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
+    out = paged_decode_attention(q, cache, tables, lens, 80 ** -0.5, num_splits=1)
+    assert torch.isfinite(out).all()
+    ref = paged_decode_attention_ref(q, cache.contiguous(), tables, lens, 80 ** -0.5)
+    assert_close(out, ref, ATTN_TOL, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
