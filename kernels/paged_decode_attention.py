@@ -30,7 +30,9 @@ from kernels.utils import (decode_tile_config, dot_precision, dot_upcast, fp16_d
 LOG2E = 1.4426950408889634
 
 
-@triton.jit
+# step-varying index arguments are not specialised on (see kernels/prefill_attention.py)
+@triton.jit(do_not_specialize=["stride_bt_seq"],
+            do_not_specialize_on_alignment=["block_tables_ptr", "seq_lens_ptr"])
 def paged_decode_attention_kernel(
     q_ptr, kv_cache_ptr, block_tables_ptr, seq_lens_ptr,
     out_ptr, part_out_ptr, part_lse_ptr,

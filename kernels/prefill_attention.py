@@ -68,7 +68,12 @@ def _prefill_tile(acc, l_i, m_i, q, k_base, v_base, block_table, start, q_pos, k
     return acc, l_i, m_new
 
 
-@triton.jit
+# Arguments that change from step to step (where the step's index tensors are sliced, how wide
+# its block table is) are not specialised on: each new value would compile another variant
+# in the middle of a run (seconds each). They feed scalar and gathered loads only.
+@triton.jit(do_not_specialize=["stride_bt_seq"],
+            do_not_specialize_on_alignment=["query_start_loc_ptr", "seq_lens_ptr",
+                                            "block_tables_ptr"])
 def prefill_attention_kernel(
     q_ptr, kv_cache_ptr, query_start_loc_ptr, seq_lens_ptr, block_tables_ptr, out_ptr,
     qk_scale,                                   # softmax scale * log2(e)

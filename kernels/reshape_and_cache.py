@@ -38,7 +38,8 @@ def _round_to_fp8_grid(x, MANT_BITS: tl.constexpr, MIN_EXP: tl.constexpr):
     return tl.where(x < 0, -r * ulp, r * ulp)
 
 
-@triton.jit
+# slot_mapping may be a slice at any offset: no alignment variants (one scalar load a program)
+@triton.jit(do_not_specialize_on_alignment=["slot_mapping_ptr"])
 def reshape_and_cache_kernel(
     k_ptr, v_ptr, kv_cache_ptr, slot_mapping_ptr,
     stride_k_tok, stride_k_head, stride_v_tok, stride_v_head,

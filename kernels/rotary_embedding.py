@@ -35,7 +35,8 @@ def _rotate_heads(base_ptr, stride_head, num_heads, cos, sin, r, r_mask, half,
     tl.store(ptr1 + half, o2.to(base_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+# positions may be a slice at any offset: no alignment variants (one scalar load a program)
+@triton.jit(do_not_specialize_on_alignment=["positions_ptr"])
 def rotary_embedding_kernel(
     positions_ptr, q_ptr, k_ptr, cos_sin_ptr,
     stride_q_tok, stride_q_head, stride_k_tok, stride_k_head, stride_cs,

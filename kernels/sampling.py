@@ -77,7 +77,8 @@ def _uniforms(seed, counter_hi, start, BLOCK_V: tl.constexpr):
     return tl.interleave(tl.interleave(u0, u2), tl.interleave(u1, u3))
 
 
-@triton.jit
+# a new seed every call: not specialised on (its divisibility by 16 would double the variants)
+@triton.jit(do_not_specialize=["seed"])
 def sample_kernel(
     logits_ptr, temperature_ptr, noise_ptr, seeds_ptr,
     token_ids_ptr, logprobs_ptr, ranks_ptr,

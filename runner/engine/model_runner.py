@@ -127,6 +127,9 @@ class ModelRunner:
         config.cache_config.num_gpu_blocks = self.num_blocks
         self.sampler = Sampler(torch.Generator(device=self.device).manual_seed(
             self.model_config.seed), use_triton=config.kernel_backend == "triton")
+        if self.device.type == "cuda":
+            self.sampler.warm_up(self.vocab_size, config.scheduler_config.max_num_seqs,
+                                 self.device)
         self._times = {"stage_s": 0.0, "sample_s": 0.0}
         self._overlap_error: Optional[BaseException] = None
 

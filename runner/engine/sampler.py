@@ -166,6 +166,17 @@ class Sampler:
 
         return _gather_logprobs(raw_logprobs, token_ids, requests)
 
+    def warm_up(self, vocab_size: int, max_rows: int, device: torch.device) -> None:
+        """Compile the fused kernel's launch variants (its tile depends on the row count) at
+        engine start, as graph capture does for the forward, rather than in the first steps
+        that need them. float32 logits, as the model runner hands them over."""
+        if not self.use_triton:
+            return
+        from kernels.sampling import sample as fused_sample
+        for rows in sorted({1, max_rows}):
+            fused_sample(torch.zeros(rows, vocab_size, device=device),
+                         torch.ones(rows, device=device), 2 ** 32)  # an int64 seed, as in use
+
     def _sample_fused(self, logits: torch.Tensor,
                       requests: list[SamplingRequest]) -> SamplerTensors:
         """Plain rows through kernels/sampling.py: token, raw logprob and rank per row."""
@@ -174,7 +185,8 @@ class Sampler:
         temperature = to_device(
             [r.params.temperature if r.params.sampling_type == SamplingType.RANDOM else 0.0
              for r in requests], torch.float32, logits.device)  # [R], 0 = greedy
-        seed = int(torch.randint(0, 2 ** 62, (1,), generator=self._seed_generator))
+        # >= 2^32: always passed as int64, so the kernel keeps one compiled variant
+        seed = int(torch.randint(2 ** 32, 2 ** 62, (1,), generator=self._seed_generator))
         token_ids, logprobs, ranks = fused_sample(logits, temperature, seed)
         wanted = [r.params.logprobs for r in requests]
         max_k = min(max((k or 0) for k in wanted), logits.shape[1])
