@@ -120,7 +120,8 @@ class SamplerTensors:
 
 
 class Sampler:
-    """Turns a batch of logits rows into tokens; holds no state besides the default generator."""
+    """Turns a batch of logits rows into tokens; its only state is the default generator and
+    the host-side generator of the fused path's per-call seeds."""
 
     def __init__(self, generator: torch.Generator | None = None,
                  use_triton: bool = False) -> None:
