@@ -20,9 +20,10 @@ cache-resident). Two kernels:
     memory-bound loop), tiles pipelined through shared memory over num_stages stages.
 
 Split-K (the fp32 tiles; the measured 16-bit ones never split): when N / BLOCK_N programs are
-too few to keep enough bytes in flight on every SM (N = 4096 with K = 14336, say), K is cut into SPLIT_K ranges of whole BLOCK_K tiles; each
-program writes fp32 partial sums to a [SPLIT_K, M, N] workspace and gemv_split_reduce_kernel
-adds them in split order (deterministic, unlike atomics), adds the bias and casts.
+too few to keep enough bytes in flight on every SM (N = 4096 with K = 14336, say), K is cut
+into SPLIT_K ranges of whole BLOCK_K tiles; each program writes fp32 partial sums to a
+[SPLIT_K, M, N] workspace and gemv_split_reduce_kernel adds them in split order
+(deterministic, unlike atomics), adds the bias and casts.
 
 Rows past N and batch rows past M load clamped (the last valid row) instead of masked, so the
 weight loads carry no mask unless K is not a multiple of BLOCK_K; only the stores are masked.

@@ -57,10 +57,10 @@ def fp8_max(dtype: torch.dtype) -> float:
 
 def fp16_dots(q_dtype: torch.dtype, cache_dtype: torch.dtype) -> bool:
     """Attention over an fp8 cache with a bf16 query computes its dots in fp16: fp8 -> fp16
-    is one conversion instruction per pair of values where fp8 -> bf16 takes several, and
-    with those the decode kernel was bound by conversions (2.0 TB/s of fp8 on H100 against
-    2.96 TB/s for a bf16 cache). Every fp8 value is exact in fp16, P gains precision, and the
-    query is saturated at fp16's largest value (+-65504) on its way."""
+    is one conversion instruction per pair of values where fp8 -> bf16 takes several (H100,
+    Llama-2-13B heads, batch 160 x 576 keys: 423 us with fp16 dots against 474 us with bf16
+    dots). Every fp8 value is exact in fp16, P gains precision, and the query is saturated at
+    fp16's largest value (+-65504) on its way."""
     return cache_dtype.itemsize == 1 and q_dtype == torch.bfloat16
 
 

@@ -251,7 +251,8 @@ def build_llm(folder: str, args, enforce_eager: bool):
 def engine_facts(llm) -> dict:
     stats = llm.llm_engine.get_stats()
     facts = {k: stats[k] for k in ("num_gpu_blocks", "block_size", "kv_cache_token_capacity",
-                                   "kv_cache_bytes", "kv_cache_dtype", "kernel_backend", "cuda_graph_steps",
+                                   "kv_cache_bytes", "kv_cache_dtype", "kernel_backend",
+                                   "cuda_graph_steps",
                                    "num_preemptions", "model_load_seconds", "num_steps",
                                    "schedule_s", "execute_s", "process_s", "output_proc_s",
                                    "prepare_s", "forward_s", "sample_s")}
@@ -292,8 +293,8 @@ def run(args) -> dict:
         prompts = random_prompts(args.num_prompts, args.input_len, vocab, args.seed)
         llm = build_llm(folder, args, args.enforce_eager)
         # Warm-up: the workload scaled down, wide enough that steps mix decodes with prompt
-        # chunks that have a cached prefix, so that Triton compiles those kernel variants
-        # here and not inside the timed run (a fresh process paid up to 4 s there).
+        # chunks that have a cached prefix, so the timed run meets no step shape first (the
+        # kernels themselves no longer recompile for step-varying arguments)
         budget = llm.llm_engine.scheduler_config.max_num_batched_tokens
         num_warm = min(len(prompts), max(64, 2 * budget // max(args.input_len, 1)), 1024)
         run_throughput(llm, prompts[:num_warm], min(args.output_len, 32))
