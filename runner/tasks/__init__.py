@@ -1,0 +1,1 @@
+"""Tasks: lm-eval-format task files and the runner's own datasets, behind runner.tasks.api."""
