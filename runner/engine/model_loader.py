@@ -75,10 +75,10 @@ def initialize_dummy_weights(model: nn.Module, seed: int, low: float = -1e-3,
 
 
 def get_model(model_config: ModelConfig, device: torch.device,
-              pc: ParallelContext | None = None, model_cls=None) -> nn.Module:
-    """The model on `device` in the config's dtype with its checkpoint loaded; `model_cls`
-    overrides the decoder registry (the pooling runner passes its encoder class)."""
-    cls = model_cls or get_model_class(model_config.hf_config)
+              pc: ParallelContext | None = None) -> nn.Module:
+    """The model (decoder or encoder, from the registry) on `device` in the config's dtype,
+    with its checkpoint loaded."""
+    cls = get_model_class(model_config.hf_config)
     with _default_dtype(model_config.dtype), torch.device(device):
         model = cls(model_config.hf_config, pc)
     model.eval()

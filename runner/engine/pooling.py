@@ -23,14 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from runner.engine.config import EngineConfig
-from runner.engine.models.bert import BertModel
 from runner.engine.outputs import EmbeddingOutput, EmbeddingRequestOutput, PoolingParams
 from runner.engine.tokenizer import load_tokenizer, parse_prompt
 
 logger = logging.getLogger("runner.engine")
-
-# HF `architectures` names of the encoder (embedding) models this engine runs.
-EMBEDDING_MODELS = {"BertModel": BertModel}
 
 POOLING_TYPES = ("MEAN", "CLS", "LAST", "MAX", "MEAN_SQRT_LEN")
 # sentence-transformers' Pooling config keys -> our pooling types
@@ -40,11 +36,6 @@ _ST_POOLING_KEYS = {
     "pooling_mode_mean_sqrt_len_tokens": "MEAN_SQRT_LEN",
 }
 _ST_PREFIX = "sentence_transformers.models."
-
-
-def is_embedding_model(hf_config) -> bool:
-    archs = getattr(hf_config, "architectures", None) or []
-    return any(a in EMBEDDING_MODELS for a in archs)
 
 
 @dataclass
@@ -140,10 +131,7 @@ class PoolingRunner:
 
     def _load_model(self) -> torch.nn.Module:
         from runner.engine.model_loader import get_model
-        mc = self.model_config
-        cls = next(EMBEDDING_MODELS[a] for a in mc.hf_config.architectures
-                   if a in EMBEDDING_MODELS)
-        return get_model(mc, self.device, model_cls=cls)
+        return get_model(self.model_config, self.device)     # the registry's encoder class
 
     def get_tokenizer(self):
         return self.tokenizer
