@@ -180,28 +180,6 @@ class PoolingRunner:
         self.stats["num_forward_passes"] += 1
         return pool(hidden.float(), mask, self.pooler_config.pooling_type)
 
-    @torch.inference_mode()
-    def embed_varlen(self, batch_ids: list[list[int]]) -> torch.Tensor:
-        """The same as embed_padded with every prompt packed into one row (no pad tokens)."""
-        lens = [len(x) for x in batch_ids]
-        flat = torch.tensor([t for ids in batch_ids for t in ids], device=self.device)[None]
-        positions = torch.cat([torch.arange(n) for n in lens]).to(self.device)[None]  # [1, N]
-        seq_of = torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(lens))
-        seq_of = seq_of.to(self.device)                                        # [N]
-        attn = (seq_of[:, None] == seq_of[None, :])[None, None]                # [1, 1, N, N]
-        hidden = self.model(flat, positions, attn)[0].float()                  # [N, h]
-        self.stats["num_forward_passes"] += 1
-        # unpack into a padded [B, T, h] view so that `pool` serves both layouts
-        B, T = len(lens), max(lens)
-        padded = hidden.new_zeros(B, T, hidden.shape[-1])
-        mask = torch.zeros(B, T, dtype=torch.long, device=self.device)
-        start = 0
-        for b, n in enumerate(lens):
-            padded[b, :n] = hidden[start:start + n]
-            mask[b, :n] = 1
-            start += n
-        return pool(padded, mask, self.pooler_config.pooling_type)
-
     def encode(self, prompts: list, params: list[PoolingParams], request_ids: list[str],
                use_tqdm: bool = False) -> list[EmbeddingRequestOutput]:
         token_ids = [self._tokenize(p) for p in prompts]
