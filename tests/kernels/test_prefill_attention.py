@@ -39,7 +39,9 @@ def _run_case(dtype, num_heads, num_kv_heads, head_dim, block_size, query_lens, 
                             sliding_window=sliding_window)
     assert out.shape == q.shape and out.dtype == dtype
     ref = prefill_attention_ref(q, cache, qsl, lens, tables, scale, sliding_window)
-    assert_close(out, ref, ATTN_TOL, dtype)
+    # the twin is SDPA in q's dtype (the engine's torch backend numerics), so a 16-bit case
+    # holds two roundings of P and PV; the tolerance is the one the engine's SDPA reference had
+    assert_close(out, ref, ATTN_TOL, dtype, loosen=1.0 if dtype == torch.float32 else 2.0)
 
 
 # fresh prompt / chunk over a cached prefix / one token over a prefix / chunk crossing tiles
