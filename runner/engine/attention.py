@@ -1,4 +1,4 @@
-"""Attention over the paged KV cache: the metadata of one step and the torch reference backend.
+"""Attention over the paged KV cache: the metadata of one step and the layer that runs it.
 
 The model runner flattens a step's sequences into one token batch; `AttentionMetadata` says
 where each sequence's query tokens start (`query_start_loc`), how long its context is after this
