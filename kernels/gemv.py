@@ -38,10 +38,9 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
 
-from kernels.utils import cdiv, dot_precision, dot_upcast, is_interpreter, next_power_of_2, num_sms
+from kernels.utils import (cdiv, dot_precision, dot_upcast, is_interpreter, next_power_of_2,
+                           num_sms, tl, triton)
 
 MAX_M = 16          # the largest batch; larger M is a GEMM (F.linear / cuBLAS)
 FMA_MAX_M = 4       # the FMA kernel keeps one accumulator tile per batch row

@@ -21,11 +21,9 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import triton
-import triton.language as tl
 
 from kernels.utils import (decode_tile_config, dot_precision, dot_upcast, fp16_dots,
-                           next_power_of_2, pick_num_splits)
+                           next_power_of_2, pick_num_splits, tl, triton)
 
 LOG2E = 1.4426950408889634
 
@@ -239,24 +237,27 @@ def paged_decode_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables
 def paged_decode_attention_ref(q: torch.Tensor, kv_cache: torch.Tensor,
                                block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
                                sliding_window: Optional[int] = None) -> torch.Tensor:
-    """Pure-torch twin of `paged_decode_attention`, one sequence at a time, fp32 softmax."""
+    """Pure-torch twin of `paged_decode_attention`, and the engine's decode attention on
+    kernel_backend='torch': every sequence in one masked pass over its padded block table,
+    scores, softmax and PV in fp32. A row with seq_len 0 (CUDA-graph padding) comes out 0."""
     batch, num_heads, head_dim = q.shape
-    block_size, num_kv_heads = kv_cache.shape[2], kv_cache.shape[3]
+    num_kv_heads = kv_cache.shape[3]
     group = num_heads // num_kv_heads
-    out = torch.zeros_like(q)
-    for b in range(batch):
-        seq_len = int(seq_lens[b])
-        if seq_len == 0:
-            continue
-        lo = max(seq_len - sliding_window, 0) if sliding_window is not None else 0
-        pos = torch.arange(lo, seq_len, device=q.device)                 # [S]
-        blocks = block_tables[b].long()[pos // block_size]
-        k = kv_cache[0, blocks, pos % block_size].float()                # [S, Hk, D]
-        v = kv_cache[1, blocks, pos % block_size].float()
-        k = k.repeat_interleave(group, dim=1)                            # [S, Hq, D]
-        v = v.repeat_interleave(group, dim=1)
-        scores = torch.einsum("hd,shd->hs", q[b].float(), k) * scale     # [Hq, S]
-        probs = scores.softmax(dim=-1)
-        out[b] = torch.einsum("hs,shd->hd", probs, v).to(q.dtype)
-    return out
-
+    tables = block_tables.long()                                         # [B, MB]
+    k = kv_cache[0][tables].flatten(1, 2)                                # [B, S = MB*bs, Hk, D]
+    v = kv_cache[1][tables].flatten(1, 2)
+    qg = q.reshape(batch, num_kv_heads, group, head_dim).float()         # [B, Hk, G, D]
+    scores = torch.einsum("bkgd,bskd->bkgs", qg, k.float()) * scale      # [B, Hk, G, S]
+    pos = torch.arange(k.shape[1], device=q.device)                      # [S]
+    lens = seq_lens.to(q.device).view(-1, 1)                             # [B, 1]
+    masked = pos[None, :] >= lens                                        # [B, S]
+    if sliding_window is not None:
+        masked |= pos[None, :] < lens - sliding_window
+    scores.masked_fill_(masked[:, None, None, :], float("-inf"))
+    probs = scores.softmax(dim=-1)
+    # slots past a sequence's length may never have been written (an uninitialized CPU
+    # cache): zero them, since a zero probability times NaN would still be NaN
+    v = v.float().masked_fill_(masked[:, :, None, None], 0.0)
+    out = torch.einsum("bkgs,bskd->bkgd", probs, v).reshape(batch, num_heads, head_dim)
+    # seq_len 0: all keys masked, softmax NaN; the kernel writes 0
+    return out.masked_fill_(lens.view(-1, 1, 1) == 0, 0.0).to(q.dtype)

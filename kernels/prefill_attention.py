@@ -15,14 +15,13 @@ below the diagonal skip the causal mask; only the last few tiles of a program pa
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import torch
-import triton
-import triton.language as tl
+import torch.nn.functional as F
 
 from kernels.utils import (dot_precision, dot_upcast, fp16_dots, next_power_of_2,
-                           prefill_tile_config)
+                           prefill_tile_config, tl, triton)
 
 LOG2E = 1.4426950408889634
 
@@ -198,28 +197,45 @@ def prefill_attention(q: torch.Tensor, kv_cache: torch.Tensor, query_start_loc: 
     return out
 
 
-def prefill_attention_ref(q: torch.Tensor, kv_cache: torch.Tensor, query_start_loc: torch.Tensor,
-                          seq_lens: torch.Tensor, block_tables: torch.Tensor, scale: float,
+def prefill_attention_ref(q: torch.Tensor, kv_cache: torch.Tensor,
+                          query_start_loc: Union[torch.Tensor, Sequence[int]],
+                          seq_lens: Union[torch.Tensor, Sequence[int]],
+                          block_tables: torch.Tensor, scale: float,
                           sliding_window: Optional[int] = None) -> torch.Tensor:
-    """Pure-torch twin of `prefill_attention`: one sequence at a time, explicit fp32 softmax."""
-    num_heads = q.shape[1]
-    block_size, num_kv_heads = kv_cache.shape[2], kv_cache.shape[3]
-    group = num_heads // num_kv_heads
-    out = torch.zeros_like(q)
-    for b in range(seq_lens.shape[0]):
-        start, end = int(query_start_loc[b]), int(query_start_loc[b + 1])
-        seq_len = int(seq_lens[b])
+    """Pure-torch twin of `prefill_attention`, and the engine's prefill attention on
+    kernel_backend='torch': one sequence at a time through SDPA in q's dtype (keys and values
+    widened from the cache's dtype), causal with the cached prefix's offset.
+
+    query_start_loc and seq_lens may be host lists (the engine's: no device reads per
+    sequence) or tensors as the kernel takes them."""
+    if isinstance(query_start_loc, torch.Tensor):
+        query_start_loc = query_start_loc.tolist()
+    if isinstance(seq_lens, torch.Tensor):
+        seq_lens = seq_lens.tolist()
+    group = q.shape[1] // kv_cache.shape[3]
+    out = torch.zeros_like(q)                                            # [T, Hq, D]
+    for b, seq_len in enumerate(seq_lens):
+        start, end = query_start_loc[b], query_start_loc[b + 1]
         if end == start:
             continue
-        pos = torch.arange(seq_len, device=q.device)                     # [S] key positions
-        blocks = block_tables[b].long()[pos // block_size]
-        k = kv_cache[0, blocks, pos % block_size].float().repeat_interleave(group, 1)  # [S,Hq,D]
-        v = kv_cache[1, blocks, pos % block_size].float().repeat_interleave(group, 1)
+        table = block_tables[b].long()
+        k = _gather_context(kv_cache[0], table, seq_len).to(q.dtype)     # [S, Hk, D]
+        v = _gather_context(kv_cache[1], table, seq_len).to(q.dtype)
+        k = k.repeat_interleave(group, dim=1).transpose(0, 1)            # [Hq, S, D]
+        v = v.repeat_interleave(group, dim=1).transpose(0, 1)
         q_pos = torch.arange(seq_len - (end - start), seq_len, device=q.device)  # [L]
-        allowed = pos[None, :] <= q_pos[:, None]                         # [L, S]
+        k_pos = torch.arange(seq_len, device=q.device)                   # [S]
+        allowed = k_pos[None, :] <= q_pos[:, None]                       # [L, S]
         if sliding_window is not None:
-            allowed &= pos[None, :] > q_pos[:, None] - sliding_window
-        scores = torch.einsum("lhd,shd->hls", q[start:end].float(), k) * scale  # [Hq, L, S]
-        probs = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
-        out[start:end] = torch.einsum("hls,shd->lhd", probs, v).to(q.dtype)
+            allowed &= k_pos[None, :] > q_pos[:, None] - sliding_window
+        o = F.scaled_dot_product_attention(q[start:end].transpose(0, 1), k, v,
+                                           attn_mask=allowed, scale=scale)   # [Hq, L, D]
+        out[start:end] = o.transpose(0, 1)
     return out
+
+
+def _gather_context(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
+    """cache [num_blocks, block_size, Hk, D], block_table [nb] -> the first `length` slots of
+    the sequence, [length, Hk, D]."""
+    num_blocks = -(-length // cache.shape[1])
+    return cache[block_table[:num_blocks]].flatten(0, 1)[:length]

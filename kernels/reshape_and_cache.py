@@ -14,10 +14,8 @@ it is safe inside CUDA-graph capture.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
-from kernels.utils import fp8_max, is_interpreter, next_power_of_2
+from kernels.utils import fp8_max, is_interpreter, next_power_of_2, tl, triton
 
 
 @triton.jit
@@ -116,7 +114,8 @@ def reshape_and_cache(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
 
 def reshape_and_cache_ref(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
                           slot_mapping: torch.Tensor) -> None:
-    """Pure-torch twin of `reshape_and_cache`: scatter rows by flat slot, skipping slots < 0."""
+    """Pure-torch twin of `reshape_and_cache`, and the engine's KV write on
+    kernel_backend='torch': scatter rows by flat slot, skipping slots < 0."""
     num_blocks, block_size, num_kv_heads, head_dim = kv_cache.shape[1:]
     slots = slot_mapping[:k.shape[0]]
     keep = slots >= 0                                                    # [T] bool

@@ -3,18 +3,17 @@
     rms_norm(x [..., H], weight [H], eps) -> [..., H]
     fused_add_rms_norm(x, residual, weight, eps) -> (rms_norm(x + residual), x + residual)
 
-One program normalises one row. The numerics follow runner/engine/layers/layernorm.py (HF's
-LlamaRMSNorm): the residual sum is rounded to the activation dtype (it is what the next layer
-receives), the mean of squares and the scaling run in fp32, and the normalised row is rounded to
-the input dtype before the weight multiplies it.
+One program normalises one row. The numerics are HF's LlamaRMSNorm, which `rms_norm_ref` spells
+out (the engine's RMSNorm layer runs it on kernel_backend='torch'): the residual sum is rounded
+to the activation dtype (it is what the next layer receives), the mean of squares and the
+scaling run in fp32, and the normalised row is rounded to the input dtype before the weight
+multiplies it.
 """
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
-from kernels.utils import next_power_of_2
+from kernels.utils import next_power_of_2, tl, triton
 
 
 @triton.jit
@@ -93,7 +92,7 @@ def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Te
 
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Pure-torch twin of `rms_norm`."""
+    """Pure-torch twin of `rms_norm`, and the engine's RMSNorm on kernel_backend='torch'."""
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     return weight * xf.to(x.dtype)

@@ -14,10 +14,8 @@ in fp32, rounding back to the activation dtype like the torch reference.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
-from kernels.utils import next_power_of_2
+from kernels.utils import next_power_of_2, tl, triton
 
 
 @triton.jit
@@ -89,7 +87,8 @@ def rotary_embedding(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
 def rotary_embedding_ref(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                          cos_sin_cache: torch.Tensor, rotary_dim: int
                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pure-torch twin of `rotary_embedding` (also in place, also returns (q, k))."""
+    """Pure-torch twin of `rotary_embedding` (also in place, also returns (q, k)), and the
+    engine's rotary embedding on kernel_backend='torch'."""
     cos, sin = cos_sin_cache[positions].float().chunk(2, dim=-1)       # [T, rotary_dim/2]
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     for x in (q, k):

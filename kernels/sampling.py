@@ -52,10 +52,8 @@ NaN (as log_softmax).
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
-from kernels.utils import is_interpreter, next_power_of_2, num_sms
+from kernels.utils import is_interpreter, next_power_of_2, num_sms, tl, triton
 
 # u is clamped to [U_MIN, U_MAX] before g = -log(-log(u)): both logs stay finite.
 U_MIN = 1.1754943508222875e-38      # fp32's smallest normal: -log(u) <= 87.3, g >= -4.47

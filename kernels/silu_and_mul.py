@@ -3,16 +3,15 @@
     x [..., 2 * I] (gate then up)  ->  silu(gate) * up  [..., I]
 
 Grid (rows, cdiv(I, BLOCK)): elementwise and bandwidth-bound, so each program streams one
-BLOCK-wide slice of one row. Numerics follow runner/engine/layers/activation.py: silu(gate) is
-computed in fp32 and rounded to the activation dtype before the product, as torch does.
+BLOCK-wide slice of one row. Numerics follow torch's, as `silu_and_mul_ref` (what the engine's
+SiluAndMul layer runs on kernel_backend='torch') computes them: silu(gate) in fp32, rounded to
+the activation dtype before the product.
 """
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
 
-from kernels.utils import next_power_of_2
+from kernels.utils import next_power_of_2, tl, triton
 
 
 @triton.jit
@@ -52,6 +51,6 @@ def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tens
 
 
 def silu_and_mul_ref(x: torch.Tensor) -> torch.Tensor:
-    """Pure-torch twin of `silu_and_mul`."""
+    """Pure-torch twin of `silu_and_mul`, and the engine's activation on kernel_backend='torch'."""
     gate, up = x.chunk(2, dim=-1)
     return torch.nn.functional.silu(gate) * up

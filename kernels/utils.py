@@ -4,6 +4,11 @@ tile sizes of the attention kernels.
 Launchers ask this module how to launch (block sizes, warps, stages, split counts); the kernels
 themselves never read it. Everything here is computed from shapes, dtypes and the device, never
 from tensor contents, so a launcher stays free of host syncs and safe under CUDA-graph capture.
+
+It also hands out `triton` and `triton.language` to the op files. Triton is an optional
+dependency (a CPU-only install has none), while the engine's torch backend runs every op on the
+`*_ref` twin that sits in the same file as its kernel: without Triton those files still import,
+their `@triton.jit` kernels become stubs, and a launcher that reaches one raises ImportError.
 """
 from __future__ import annotations
 
@@ -13,7 +18,40 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import triton
+
+try:
+    import triton
+    import triton.language as tl
+    HAS_TRITON = True
+except ImportError:                 # CPU-only install: the *_ref twins still import
+    HAS_TRITON = False
+
+    class _MissingKernel:
+        def __init__(self, name: str):
+            self.__name__ = name
+
+        def __getitem__(self, grid):
+            raise ImportError(f"the Triton kernel {self.__name__} needs the triton package; "
+                              "install it or use kernel_backend='torch'.")
+
+    class _MissingTriton:
+        """Stands in for `triton` and `triton.language` at import time only."""
+
+        def jit(self, fn=None, **_options):
+            if fn is None:                       # @triton.jit(do_not_specialize=...)
+                return self.jit
+            return _MissingKernel(fn.__name__)
+
+        def constexpr(self, value):
+            return value
+
+        def next_power_of_2(self, n: int) -> int:
+            return 1 << (int(n) - 1).bit_length()
+
+        def cdiv(self, a: int, b: int) -> int:
+            return -(-a // b)
+
+    triton = tl = _MissingTriton()
 
 
 def is_interpreter() -> bool:

@@ -64,7 +64,7 @@ def make_tokenizer(vocab_size: int = 384):
 
 
 def _config(arch: str, vocab_size: int, **overrides):
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
 
     common = dict(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -83,6 +83,10 @@ def _config(arch: str, vocab_size: int, **overrides):
     elif arch == "qwen2":  # q/k/v bias, tied embeddings
         cfg = Qwen2Config(**{**common, "num_key_value_heads": 2, "tie_word_embeddings": True,
                              "rope_theta": 1000000.0, **overrides})
+    elif arch == "qwen3":  # per-head q/k norm, head_dim 32 != hidden / heads, tied embeddings
+        cfg = Qwen3Config(**{**common, "num_key_value_heads": 2, "head_dim": 32,
+                             "tie_word_embeddings": True, "rope_theta": 1000000.0,
+                             **overrides})
     elif arch == "mistral":
         cfg = MistralConfig(**{**common, "num_key_value_heads": 2, "sliding_window": None,
                                **overrides})

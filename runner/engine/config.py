@@ -231,8 +231,7 @@ class EngineArgs:
         dtype = resolve_dtype(self.dtype, hf_config, device)
         if self.tensor_parallel_size > 1:
             from runner.engine.distributed import verify_tensor_parallel
-            from runner.engine.models import get_model_class
-            from runner.engine.pooling import is_embedding_model
+            from runner.engine.models import get_model_class, is_embedding_model
             if is_embedding_model(hf_config):
                 raise NotImplementedError(
                     f"tensor_parallel_size={self.tensor_parallel_size}: embedding models run on "

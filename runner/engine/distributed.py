@@ -40,7 +40,7 @@ def verify_tensor_parallel(tp_size: int, hf_config, device: torch.device,
     if not getattr(model_cls, "supports_tensor_parallel", False):
         raise NotImplementedError(
             f"tensor_parallel_size={tp_size}: {model_cls.__name__} does not support tensor "
-            "parallelism yet (the Llama family does: Llama, Llama-3, Mistral, Qwen2); use "
+            "parallelism yet (the Llama family does: Llama, Llama-3, Mistral, Qwen2, Qwen3); use "
             "tensor_parallel_size=1.")
     if device.type == "cuda":
         visible = torch.cuda.device_count()

@@ -21,9 +21,10 @@ from typing import Optional, Sequence, Union
 from runner.engine.config import EngineArgs
 from runner.engine.chat_utils import render_prompts
 from runner.engine.llm_engine import LLMEngine
+from runner.engine.models import is_embedding_model
 from runner.engine.outputs import (BeamSearchOutput, BeamSearchSequence,
                                    EmbeddingRequestOutput, PoolingParams, RequestOutput)
-from runner.engine.pooling import PoolingRunner, is_embedding_model
+from runner.engine.pooling import PoolingRunner
 from runner.engine.sampling_params import BeamSearchParams, SamplingParams
 
 

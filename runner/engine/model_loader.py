@@ -8,13 +8,15 @@ fills every parameter with small random values instead: the real shapes, no file
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 from typing import Iterator
 
 import torch
 from torch import nn
 
-from runner.engine.config import ModelConfig
+from runner.engine.config import ModelConfig, weight_files_in
 from runner.engine.models import get_model_class
 from runner.engine.layers.checkpoint import CheckpointSlice
 from runner.engine.parallel import ParallelContext
@@ -51,11 +53,8 @@ def pt_weights_iterator(files: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def _checkpoint_files(model_config: ModelConfig) -> list[str]:
-    from runner.engine.config import weight_files_in
     files = weight_files_in(model_config.model_path, model_config.load_format)
     # a sharded checkpoint's index names the files that belong to it; skip stray extras
-    import json
-    import os
     index = os.path.join(model_config.model_path, "model.safetensors.index.json")
     if files and files[0].endswith(".safetensors") and os.path.isfile(index):
         with open(index) as fh:
@@ -75,10 +74,10 @@ def initialize_dummy_weights(model: nn.Module, seed: int, low: float = -1e-3,
 
 
 def get_model(model_config: ModelConfig, device: torch.device,
-              pc: ParallelContext | None = None, model_cls=None) -> nn.Module:
-    """The model on `device` in the config's dtype with its checkpoint loaded; `model_cls`
-    overrides the decoder registry (the pooling runner passes its encoder class)."""
-    cls = model_cls or get_model_class(model_config.hf_config)
+              pc: ParallelContext | None = None) -> nn.Module:
+    """The model (decoder or encoder, from the registry) on `device` in the config's dtype,
+    with its checkpoint loaded."""
+    cls = get_model_class(model_config.hf_config)
     with _default_dtype(model_config.dtype), torch.device(device):
         model = cls(model_config.hf_config, pc)
     model.eval()
@@ -86,7 +85,8 @@ def get_model(model_config: ModelConfig, device: torch.device,
         initialize_dummy_weights(model, model_config.seed)
         return model
     files = _checkpoint_files(model_config)
-    # families built from the parallel layers take lazy slices: each rank reads its shard only
+    # tensor-parallel families take lazy slices (their weight loaders narrow them to this
+    # rank's shard), so each rank reads only its part of the files
     lazy = bool(getattr(cls, "supports_tensor_parallel", False))
     it = (safetensors_weights_iterator(files, lazy) if files[0].endswith(".safetensors")
           else pt_weights_iterator(files))

@@ -23,14 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from runner.engine.config import EngineConfig
-from runner.engine.models.bert import BertModel
 from runner.engine.outputs import EmbeddingOutput, EmbeddingRequestOutput, PoolingParams
 from runner.engine.tokenizer import load_tokenizer, parse_prompt
 
 logger = logging.getLogger("runner.engine")
-
-# HF `architectures` names of the encoder (embedding) models this engine runs.
-EMBEDDING_MODELS = {"BertModel": BertModel}
 
 POOLING_TYPES = ("MEAN", "CLS", "LAST", "MAX", "MEAN_SQRT_LEN")
 # sentence-transformers' Pooling config keys -> our pooling types
@@ -40,11 +36,6 @@ _ST_POOLING_KEYS = {
     "pooling_mode_mean_sqrt_len_tokens": "MEAN_SQRT_LEN",
 }
 _ST_PREFIX = "sentence_transformers.models."
-
-
-def is_embedding_model(hf_config) -> bool:
-    archs = getattr(hf_config, "architectures", None) or []
-    return any(a in EMBEDDING_MODELS for a in archs)
 
 
 @dataclass
@@ -140,10 +131,7 @@ class PoolingRunner:
 
     def _load_model(self) -> torch.nn.Module:
         from runner.engine.model_loader import get_model
-        mc = self.model_config
-        cls = next(EMBEDDING_MODELS[a] for a in mc.hf_config.architectures
-                   if a in EMBEDDING_MODELS)
-        return get_model(mc, self.device, model_cls=cls)
+        return get_model(self.model_config, self.device)     # the registry's encoder class
 
     def get_tokenizer(self):
         return self.tokenizer
@@ -191,28 +179,6 @@ class PoolingRunner:
         hidden = self.model(input_ids, positions, attn)                        # [B, T, h]
         self.stats["num_forward_passes"] += 1
         return pool(hidden.float(), mask, self.pooler_config.pooling_type)
-
-    @torch.inference_mode()
-    def embed_varlen(self, batch_ids: list[list[int]]) -> torch.Tensor:
-        """The same as embed_padded with every prompt packed into one row (no pad tokens)."""
-        lens = [len(x) for x in batch_ids]
-        flat = torch.tensor([t for ids in batch_ids for t in ids], device=self.device)[None]
-        positions = torch.cat([torch.arange(n) for n in lens]).to(self.device)[None]  # [1, N]
-        seq_of = torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(lens))
-        seq_of = seq_of.to(self.device)                                        # [N]
-        attn = (seq_of[:, None] == seq_of[None, :])[None, None]                # [1, 1, N, N]
-        hidden = self.model(flat, positions, attn)[0].float()                  # [N, h]
-        self.stats["num_forward_passes"] += 1
-        # unpack into a padded [B, T, h] view so that `pool` serves both layouts
-        B, T = len(lens), max(lens)
-        padded = hidden.new_zeros(B, T, hidden.shape[-1])
-        mask = torch.zeros(B, T, dtype=torch.long, device=self.device)
-        start = 0
-        for b, n in enumerate(lens):
-            padded[b, :n] = hidden[start:start + n]
-            mask[b, :n] = 1
-            start += n
-        return pool(padded, mask, self.pooler_config.pooling_type)
 
     def encode(self, prompts: list, params: list[PoolingParams], request_ids: list[str],
                use_tqdm: bool = False) -> list[EmbeddingRequestOutput]:

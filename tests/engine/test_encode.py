@@ -86,7 +86,7 @@ def test_normalize_override_and_dimensions(llm, hf_embeddings):
                                atol=1e-5, rtol=1e-5)
 
 
-def test_prompt_forms_and_varlen_layout(llm):
+def test_prompt_forms(llm):
     tok = llm.get_tokenizer()
     ids = tok(SENTENCES[1]).input_ids
     a, b, c = llm.encode([SENTENCES[1], {"prompt": SENTENCES[1]}, {"prompt_token_ids": ids}],
@@ -94,10 +94,6 @@ def test_prompt_forms_and_varlen_layout(llm):
     assert a.outputs.embedding == b.outputs.embedding
     torch.testing.assert_close(torch.tensor(a.outputs.embedding),
                                torch.tensor(c.outputs.embedding))
-    runner = llm.pooling_runner
-    batch = [tok(s).input_ids for s in SENTENCES]
-    torch.testing.assert_close(runner.embed_varlen(batch), runner.embed_padded(batch),
-                               atol=1e-5, rtol=1e-5)
 
 
 def test_errors_on_embedding_model(llm):

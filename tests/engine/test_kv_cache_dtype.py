@@ -68,11 +68,14 @@ def _engine_logprobs(out) -> torch.Tensor:
     return ids, torch.tensor(prompt + sampled)
 
 
-@pytest.mark.parametrize("kv_cache_dtype,kernel_backend", [
-    ("fp8", "torch"), ("fp8_e5m2", "torch"), ("fp8_e4m3", "triton")])
-def test_fp8_kv_cache_equals_hf_with_fp8_keys_and_values(tiny_model_factory, kv_cache_dtype,
-                                                         kernel_backend):
-    path = tiny_model_factory("llama_gqa")
+@pytest.mark.parametrize("arch,kv_cache_dtype,kernel_backend", [
+    ("llama_gqa", "fp8", "torch"), ("llama_gqa", "fp8_e5m2", "torch"),
+    ("llama_gqa", "fp8_e4m3", "triton"),
+    # the other Llama relatives share the decoder, so they share the fp8 cache
+    ("qwen3", "fp8", "torch"), ("qwen3", "fp8", "triton"), ("qwen2", "fp8", "torch")])
+def test_fp8_kv_cache_equals_hf_with_fp8_keys_and_values(tiny_model_factory, arch,
+                                                         kv_cache_dtype, kernel_backend):
+    path = tiny_model_factory(arch)
     ref = hf_model(path, kv_cache_dtype)
     plain = hf_model(path)
     llm, outs = engine_run(path, kv_cache_dtype=kv_cache_dtype, kernel_backend=kernel_backend)

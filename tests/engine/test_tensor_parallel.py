@@ -98,13 +98,17 @@ def test_custom_all_reduce_gives_nccl_results(tiny_gqa):
     _assert_same(nccl, custom, atol=1e-6)
 
 
+# the Llama relatives share one decoder, so each gets tensor parallelism: Llama-3 (GQA, llama3
+# rope), Qwen2 (q/k/v biases sharded with their heads), Qwen3 (q/k norm on each rank's heads)
+@pytest.mark.parametrize("arch", ["llama_gqa", "qwen2", "qwen3"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_tp2_equals_tp1_greedy_and_logprobs(tiny_gqa, device):
+def test_tp2_equals_tp1_greedy_and_logprobs(tiny_model_factory, arch, device):
+    path = tiny_model_factory(arch)
     sp = SamplingParams(temperature=0, max_tokens=24, logprobs=3, prompt_logprobs=2)
     # a small token budget forces chunked prefill and mixed prefill/decode steps
     kw = dict(max_num_batched_tokens=16, max_num_seqs=4)
-    ref = _generate(tiny_gqa, 1, PROMPTS, sp, device, **kw)
-    out = _generate(tiny_gqa, 2, PROMPTS, sp, device, **kw)
+    ref = _generate(path, 1, PROMPTS, sp, device, **kw)
+    out = _generate(path, 2, PROMPTS, sp, device, **kw)
     _assert_same(ref, out)
 
 

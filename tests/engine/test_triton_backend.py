@@ -6,14 +6,18 @@ decode, fused norms, rotary) inside the real engine, not only op by op.
 """
 from __future__ import annotations
 
+import pytest
 import torch
 
 from runner.engine import LLM, SamplingParams
 
 
-def test_triton_backend_greedy_equals_hf(tiny_model_factory):
+# one decoder serves the Llama relatives: Qwen2 adds q/k/v biases, Qwen3 the q/k RMSNorm
+# kernels on [T * heads, head_dim] rows before the in-place rotary kernel
+@pytest.mark.parametrize("arch", ["llama_gqa", "qwen2", "qwen3"])
+def test_triton_backend_greedy_equals_hf(tiny_model_factory, arch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    path = tiny_model_factory("llama_gqa")
+    path = tiny_model_factory(arch)
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     hf.generation_config.eos_token_id = None
     tok = AutoTokenizer.from_pretrained(path)

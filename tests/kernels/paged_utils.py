@@ -1,5 +1,5 @@
 """Helpers of the kernel tests: paged KV caches with shuffled block tables, tolerances by dtype,
-and the engine's AttentionMetadata for comparing with runner/engine/attention.py."""
+and the engine's AttentionMetadata for running runner/engine/attention.py's Attention layer."""
 from __future__ import annotations
 
 import torch
@@ -48,24 +48,24 @@ def make_block_tables(seq_lens: list[int], block_size: int, gen: torch.Generator
     return tables.to(DEVICE), num_blocks
 
 
-def runner_decode_meta(block_tables: torch.Tensor, seq_lens: list[int]) -> AttentionMetadata:
-    """Metadata that sends every row through the engine reference's batched decode path."""
-    batch = len(seq_lens)
-    idx = torch.arange(batch, device=DEVICE)
-    return AttentionMetadata(
-        slot_mapping=torch.empty(0, dtype=torch.long, device=DEVICE),
-        query_start_loc=list(range(batch + 1)), seq_lens=list(seq_lens),
-        block_tables=block_tables.long(), decode_idx=idx,
-        decode_seq_lens=torch.tensor(seq_lens, device=DEVICE), decode_query_rows=idx)
-
-
-def runner_prefill_meta(block_tables: torch.Tensor, query_lens: list[int],
-                        seq_lens: list[int]) -> AttentionMetadata:
-    """Metadata that sends every sequence through the engine reference's prefill path."""
+def runner_meta(block_tables: torch.Tensor, query_lens: list[int], seq_lens: list[int],
+                slot_mapping: torch.Tensor | None = None) -> AttentionMetadata:
+    """The AttentionMetadata the engine's input builder makes for the torch backend: one-token
+    sequences are decode rows (batched), the others prefill chunks."""
     qsl = [0]
     for n in query_lens:
         qsl.append(qsl[-1] + n)
+    decode = [b for b, n in enumerate(query_lens) if n == 1]
     return AttentionMetadata(
-        slot_mapping=torch.empty(0, dtype=torch.long, device=DEVICE),
-        query_start_loc=qsl, seq_lens=list(seq_lens), block_tables=block_tables.long(),
-        prefill_idx=tuple(range(len(seq_lens))))
+        slot_mapping=(torch.empty(0, dtype=torch.long, device=DEVICE) if slot_mapping is None
+                      else slot_mapping),
+        query_start_loc=qsl, seq_lens=list(seq_lens), block_tables=block_tables,
+        max_query_len=max(query_lens), max_seq_len=max(seq_lens),
+        decode_only=len(decode) == len(query_lens),
+        query_start_loc_t=torch.tensor(qsl, dtype=torch.int32, device=DEVICE),
+        seq_lens_t=torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE),
+        decode_idx=torch.tensor(decode, dtype=torch.long, device=DEVICE),
+        prefill_idx=tuple(b for b, n in enumerate(query_lens) if n > 1),
+        decode_seq_lens=torch.tensor([seq_lens[b] for b in decode], device=DEVICE),
+        decode_query_rows=torch.tensor([qsl[b] for b in decode], dtype=torch.long,
+                                       device=DEVICE))

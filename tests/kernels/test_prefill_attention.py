@@ -1,4 +1,4 @@
-"""prefill_attention (Triton) against its torch twin and the engine's reference backend.
+"""prefill_attention (Triton) against its torch twin (also the engine's torch backend).
 
 Variable-length batches mixing fresh prompts, chunks over a cached prefix (chunked prefill)
 and single-token rows; context lengths off block boundaries, block sizes 4-32, GQA 1/2/4,
@@ -13,9 +13,9 @@ import torch
 
 from kernels.prefill_attention import prefill_attention, prefill_attention_ref
 from kernels.reshape_and_cache import reshape_and_cache
-from runner.engine.attention import Attention, paged_attention_ref
+from runner.engine.attention import Attention
 from tests.kernels.paged_utils import (ATTN_TOL, DEVICE, DTYPES, FP8_DTYPES, assert_close,
-                                       make_block_tables, make_kv_cache, runner_prefill_meta)
+                                       make_block_tables, make_kv_cache, runner_meta)
 
 
 def _batch(query_lens, prefix_lens, block_size, num_kv_heads, head_dim, dtype, gen):
@@ -27,7 +27,7 @@ def _batch(query_lens, prefix_lens, block_size, num_kv_heads, head_dim, dtype, g
 
 
 def _run_case(dtype, num_heads, num_kv_heads, head_dim, block_size, query_lens, prefix_lens,
-              sliding_window=None, seed=0, check_runner=True, cache_dtype=None):
+              sliding_window=None, seed=0, cache_dtype=None):
     gen = torch.Generator().manual_seed(seed)
     seq_lens, tables, cache, qsl = _batch(query_lens, prefix_lens, block_size, num_kv_heads,
                                           head_dim, cache_dtype or dtype, gen)
@@ -39,11 +39,9 @@ def _run_case(dtype, num_heads, num_kv_heads, head_dim, block_size, query_lens, 
                             sliding_window=sliding_window)
     assert out.shape == q.shape and out.dtype == dtype
     ref = prefill_attention_ref(q, cache, qsl, lens, tables, scale, sliding_window)
-    assert_close(out, ref, ATTN_TOL, dtype)
-    if check_runner:
-        meta = runner_prefill_meta(tables, query_lens, seq_lens)
-        engine_ref = paged_attention_ref(q, cache, meta, scale, sliding_window)
-        assert_close(out, engine_ref, ATTN_TOL, dtype, loosen=2.0)
+    # the twin is SDPA in q's dtype (the engine's torch backend numerics), so a 16-bit case
+    # holds two roundings of P and PV; the tolerance is the one the engine's SDPA reference had
+    assert_close(out, ref, ATTN_TOL, dtype, loosen=1.0 if dtype == torch.float32 else 2.0)
 
 
 # fresh prompt / chunk over a cached prefix / one token over a prefix / chunk crossing tiles
@@ -77,7 +75,7 @@ def test_prefill_over_fp8_cache(dtype, cache_dtype):
 
 def test_prefill_head_dim_not_power_of_two():
     # head_dim 80 (e.g. some Phi/StableLM shapes): the padded feature lanes must stay masked
-    _run_case(torch.float16, 4, 2, 80, 16, [9, 20], [3, 0], check_runner=False)
+    _run_case(torch.float16, 4, 2, 80, 16, [9, 20], [3, 0])
 
 
 @pytest.mark.parametrize("dtype,cache_dtype", [
@@ -105,8 +103,7 @@ def test_prefill_after_cache_write_matches_engine_attention(dtype, cache_dtype):
     lens = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
     out = prefill_attention(q, cache, qsl, lens, tables, d ** -0.5, max(query_lens))
 
-    meta = runner_prefill_meta(tables, query_lens, seq_lens)
-    meta.slot_mapping = slot_mapping
+    meta = runner_meta(tables, query_lens, seq_lens, slot_mapping)
     layer = Attention(hq, d, d ** -0.5, hk)
     expected = layer(q.view(t, -1), k.view(t, -1), v.view(t, -1), engine_cache, meta)
     assert torch.equal(cache.view(torch.uint8), engine_cache.view(torch.uint8))
@@ -129,7 +126,7 @@ def test_prefill_gpu_llama3_8b_heads(dtype, sliding_window):
     (40, 40, 128, 16), (16, 16, 64, 32), (28, 4, 128, 8)])
 def test_prefill_gpu_shapes(num_heads, num_kv_heads, head_dim, block_size):
     _run_case(torch.bfloat16, num_heads, num_kv_heads, head_dim, block_size,
-              [512, 77, 2048], [0, 300, 512], check_runner=False)
+              [512, 77, 2048], [0, 300, 512])
 
 
 @pytest.mark.gpu

@@ -15,11 +15,7 @@ LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
 
 
 def _rope(*args) -> RotaryEmbedding:
-    # not rope.to(DEVICE): the engine layer's `_apply(x, cos, sin)` shadows nn.Module._apply,
-    # which .to() relies on; move the one buffer by hand
-    rope = RotaryEmbedding(*args)
-    rope.cos_sin_cache = rope.cos_sin_cache.to(DEVICE)
-    return rope
+    return RotaryEmbedding(*args).to(DEVICE)
 
 
 def _qkv(num_tokens, hq, hk, d, dtype, gen):

@@ -1,9 +1,13 @@
-"""SiLU-and-mul: the gated activation of Llama-family MLPs on a fused gate/up projection."""
+"""SiLU-and-mul: the gated activation of Llama-family MLPs on a fused gate/up projection.
+
+The op lives in kernels/silu_and_mul.py: the Triton kernel with use_triton, its torch twin
+`silu_and_mul_ref` otherwise (one reference, shared with the kernel's tests)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from kernels.silu_and_mul import silu_and_mul, silu_and_mul_ref
 
 
 class SiluAndMul(nn.Module):
@@ -14,7 +18,5 @@ class SiluAndMul(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [T, 2*I] (gate then up) -> [T, I]."""
         if self.use_triton:
-            from kernels.silu_and_mul import silu_and_mul
             return silu_and_mul(x)
-        gate, up = x.chunk(2, dim=-1)
-        return F.silu(gate) * up
+        return silu_and_mul_ref(x)

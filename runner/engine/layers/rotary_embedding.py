@@ -1,9 +1,11 @@
 """Rotary position embedding (neox / rotate-half layout) with HF's rope scaling variants.
 
-The cos/sin table is built once for max_position positions; `forward` gathers rows by position,
-so any mix of prefill chunks and decode tokens in one flat batch gets the right angles.
-Supported rope_type values: default, linear, dynamic (as a static table at max_position),
-llama3. Others raise NotImplementedError naming the type.
+The cos/sin table (rope scaling folded in) is built once for max_position positions; the
+rotation gathers rows by position, so any mix of prefill chunks and decode tokens in one flat
+batch gets the right angles. It rotates q and k in place through kernels/rotary_embedding.py:
+the Triton kernel with use_triton, its torch twin `rotary_embedding_ref` otherwise.
+Supported rope_type values: default, linear, llama3. Others raise NotImplementedError naming
+the type.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from typing import Optional
 
 import torch
 from torch import nn
+
+from kernels.rotary_embedding import rotary_embedding, rotary_embedding_ref
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
@@ -60,16 +64,7 @@ class RotaryEmbedding(nn.Module):
                              persistent=False)                 # [P, rotary_dim]
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        """positions [T]; q [T, Hq, D]; k [T, Hk, D] -> rotated (q, k), same dtypes."""
-        if self.use_triton:          # rotates in place, in the table's float32
-            from kernels.rotary_embedding import rotary_embedding
-            return rotary_embedding(positions, q, k, self.cos_sin_cache, self.rotary_dim)
-        cos, sin = self.cos_sin_cache[positions].chunk(2, dim=-1)   # [T, rotary_dim/2] each
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
-
-    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        rot, passthrough = x[..., :self.rotary_dim], x[..., self.rotary_dim:]
-        x1, x2 = rot.float().chunk(2, dim=-1)
-        out = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
-        return torch.cat([out, passthrough], dim=-1) if passthrough.numel() else out
+        """positions [T]; q [T, Hq, D]; k [T, Hk, D] (row views of a fused qkv are fine) ->
+        (q, k) rotated in place, in the table's float32, same dtypes."""
+        rotate = rotary_embedding if self.use_triton else rotary_embedding_ref
+        return rotate(positions, q, k, self.cos_sin_cache, self.rotary_dim)

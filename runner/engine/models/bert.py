@@ -6,9 +6,8 @@
                         GELU FFN + residual + LayerNorm                 [B, T, hidden]
       -> last hidden states (no pooler head: pooling lives in runner/engine/pooling.py)
 
-There is no KV cache: an encoder sees each prompt once. Two batch layouts use the same code:
-padded ([B, T] with a key-padding mask [B, 1, 1, T]) and varlen (every prompt packed into one
-row [1, N] with positions that restart per prompt and a block-diagonal mask [1, 1, N, N]).
+There is no KV cache: an encoder sees each prompt once, in a padded batch ([B, T] with a
+key-padding mask [B, 1, 1, T], built by runner/engine/pooling.py).
 `load_weights` maps checkpoint names (BertModel's, or a `bert.`-prefixed head model's) onto this
 module's parameters and returns the names it filled.
 """

@@ -1,13 +1,29 @@
-"""The Llama family: Llama-2, Llama-3 (GQA, rope scaling), Mistral, Qwen2 (q/k/v bias).
+"""The Llama family in one decoder: Llama-2, Llama-3 (GQA, rope scaling), Mistral (sliding
+window), Qwen2 (q/k/v biases) and Qwen3 (per-head q/k RMSNorm).
+
+The relatives differ by a few flags, not by code paths, so every fast path serves all of them:
+the Triton GEMV of decode-size batches (layers/linear.py), piecewise CUDA graphs
+(`forward_piece`, cuda_graphs.py), the fp8 KV cache (attention.py) and tensor parallelism
+(the parallel layers shard by rank). What sets a family apart:
+
+    Family.qkv_bias  biases on q/k/v but not on o_proj             Qwen2
+    Family.qk_norm   RMSNorm over head_dim of each q and k head,
+                     before the rotary embedding                   Qwen3
+    config           attention_bias (q/k/v/o biases), mlp_bias, head_dim, rope_theta /
+                     rope_scaling / rope_parameters, sliding_window (+ layer_types,
+                     use_sliding_window, max_window_layers), tie_word_embeddings
 
 One decoder-only transformer over a flat token batch (no padding): every tensor below is
-[T, ...] where T is the number of tokens this step computes across all sequences. Attention reads
-and writes the paged KV cache through `AttentionMetadata`; the model itself keeps no cache.
-Checkpoint tensors are streamed through `load_weights`, which maps HF names onto the fused
-qkv_proj / gate_up_proj parameters and calls each parameter's weight loader.
+[T, ...] where T is the number of tokens this step computes across all sequences. Each layer is
+pre-RMSNorm attention and a SiLU-gated MLP with the residual carried beside the hidden states
+(the norms fuse the add). Attention reads and writes the paged KV cache through
+`AttentionMetadata`; the model itself keeps no cache. Checkpoint tensors are streamed through
+`load_weights`, which maps HF names onto the fused qkv_proj / gate_up_proj parameters and calls
+each parameter's weight loader.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable, Optional
 
 import torch
@@ -20,16 +36,70 @@ from runner.engine.layers.linear import (MergedColumnParallelLinear, QKVParallel
                                          RowParallelLinear)
 from runner.engine.layers.rotary_embedding import RotaryEmbedding
 from runner.engine.layers.vocab_embedding import ParallelLMHead, VocabParallelEmbedding
-from runner.engine.parallel import ParallelContext
 from runner.engine.models.weights import load_weights
+from runner.engine.parallel import ParallelContext
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a relative changes in the Llama layout (model_type -> FAMILIES)."""
+    qkv_bias: bool = False      # q/k/v carry biases whatever attention_bias says; o_proj none
+    qk_norm: bool = False       # per-head RMSNorm of q and k (weights [head_dim]) before rope
+
+
+FAMILIES = {
+    "llama": Family(),
+    "mistral": Family(),
+    "qwen2": Family(qkv_bias=True),
+    "qwen3": Family(qk_norm=True),
+}
+
+
+def family_of(config) -> Family:
+    # configs of other Llama-shaped model_types (GGUF conversions say "llama") take Llama's
+    return FAMILIES.get(getattr(config, "model_type", ""), Family())
+
+
+def rope_args(config) -> tuple[float, Optional[dict]]:
+    """(rope_theta, rope_scaling) from either the flat (transformers 4) or the rope_parameters
+    (transformers 5) form of the config."""
+    theta = getattr(config, "rope_theta", None)
+    scaling = getattr(config, "rope_scaling", None)
+    params = getattr(config, "rope_parameters", None)
+    if isinstance(params, dict):
+        theta = theta if theta is not None else params.get("rope_theta")
+        if scaling is None and params.get("rope_type", "default") != "default":
+            scaling = params
+    return float(theta if theta is not None else 10000.0), scaling
+
+
+def sliding_window(config, layer_idx: int) -> Optional[int]:
+    """The attention window of layer `layer_idx`, as HF applies it: Mistral's sliding_window
+    covers every layer; Qwen2/Qwen3 configs turn it on with `use_sliding_window` and say which
+    layers it covers (`layer_types`, or in older configs the layers from `max_window_layers`)."""
+    window = getattr(config, "sliding_window", None)
+    if window is None or getattr(config, "use_sliding_window", True) is False:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types:
+        return window if layer_types[layer_idx] == "sliding_attention" else None
+    if hasattr(config, "max_window_layers"):
+        return window if layer_idx >= config.max_window_layers else None
+    return window
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, hidden: int, intermediate: int, bias: bool, pc: ParallelContext):
+    def __init__(self, config, pc: ParallelContext):
         super().__init__()
-        self.gate_up_proj = MergedColumnParallelLinear(hidden, [intermediate] * 2, bias,
+        act = getattr(config, "hidden_act", "silu")
+        if act != "silu":
+            raise NotImplementedError(f"{getattr(config, 'model_type', 'llama')} hidden_act="
+                                      f"{act!r} is not supported; only 'silu'")
+        hidden, inter = config.hidden_size, config.intermediate_size
+        bias = bool(getattr(config, "mlp_bias", False))
+        self.gate_up_proj = MergedColumnParallelLinear(hidden, [inter] * 2, bias,
                                                        **pc.tp_kwargs(), use_triton=pc.use_triton)
-        self.down_proj = RowParallelLinear(intermediate, hidden, bias, **pc.tp_kwargs(),
+        self.down_proj = RowParallelLinear(inter, hidden, bias, **pc.tp_kwargs(),
                                            all_reduce=pc.all_reduce, use_triton=pc.use_triton)
         self.act_fn = SiluAndMul(pc.use_triton)
 
@@ -38,59 +108,55 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config, pc: ParallelContext, qkv_bias: bool):
+    def __init__(self, config, layer_idx: int, family: Family, pc: ParallelContext):
         super().__init__()
         hidden = config.hidden_size
         total_heads = config.num_attention_heads
         total_kv = getattr(config, "num_key_value_heads", None) or total_heads
+        # Qwen3 and Mistral-Nemo set head_dim != hidden / heads
         self.head_dim = getattr(config, "head_dim", None) or hidden // total_heads
+        attention_bias = bool(getattr(config, "attention_bias", False))
         self.qkv_proj = QKVParallelLinear(hidden, self.head_dim, total_heads, total_kv,
-                                          qkv_bias, **pc.tp_kwargs(), use_triton=pc.use_triton)
+                                          family.qkv_bias or attention_bias, **pc.tp_kwargs(),
+                                          use_triton=pc.use_triton)
         self.num_heads = self.qkv_proj.num_heads
         self.num_kv_heads = self.qkv_proj.num_kv_heads
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         self.o_proj = RowParallelLinear(total_heads * self.head_dim, hidden,
-                                        getattr(config, "attention_bias", False) and not
-                                        qkv_bias_only(config), **pc.tp_kwargs(),
+                                        attention_bias and not family.qkv_bias, **pc.tp_kwargs(),
                                         all_reduce=pc.all_reduce, use_triton=pc.use_triton)
-        rope_scaling = getattr(config, "rope_scaling", None)
-        rope_theta = getattr(config, "rope_theta", None)
-        rope_params = getattr(config, "rope_parameters", None)
-        if rope_theta is None and isinstance(rope_params, dict):
-            rope_theta = rope_params.get("rope_theta")
-            if rope_scaling is None and rope_params.get("rope_type", "default") != "default":
-                rope_scaling = rope_params
+        self.q_norm = self.k_norm = None
+        if family.qk_norm:        # one weight of size head_dim, shared by all heads
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, pc.use_triton)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps, pc.use_triton)
+        theta, scaling = rope_args(config)
         self.rotary_emb = RotaryEmbedding(
-            self.head_dim, config.max_position_embeddings, float(rope_theta or 10000.0),
-            rope_scaling, getattr(config, "partial_rotary_factor", 1.0), pc.use_triton)
-        window = getattr(config, "sliding_window", None)
-        if getattr(config, "use_sliding_window", True) is False:
-            window = None
+            self.head_dim, config.max_position_embeddings, theta, scaling,
+            getattr(config, "partial_rotary_factor", 1.0), pc.use_triton)
         self.attn = Attention(self.num_heads, self.head_dim, self.head_dim ** -0.5,
-                              self.num_kv_heads, window, pc.use_triton)
+                              self.num_kv_heads, sliding_window(config, layer_idx),
+                              pc.use_triton)
 
     def forward(self, positions, hidden, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
         qkv = self.qkv_proj(hidden)                                  # [T, (Hq + 2Hk) D]
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q, k = self.rotary_emb(positions, q.view(-1, self.num_heads, self.head_dim),
-                               k.view(-1, self.num_kv_heads, self.head_dim))
+        d = self.head_dim
+        if self.q_norm is not None:
+            q = self.q_norm(q.reshape(-1, d))                        # [T Hq, D]
+            k = self.k_norm(k.reshape(-1, d))                        # [T Hk, D]
+        q, k = self.rotary_emb(positions, q.view(-1, self.num_heads, d),
+                               k.view(-1, self.num_kv_heads, d))     # rotated in place
         out = self.attn(q.reshape(-1, self.q_size), k.reshape(-1, self.kv_size), v,
                         kv_cache, meta)                              # [T, Hq D]
-        return self.o_proj(out)
-
-
-def qkv_bias_only(config) -> bool:
-    """Qwen2 has biases on q/k/v but not on o_proj."""
-    return getattr(config, "model_type", "") == "qwen2"
+        return self.o_proj(out)                                      # [T, H]
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config, pc: ParallelContext, qkv_bias: bool):
+    def __init__(self, config, layer_idx: int, family: Family, pc: ParallelContext):
         super().__init__()
-        self.self_attn = LlamaAttention(config, pc, qkv_bias)
-        self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size,
-                            getattr(config, "mlp_bias", False), pc)
+        self.self_attn = LlamaAttention(config, layer_idx, family, pc)
+        self.mlp = LlamaMLP(config, pc)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, pc.use_triton)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps,
                                                 pc.use_triton)
@@ -100,19 +166,19 @@ class LlamaDecoderLayer(nn.Module):
             residual = hidden
             hidden = self.input_layernorm(hidden)
         else:
-            hidden, residual = self.input_layernorm(hidden, residual)
+            hidden, residual = self.input_layernorm(hidden, residual)    # fused add + norm
         hidden = self.self_attn(positions, hidden, kv_cache, meta)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config, pc: ParallelContext, qkv_bias: bool):
+    def __init__(self, config, family: Family, pc: ParallelContext):
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size,
                                                    **pc.tp_kwargs(), all_reduce=pc.all_reduce)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, pc, qkv_bias)
-                                    for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, family, pc)
+                                    for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pc.use_triton)
 
     def forward(self, input_ids, positions, kv_caches: list[torch.Tensor],
@@ -135,6 +201,8 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
+    """Every family of this file; the registry maps LlamaForCausalLM, MistralForCausalLM,
+    Qwen2ForCausalLM and Qwen3ForCausalLM here, and the config's model_type picks the Family."""
     supports_tensor_parallel = True
     # checkpoint name fragment -> (fused parameter fragment, shard id)
     stacked_params_mapping = [
@@ -147,9 +215,8 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         pc = pc or ParallelContext()
         self.config = config
-        qkv_bias = getattr(config, "model_type", "") == "qwen2" or getattr(
-            config, "attention_bias", False)
-        self.model = LlamaModel(config, pc, qkv_bias)
+        self.family = family_of(config)
+        self.model = LlamaModel(config, self.family, pc)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, **pc.tp_kwargs(),
                                       use_triton=pc.use_triton)
@@ -170,7 +237,7 @@ class LlamaForCausalLM(nn.Module):
                                         kv_caches, meta)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head.compute_logits(hidden)
+        return self.lm_head.compute_logits(hidden)                   # [N, H] -> [N, V]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         """Stream (HF name, tensor) pairs into the parameters; returns the names loaded."""

@@ -29,8 +29,7 @@ def load_tensor(name: str, param: nn.Parameter, tensor: torch.Tensor) -> None:
     if tuple(param.shape) != tuple(tensor.shape):
         raise ValueError(f"{name}: shape {tuple(param.shape)} vs checkpoint "
                          f"{tuple(tensor.shape)}")
-    else:
-        param.data.copy_(tensor)
+    param.data.copy_(tensor)
 
 
 def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]], *,
