@@ -42,14 +42,17 @@ class _Progress:
             self.bar.update(1)
 
     def step(self, stats: dict) -> None:
-        now = time.monotonic()
-        if self.bar is None or now - self.last < 0.5:
+        if self.bar is None:
             return
-        self.last = now
         done = stats.get("num_prompt_tokens", 0) - self.base[0]
         out = stats.get("num_generation_tokens", 0) - self.base[1]
         self.bar.set_postfix_str(f"prompt tokens {min(done, self.prompt_tokens)}/"
-                                 f"{self.prompt_tokens}, generated {out}", refresh=True)
+                                 f"{self.prompt_tokens}, generated {out}", refresh=False)
+        # redrawn at tqdm's own pace (mininterval, 0.1 s; TQDM_MININTERVAL), not every step
+        now = time.monotonic()
+        if now - self.last >= self.bar.mininterval:
+            self.last = now
+            self.bar.refresh()
 
     def close(self) -> None:
         if self.bar is not None:
