@@ -76,7 +76,7 @@ def _load(name: str, config: Optional[str], split: str, where: str, **kw):
     import datasets
 
     flags = offline_flags()
-    local = Path(name).exists()
+    local = Path(name).exists() or "data_files" in kw
     if not local and not flags:
         why = hub_unreachable()
         if why is not None:
