@@ -43,10 +43,11 @@ from runner.run.recipe import GROUPS, RecipeError, load_recipe
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
-# An installed wheel carries the tree as the package runner.conf; a checkout has it at the top.
+# An installed wheel carries the tree as the package runner.conf (runner/conf/, setup.py); a
+# checkout has it at the top. Hydra reads it as a folder either way (pkg:// would need an
+# __init__.py among the YAML files).
 INSTALLED_CONF = PACKAGE_DIR / "conf"
 CONF_DIR = INSTALLED_CONF if (INSTALLED_CONF / "config.yaml").is_file() else REPO_ROOT / "conf"
-CONFIG_PATH = "pkg://runner.conf" if CONF_DIR == INSTALLED_CONF else os.fspath(CONF_DIR)
 RECIPE_GROUP = "_recipe_"
 # Presets that a dataset spec's name maps onto (hf:squad and hf:rajpurkar/squad -> squad.yaml).
 KNOWN_HF_PRESETS = {"squad": "squad", "rajpurkar/squad": "squad"}
@@ -412,7 +413,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     saved_argv = sys.argv
     sys.argv = [saved_argv[0] if saved_argv else "runner", *argv]
     try:
-        hydra.main(config_path=CONFIG_PATH, config_name="config", version_base="1.3")(task)()
+        hydra.main(config_path=os.fspath(CONF_DIR), config_name="config",
+                   version_base="1.3")(task)()
     except KeyboardInterrupt as exc:
         if not getattr(exc, "reported", False):
             print(interrupt_line(exc), file=sys.stderr, flush=True)
