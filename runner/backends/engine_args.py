@@ -6,10 +6,15 @@
       everything else     <- EngineConfig, field for field (BACKEND_KEYS are the backend's own)
 
 eval, generate, bench and embed all call `engine_args`, so `engine.block_size=32` means 32 in
-each of them (tests/runner/test_engine_args.py composes every mode and checks). The one derived
-value: a model shape with random weights (ModelSource kind "shape", a config.json and nothing
-else) has no tokenizer to load, so it runs with skip_tokenizer_init=True unless model.tokenizer
-names one.
+each of them (tests/runner/test_engine_args.py composes every mode and checks). Two values are
+derived where the config leaves them open:
+  - a model shape with random weights (ModelSource kind "shape", a config.json and nothing
+    else) has no tokenizer to load: skip_tokenizer_init=True unless model.tokenizer names one;
+  - on the CPU, engine.max_num_batched_tokens=null means CPU_MAX_NUM_BATCHED_TOKENS (2048, as
+    engine=cpu_small), not the engine's 8192: one step of 8192 prompt tokens takes about a
+    minute on a CPU core, and the default run's 80 prompts (8,581 tokens) then prefilled in one
+    silent step; at 2048 a step stays seconds long and the progress bar moves between them
+    (vLLM also picks its token budget by platform).
 
 CPU threads are a property of the process, not an engine argument: `cpu_threads` picks the
 count (the run's `cpu_threads`, else OMP_NUM_THREADS, else half the usable cores, at most 8) and
@@ -27,6 +32,8 @@ from runner.schemas import (BACKEND_KEYS, MODEL_ENGINE_FIELDS, EngineConfig, Mod
 # Without a setting, at most this many threads: torch's intra-op gains flatten out beyond it for
 # the models a CPU runs, and every thread past the free cores costs far more than it brings.
 MAX_AUTO_CPU_THREADS = 8
+# The token budget of a CPU step when engine.max_num_batched_tokens is null (module docstring).
+CPU_MAX_NUM_BATCHED_TOKENS = 2048
 
 
 def engine_args(model_cfg: ModelConfig, engine_cfg: EngineConfig, seed: int, source):
@@ -42,6 +49,9 @@ def engine_args(model_cfg: ModelConfig, engine_cfg: EngineConfig, seed: int, sou
     kwargs.update(plain)
     if not source.has_tokenizer and model_cfg.tokenizer is None:
         kwargs["skip_tokenizer_init"] = True
+    if kwargs["max_num_batched_tokens"] is None and kwargs["enable_chunked_prefill"] is not False \
+            and runs_on_cpu(kwargs["device"]):
+        kwargs["max_num_batched_tokens"] = CPU_MAX_NUM_BATCHED_TOKENS
     unknown = set(kwargs) - {f.name for f in dataclasses.fields(EngineArgs)}
     if unknown:
         # The schema test catches this first; a clear line beats a TypeError deep in the engine.

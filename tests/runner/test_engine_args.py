@@ -117,3 +117,27 @@ def test_a_model_shape_without_tokenizer_skips_tokenizer_init():
     assert source.kind == "shape"
     args = engine_args(cfg.model, cfg.engine, cfg.seed, source)
     assert args.skip_tokenizer_init and args.load_format == "dummy"
+
+
+def test_the_default_run_prefills_in_steps_on_the_cpu():
+    """Issue 27.10: the default run's 80 prompts prefilled in one step of minutes, with the
+    progress bar at 0/80; on the CPU an unset token budget is CPU_MAX_NUM_BATCHED_TOKENS."""
+    from runner.backends.engine_args import CPU_MAX_NUM_BATCHED_TOKENS, engine_args
+    from runner.model_source import resolve_model_source
+    from runner.tasks import build_task
+
+    cfg = cli.to_run_config(cli.compose(["engine.device=cpu"]))
+    args = engine_args(cfg.model, cfg.engine, cfg.seed,
+                       resolve_model_source(cfg.model, cfg.engine.load_format))
+    assert args.max_num_batched_tokens == CPU_MAX_NUM_BATCHED_TOKENS
+    task = build_task(cfg)
+    words = sum(len(d.doc["context"].split()) + len(d.doc["question"].split())
+                for d in task.docs())
+    assert words > CPU_MAX_NUM_BATCHED_TOKENS  # a word is a token or more: several steps
+    explicit = cli.to_run_config(cli.compose(["engine.device=cpu",
+                                              "engine.max_num_batched_tokens=8192"]))
+    assert engine_args(explicit.model, explicit.engine, 0,
+                       resolve_model_source(explicit.model)).max_num_batched_tokens == 8192
+    gpu = cli.to_run_config(cli.compose(["engine.device=cuda"]))
+    assert engine_args(gpu.model, gpu.engine, 0,
+                       resolve_model_source(gpu.model)).max_num_batched_tokens is None
