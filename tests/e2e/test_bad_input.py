@@ -98,13 +98,14 @@ def test_bad_engine_values_fail_before_the_run_folder_exists(tiny_llama, tmp_pat
     assert not out.exists()
 
 
-def test_missing_model_fails_before_the_run_folder_exists(tmp_path):
+@pytest.mark.parametrize("model", ["{tmp}/no_such_model", "no-such-org/no-such-model"])
+def test_missing_model_fails_before_the_run_folder_exists(tmp_path, model):
     write_jsonl(tmp_path / "data.jsonl", 2)
     out = tmp_path / "out"
-    proc = run_cli(tiny_args(tmp_path / "no_such_model", "data.jsonl", out), cwd=tmp_path,
-                   timeout=300)
-    _assert_clean_failure(proc, "no_such_model", out)
-    assert not out.exists()
+    model = model.format(tmp=tmp_path)
+    proc = run_cli(tiny_args(model, "data.jsonl", out), cwd=tmp_path, timeout=300)
+    _assert_clean_failure(proc, model.rsplit("/", 1)[-1], out)
+    assert not out.exists()  # offline, a hub id that is not cached fails in the engine
 
 
 def test_embedding_model_in_eval_mode_fails_before_the_run_folder_exists(tmp_path):
