@@ -155,3 +155,23 @@ def test_failure_during_the_run_leaves_a_folder_marked_failed(tiny_llama, tmp_pa
     assert len(read_predictions(run_dir)) == 2  # finished items are kept
     assert "Traceback" in (run_dir / "run.log").read_text()
     assert not (run_dir / ".lock").exists()
+
+
+@pytest.mark.parametrize("target", ["builtins.open", "shutil.copy"])
+def test_a_recipe_cannot_run_code_through_hydra_callbacks(tmp_path, target):
+    """Issue 28.1, the attack as written: a shared recipe's hydra.callbacks truncated a file."""
+    import yaml
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    args = {"file": str(victim), "mode": "w"} if target == "builtins.open" else \
+        {"src": str(victim), "dst": str(tmp_path / "copied.txt")}
+    recipe = tmp_path / "shared.yaml"
+    recipe.write_text(yaml.safe_dump({"recipe_version": 2, "choices": {},
+                                      "config": {"hydra": {"callbacks": {
+                                          "x": {"_target_": target, **args}}}}}))
+    out = tmp_path / "out"
+    proc = run_cli([f"recipe={recipe}", f"output_root={out}"], cwd=tmp_path, timeout=120)
+    _assert_clean_failure(proc, "config.hydra.callbacks.x is not allowed", out)
+    assert victim.read_text() == "keep me\n" and not (tmp_path / "copied.txt").exists()
+    assert not out.exists()
