@@ -206,7 +206,7 @@ def _check_experiment(value: Any) -> None:
         raise CliError(str(e)) from None
 
 
-def check_overrides(parsed: list, multirun: bool) -> None:
+def check_overrides(parsed: list) -> None:
     """What Hydra would act on before the task runs: refused here, in one line."""
     for o in parsed:
         key = o.key_or_group
@@ -227,7 +227,7 @@ def prepare(argv: list[str], cs) -> tuple[list[str], list[str], Any]:
     args = _parse_args(argv)
     overrides = list(args.overrides)
     parsed = _parse_overrides(overrides)
-    check_overrides(parsed, bool(args.multirun))
+    check_overrides(parsed)
     dataset_values = [v for o in parsed if o.key_or_group == "dataset" for v in _group_values(o)]
     register_dataset_specs(dataset_values, cs)
     return argv, overrides, args
@@ -335,18 +335,21 @@ def interrupt_line(exc: BaseException) -> str:
 
 
 def _redact_sweep_record(sweep_dir: Path) -> None:
-    """Hydra writes multirun.yaml itself: its secrets are redacted before the first job."""
+    """Hydra writes multirun.yaml itself: its secrets are redacted before the first job, and a
+    sweep folder of a config with a secret is closed to other users, like its run folders."""
     import yaml
 
-    from runner.run.secrets import has_secret, redact
-    from runner.store import atomic_write_text
+    from runner.run.secrets import scrub, secret_values
+    from runner.store import atomic_write_text, current_umask
 
     path = sweep_dir / "multirun.yaml"
     if not path.is_file() or path.is_symlink():
         return
     doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if has_secret(doc) or redact(doc) != doc:
-        atomic_write_text(path, yaml.safe_dump(redact(doc), sort_keys=False))
+    clean = scrub(doc, secret_values(doc))
+    if clean != doc:
+        atomic_write_text(path, yaml.safe_dump(clean, sort_keys=False))
+        os.chmod(sweep_dir, 0o777 & ~current_umask() & ~0o007)
 
 
 def _make_task(failures: list, command: list[str]):

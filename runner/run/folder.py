@@ -13,7 +13,8 @@
     RunFolder.open()              creates a new folder (the user's umask; no access for others
                                   when the config holds a secret), locks it (runner/run/
                                   lock.py), refuses symlinks inside it, removes leftover .tmp files
-    write_json / write_yaml       atomic (runner/store.py), secrets redacted
+    write_json / write_yaml       atomic (runner/store.py), secrets redacted (secret keys, and
+                                  the secret values wherever they appear)
     predictions()                 the journal, predictions.jsonl (append-only, O_NOFOLLOW)
     release()                     the lock goes; a clean run leaves no .lock behind
 
@@ -32,7 +33,7 @@ from typing import Any, Optional
 import yaml
 
 from runner.run.lock import RunLock
-from runner.run.secrets import redact
+from runner.run.secrets import mask_values, scrub
 from runner.store import (MANIFEST, PredictionLog, atomic_write_json, atomic_write_text,
                           clean_temp_files, current_umask, PREDICTIONS)
 
@@ -149,11 +150,12 @@ def _yaml(obj: Any, header: str = "") -> str:
 
 
 class RunFolder:
-    def __init__(self, location: Location, private: bool = False):
+    def __init__(self, location: Location, secrets: Optional[list] = None):
         self.location = location
         self.path = location.path
         self.run_id = location.run_id
-        self.private = private  # the config holds a secret: no access for other users
+        self.secrets = list(secrets or [])  # masked wherever they appear in a written file
+        self.private = bool(self.secrets)  # the config holds a secret: no access for others
         self._lock: Optional[RunLock] = None
         self.opened = False
 
@@ -197,10 +199,13 @@ class RunFolder:
         return self.path / name
 
     def write_json(self, name: str, obj: Any) -> None:
-        atomic_write_json(self.file(name), redact(obj))
+        atomic_write_json(self.file(name), scrub(obj, self.secrets))
 
     def write_yaml(self, name: str, obj: Any, header: str = "", redacted: bool = True) -> None:
-        atomic_write_text(self.file(name), _yaml(redact(obj) if redacted else obj, header))
+        """`redacted=False`: secret keys keep their values (a recipe's environment references);
+        the secret values themselves are masked all the same."""
+        clean = scrub(obj, self.secrets) if redacted else mask_values(obj, self.secrets)
+        atomic_write_text(self.file(name), _yaml(clean, header))
 
     def predictions(self) -> PredictionLog:
         return PredictionLog(self.file(PREDICTIONS))

@@ -37,7 +37,7 @@ from runner.run.modes import get_mode
 from runner.run.plan import Session
 from runner.run.recipe import recipe_document
 from runner.run.runlog import RunLog
-from runner.run.secrets import has_secret, redact_override, secret_values
+from runner.run.secrets import redact_override, secret_values
 from runner.schemas import RunConfig, to_plain
 from runner.store import BENCHMARK, CONFIG, MANIFEST, METRICS, RECIPE, RUN_LOG
 from runner.validation import ConfigError, validate_run
@@ -145,7 +145,7 @@ class _Run:
         cfg_hash = mf.config_hash(cfg, plan.fingerprint)
         location = plan_location(cfg, cfg_hash, plan.id_fields, self.ctx.job_dir,
                                  self.ctx.sweep_dir)
-        self.folder = RunFolder(location, private=has_secret(to_plain(cfg)))
+        self.folder = RunFolder(location, secrets=secret_values(to_plain(cfg)))
         try:
             if not location.fresh:
                 self.folder.lock()  # before the model loads: a run in use is refused at once

@@ -12,6 +12,8 @@ list value / tokenizer): only a secret key with a non-empty string value is reda
     recipe_refs(obj)       every secret value -> an environment reference that a rerun resolves
                            (`${oc.env:OPENAI_API_KEY,null}` for engine.api_key)
     secret_values(obj)     the secret strings themselves, for masking run.log lines
+    scrub(obj, values)     redact(obj), and every known secret value inside any string masked
+                           too (Hydra's "a=1,engine.api_key=sk-...,b=2" job names)
     redact_url(url)        "http://user:pw@host" -> "http://user:<redacted>@host"
 """
 from __future__ import annotations
@@ -53,6 +55,24 @@ def redact(obj: Any) -> Any:
     if isinstance(obj, str):
         return redact_override(redact_url(obj))
     return obj
+
+
+def mask_values(obj: Any, values: list[str]) -> Any:
+    """`obj` with every occurrence of each secret value in its strings replaced."""
+    values = sorted({v for v in values if len(v) >= 4}, key=len, reverse=True)
+    if isinstance(obj, str):
+        for v in values:
+            obj = obj.replace(v, REDACTED)
+        return redact_url(obj)
+    if isinstance(obj, dict):
+        return {k: mask_values(v, values) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [mask_values(v, values) for v in obj]
+    return obj
+
+
+def scrub(obj: Any, values: list[str]) -> Any:
+    return mask_values(redact(obj), values)
 
 
 def redact_override(text: str) -> str:

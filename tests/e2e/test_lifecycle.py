@@ -232,3 +232,17 @@ def test_a_recipe_cannot_write_outside_output_root(tmp_path):
     assert proc.returncode == 2 and "experiment='../../escape' is not allowed" in proc.stderr
     assert not (tmp_path / "a").exists() and not run_dirs(tmp_path)
     assert os.listdir(tmp_path) == ["r.yaml"]
+
+
+def test_a_sweep_stores_no_secret(tiny_llama, tmp_path):
+    write_jsonl(tmp_path / "data.jsonl", 2)
+    out = tmp_path / "out"
+    secret = "sk-sweep-0123456789abcdef"
+    sweep = out / "sweep"
+    run_cli(["-m", *tiny_args(tiny_llama, "data.jsonl", out), f"engine.api_key={secret}",
+             "seed=1,2", f"hydra.sweep.dir={sweep}"], cwd=tmp_path, check=True)
+    files = [f for f in sweep.rglob("*") if f.is_file()]
+    assert any(f.name == "multirun.yaml" for f in files) and len(run_dirs(out)) == 2
+    for f in files:
+        assert secret not in f.read_text(errors="replace"), f
+    assert sweep.stat().st_mode & 0o007 == 0
