@@ -163,7 +163,8 @@ class RemoteBackend:
             raise ValueError("engine.url is required with engine=remote, e.g. "
                              "engine.url=http://127.0.0.1:8000/v1")
         tok = m.tokenizer or (source.model if source is not None else m.model)
-        backend = cls(e.url, e.served_model_name or m.model, load_tokenizer(tok, m.trust_remote_code),
+        backend = cls(e.url, e.served_model_name or m.model,
+                      load_tokenizer(tok, m.trust_remote_code),
                       api_key=e.api_key or os.environ.get("OPENAI_API_KEY"),
                       max_concurrency=e.max_concurrency, request_timeout=e.request_timeout,
                       return_token_ids=e.return_token_ids, remote_prompt=e.remote_prompt)

@@ -27,7 +27,8 @@ _WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 # The environment variable a rerun reads each known secret from; other secrets get one named
 # after their key path (engine.foo_token -> ENGINE_FOO_TOKEN).
 ENV_REFS = {"engine.api_key": "OPENAI_API_KEY"}
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@")
+_URL_USERINFO = re.compile(
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@")
 
 
 def is_secret_key(name: str) -> bool:

@@ -20,7 +20,7 @@ def prepare(cfg) -> Plan:
     return Plan(work=task, fingerprint=task.fingerprint(),
                 manifest={"dataset": info, "task": {"name": task.name,
                                                     "output_type": task.output_type}},
-                id_fields={"sampling": sampling_mode(cfg.sampling), "dataset": cfg.dataset.name},
+                id_fields={"sampling": sampling_mode(cfg.sampling), "dataset": task.name},
                 metrics=list(info.get("metrics") or []),
                 primary_metric=info.get("primary_metric"))
 

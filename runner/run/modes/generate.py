@@ -18,7 +18,7 @@ def prepare(cfg) -> Plan:
     return Plan(work=task, fingerprint=task.fingerprint(),
                 manifest={"dataset": info, "task": {"name": task.name,
                                                     "output_type": task.output_type}},
-                id_fields={"sampling": sampling_mode(cfg.sampling), "dataset": cfg.dataset.name})
+                id_fields={"sampling": sampling_mode(cfg.sampling), "dataset": task.name})
 
 
 def check_backend(plan: Plan, backend) -> None:
