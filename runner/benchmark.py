@@ -1,8 +1,8 @@
 """benchmark.json: throughput, latency percentiles and peak memory of one generation session.
 
-Data flow: app.py feeds every finished RequestOutput to `BenchmarkRecorder.add` as it comes out
-of `LLMEngine.step()`; `finish(engine_stats)` turns their RequestMetrics (wall-clock times from
-time.time()) into:
+Data flow: the request loop (runner/run/loop.py) feeds every finished RequestOutput to
+`BenchmarkRecorder.add` as it comes out of the backend; `finish(engine_stats)` turns their
+RequestMetrics (wall-clock times from time.time()) into:
 
     ttft  = first_token_time - arrival_time                 (time to first token)
     e2e   = finished_time (else last_token_time) - arrival_time

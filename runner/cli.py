@@ -1,11 +1,18 @@
 """`python -m runner`: the command line, the only place that knows Hydra.
 
-    argv -> recipe=PATH expanded into group choices + a `_recipe_/lock` config node
+    argv -> refused before Hydra starts (one line each): hydra.run.dir (runs go to
+            output_root), an experiment outside output_root, a recipe that is not data
+         -> recipe=PATH expanded into group choices + a `_recipe_/lock` config node
+            (runner/run/recipe.py reads and checks the file)
+         -> text values (dataset.template, dataset.system_prompt) quoted for Hydra's grammar,
+            so `dataset.template='Q: {question}\nA:'` works as typed
          -> dataset=hf:NAME[:CONFIG[:SPLIT]] / jsonl:PATH / builtin:NAME values registered as
             ConfigStore options of the dataset group under exactly that name (sweeps too)
-         -> (with --cfg) compose once more here and run the JSON Schema checks
-         -> hydra.main composes conf/ against runner/schemas.py
-         -> task(): DictConfig -> RunConfig dataclasses -> runner.app.run(...)
+         -> hydra.main composes the config tree (conf/, shipped inside the package as
+            runner/conf) against runner/schemas.py
+         -> task(): keys no schema knows (`+sampling.temprature=0.5`) refused, naming the
+            nearest known one -> RunConfig dataclasses -> runner.run.run(...) -> the run's
+            sweep objective, returned to Hydra's sweepers (optuna, nevergrad, ax)
 
 Hydra treats `dataset=hf:squad` as the name of a config in the dataset group, so before Hydra
 starts, every such value on the command line (or in a recipe) becomes a ConfigStore node built
@@ -13,33 +20,39 @@ from the matching preset in conf/dataset/ (hf:squad -> squad.yaml, jsonl:... -> 
 with `source` set to the value. The value stays what the user typed, in the config, in the
 sweep's job list and in the recipe.
 
-Recipes: a YAML file with `choices` (group -> option, as on the command line) and `config`
-(values set on top of the chosen presets; a run's own recipe.yaml holds every resolved value).
-The choices become overrides; the values become a config node appended to the defaults list
-(`+_recipe_=lock`), so every command-line override, before or after `recipe=`, still wins, and
-a group chosen on the command line drops the recipe's values for that group.
+Recipes: `choices` (group -> option) become overrides; `config` becomes a config node appended
+to the defaults list (`+_recipe_=lock`), so every command-line override, before or after
+`recipe=`, still wins, and a group chosen on the command line drops the recipe's values for it.
 
 Errors: bad input ends with a non-zero exit and one line on stderr (`runner: error: ...`); the
 traceback goes to the run's run.log when a run folder exists, or to the terminal with
-HYDRA_FULL_ERROR=1. Hydra's own compose errors (an unknown option or key) keep Hydra's short
-message.
+HYDRA_FULL_ERROR=1. SIGTERM / Ctrl-C end with one line saying how to resume (exit 143 / 130).
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import math
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
+from runner.run.recipe import GROUPS, RecipeError, load_recipe
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONF_DIR = REPO_ROOT / "conf"
-GROUPS = ("model", "engine", "sampling", "dataset")
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+# An installed wheel carries the tree as the package runner.conf (runner/conf/, setup.py); a
+# checkout has it at the top. Hydra reads it as a folder either way (pkg:// would need an
+# __init__.py among the YAML files).
+INSTALLED_CONF = PACKAGE_DIR / "conf"
+CONF_DIR = INSTALLED_CONF if (INSTALLED_CONF / "config.yaml").is_file() else REPO_ROOT / "conf"
 RECIPE_GROUP = "_recipe_"
-RECIPE_KEYS = {"recipe_version", "choices", "config", "description"}
 # Presets that a dataset spec's name maps onto (hf:squad and hf:rajpurkar/squad -> squad.yaml).
 KNOWN_HF_PRESETS = {"squad": "squad", "rajpurkar/squad": "squad"}
+# Free text: taken as typed, never parsed as Hydra's grammar ({, }, commas, quotes, \n).
+TEXT_KEYS = ("dataset.template", "dataset.system_prompt")
 
 
 class CliError(ValueError):
@@ -75,6 +88,32 @@ def _group_values(override) -> list[str]:
     return [v for v in items if isinstance(v, str)] if items is not None else []
 
 
+def hydra_quote(value: str) -> str:
+    """`value` as one quoted string of Hydra's override grammar."""
+    out = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    out = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, out)
+    return "'" + out + "'"
+
+
+def _quote(value: str) -> str:
+    # Option names with characters outside Hydra's unquoted grammar (spaces, commas) are quoted.
+    if all(c.isalnum() or c in "_-./:\\+@" for c in value):
+        return value
+    return hydra_quote(value)
+
+
+def quote_text_values(argv: list[str]) -> list[str]:
+    """dataset.template=... and the like, quoted for Hydra unless the user quoted them."""
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+") in TEXT_KEYS and value and \
+                not (len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""):
+            arg = f"{key}={hydra_quote(value)}"
+        out.append(arg)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # dataset=hf:... / jsonl:... / builtin:... as ConfigStore options
 
@@ -100,7 +139,9 @@ def dataset_node(spec: str) -> dict:
             # The spec carries config/split; the preset's own would conflict with them.
             node["hf_config"] = None
             node["split"] = None
-        node["name"] = name.rstrip("/").rsplit("/", 1)[-1] or name
+        base = name.rstrip("/").rsplit("/", 1)[-1] or name
+        node["name"] = Path(base).stem if Path(base).suffix in (".json", ".jsonl", ".csv",
+                                                                ".parquet") else base
     elif scheme == "jsonl":
         node = _load_preset("jsonl")
         node["name"] = Path(rest).stem or "jsonl"
@@ -128,37 +169,7 @@ def register_dataset_specs(values: list[str], cs) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Recipes
-
-
-def load_recipe(path: str) -> dict:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise CliError(f"recipe={path}: file not found")
-    try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise CliError(f"recipe={path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(doc, dict):
-        raise CliError(f"recipe={path}: expected a mapping with 'choices' and 'config'")
-    unknown = set(doc) - RECIPE_KEYS
-    if unknown:
-        raise CliError(f"recipe={path}: unknown keys {sorted(unknown)}; allowed: "
-                       f"{sorted(RECIPE_KEYS)}")
-    choices = doc.get("choices") or {}
-    config = doc.get("config") or {}
-    if not isinstance(choices, dict) or set(choices) - set(GROUPS):
-        raise CliError(f"recipe={path}: 'choices' maps groups {list(GROUPS)} to option names")
-    if not isinstance(config, dict):
-        raise CliError(f"recipe={path}: 'config' must be a mapping of config values")
-    return {"choices": {k: str(v) for k, v in choices.items()}, "config": config}
-
-
-def _quote(value: str) -> str:
-    # Option names with characters outside Hydra's unquoted grammar (spaces, commas) are quoted.
-    if all(c.isalnum() or c in "_-./:\\+@" for c in value):
-        return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+# Recipes and the checks before Hydra starts
 
 
 def expand_recipe(argv: list[str], overrides: list[str], cs) -> list[str]:
@@ -168,12 +179,17 @@ def expand_recipe(argv: list[str], overrides: list[str], cs) -> list[str]:
         return argv
     if len(recipe_args) > 1:
         raise CliError("recipe= given more than once; one recipe per run")
-    recipe = load_recipe(recipe_args[0][len("recipe="):])
+    try:
+        recipe = load_recipe(recipe_args[0][len("recipe="):])
+    except RecipeError as e:
+        raise CliError(str(e)) from None
     others = [o for o in overrides if o != recipe_args[0]]
-    user_groups = {o.key_or_group for o in _parse_overrides(others)
+    user_groups = {o.key_or_group for o in _parse_overrides(quote_text_values(others))
                    if o.key_or_group in GROUPS}
     expanded = [f"{g}={_quote(v)}" for g, v in recipe["choices"].items() if g not in user_groups]
     config = {k: v for k, v in recipe["config"].items() if k not in user_groups}
+    if "experiment" in config:
+        _check_experiment(config["experiment"])
     if config:
         cs.store(group=RECIPE_GROUP, name="lock", node=config, package="_global_")
         expanded.append(f"+{RECIPE_GROUP}=lock")
@@ -181,18 +197,38 @@ def expand_recipe(argv: list[str], overrides: list[str], cs) -> list[str]:
     return argv[:i] + expanded + argv[i + 1:]
 
 
-# ---------------------------------------------------------------------------------------------
-# Checks for --cfg (Hydra prints the config without calling the task)
+def _check_experiment(value: Any) -> None:
+    from runner.validation import ConfigError, check_experiment
+
+    try:
+        check_experiment(value)
+    except ConfigError as e:
+        raise CliError(str(e)) from None
+
+
+def check_overrides(parsed: list) -> None:
+    """What Hydra would act on before the task runs: refused here, in one line."""
+    for o in parsed:
+        key = o.key_or_group
+        if key == "hydra.run.dir" and o.value() not in (".", "./"):
+            raise CliError(f"hydra.run.dir={o.value()} is not used: every run writes "
+                           "<output_root>/<experiment>/<run_id>/; set output_root= (and "
+                           "experiment=, run_id=) instead")
+        if key == "experiment":
+            for v in ([o.value()] if not o.is_sweep_override() else _group_values(o)):
+                _check_experiment(v)
 
 
 def prepare(argv: list[str], cs) -> tuple[list[str], list[str], Any]:
-    """(argv with the recipe expanded, its overrides, parsed flags); registers dataset specs."""
+    """(argv ready for Hydra, its overrides, parsed flags); registers dataset specs."""
+    argv = quote_text_values(list(argv))
     args = _parse_args(argv)
     argv = expand_recipe(argv, list(args.overrides), cs)
     args = _parse_args(argv)
     overrides = list(args.overrides)
-    dataset_values = [v for o in _parse_overrides(overrides) if o.key_or_group == "dataset"
-                      for v in _group_values(o)]
+    parsed = _parse_overrides(overrides)
+    check_overrides(parsed)
+    dataset_values = [v for o in parsed if o.key_or_group == "dataset" for v in _group_values(o)]
     register_dataset_specs(dataset_values, cs)
     return argv, overrides, args
 
@@ -212,23 +248,63 @@ def compose(argv: list[str]):
         return hydra_compose(config_name="config", overrides=overrides)
 
 
-def precheck(argv: list[str]) -> None:
-    """Compose as Hydra will and run the JSON Schema checks; Hydra reports compose errors."""
+# ---------------------------------------------------------------------------------------------
+# After composition
+
+
+def unknown_keys(cfg) -> list[str]:
+    """One line per key of the composed config that no schema field declares (`+key=...`)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    lines: list[str] = []
+
+    def walk(node, prefix: str) -> None:
+        schema = OmegaConf.get_type(node)
+        if not dataclasses.is_dataclass(schema):
+            return  # free-form mappings (tags) take any key
+        fields = [f.name for f in dataclasses.fields(schema)]
+        for key in node.keys():
+            path = f"{prefix}{key}"
+            if key not in fields:
+                near = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.5)
+                hint = f"; did you mean {prefix}{near[0]}?" if near else \
+                    f"; known keys: {', '.join(fields)}"
+                lines.append(f"{path} is not a config key (no schema declares it){hint}")
+                continue
+            if OmegaConf.is_missing(node, key):
+                continue
+            child = node._get_node(key)
+            if isinstance(child, DictConfig):
+                walk(child, f"{path}.")
+
+    walk(cfg, "")
+    return lines
+
+
+def to_run_config(cfg):
+    """The composed DictConfig as RunConfig dataclasses; ConfigError on an unknown key."""
     from omegaconf import OmegaConf
 
+    from runner.validation import ConfigError
+
+    lines = unknown_keys(cfg)
+    if lines:
+        more = f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""
+        raise ConfigError(lines[0] + more)
+    return OmegaConf.to_object(cfg)
+
+
+def precheck(argv: list[str]) -> None:
+    """Compose as Hydra will and run the checks; Hydra reports its own compose errors."""
     from runner.validation import validate_run
 
     try:
-        run_cfg = OmegaConf.to_object(compose(argv))
+        composed = compose(argv)
     except CliError:
         raise
     except Exception:
         return  # hydra.main composes next and reports the error in its own words
-    validate_run(run_cfg)
-
-
-# ---------------------------------------------------------------------------------------------
-# The task Hydra calls
+    validate_run(to_run_config(composed))
 
 
 def _error_line(exc: BaseException) -> str:
@@ -238,49 +314,79 @@ def _error_line(exc: BaseException) -> str:
         msg = str(exc).splitlines()[0]
         key = getattr(exc, "full_key", None)
         return f"{msg} (key: {key})" if key and key not in msg else msg
-    msg = str(exc).strip() or type(exc).__name__
+    msg = (str(exc).strip() or type(exc).__name__).splitlines()[0]
     known = ("ConfigError", "DatasetError", "DatasetFileNotFoundError", "ModelSourceError",
-             "CliError")
+             "CliError", "RunFolderError", "RunInUseError", "EngineSetupError", "RecipeError",
+             "SymlinkRefused", "RemoteRequestError")
     text = msg if type(exc).__name__ in known else f"{type(exc).__name__}: {msg}"
     run_dir = getattr(exc, "run_dir", None)
     if run_dir:
-        text += f" [run folder {run_dir}: manifest status failed, traceback in run.log]"
+        status = getattr(exc, "run_status", "failed")
+        text += f" [run folder {run_dir}: manifest status {status}, traceback in run.log]"
     return text
 
 
+def interrupt_line(exc: BaseException) -> str:
+    name = getattr(exc, "signal_name", "SIGINT")
+    if getattr(exc, "run_dir", None) is None:
+        return f"runner: interrupted ({name}) before the run folder was created; nothing written"
+    return (f"runner: interrupted ({name}): {exc.items_done} items kept in "
+            f"{exc.run_dir}/predictions.jsonl; resume with: {exc.resume}")
+
+
+def _redact_sweep_record(sweep_dir: Path) -> None:
+    """Hydra writes multirun.yaml itself: its secrets are redacted before the first job, and a
+    sweep folder of a config with a secret is closed to other users, like its run folders."""
+    import yaml
+
+    from runner.run.secrets import scrub, secret_values
+    from runner.store import atomic_write_text, current_umask
+
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file() or path.is_symlink():
+        return
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    clean = scrub(doc, secret_values(doc))
+    if clean != doc:
+        atomic_write_text(path, yaml.safe_dump(clean, sort_keys=False))
+        os.chmod(sweep_dir, 0o777 & ~current_umask() & ~0o007)
+
+
 def _make_task(failures: list, command: list[str]):
-    def task(cfg) -> None:
+    def task(cfg) -> Optional[float]:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
-        from omegaconf import OmegaConf
 
-        from runner.app import RunContext, run
+        from runner.run import RunContext, run
 
         hc = HydraConfig.get()
         multirun = hc.mode == RunMode.MULTIRUN
+        if multirun:
+            _redact_sweep_record(Path(str(hc.sweep.dir)))
         ctx = RunContext(
             choices={g: hc.runtime.choices.get(g) for g in GROUPS},
             overrides=[o for o in hc.overrides.task if RECIPE_GROUP not in o],
             command=command,
             job_dir=hc.runtime.output_dir if multirun else None,
+            sweep_dir=str(hc.sweep.dir) if multirun else None,
         )
+        prefix = f"job {hc.job.num}: " if multirun else ""
         try:
-            run_cfg = OmegaConf.to_object(cfg)
-            result = run(run_cfg, ctx)
-        except KeyboardInterrupt:
-            raise
+            result = run(to_run_config(cfg), ctx)
+        except KeyboardInterrupt as exc:
+            print(interrupt_line(exc), file=sys.stderr, flush=True)
+            exc.reported = True
+            raise  # a sweep stops here too
         except Exception as exc:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            prefix = f"job {hc.job.num}: " if multirun else ""
             print(f"runner: error: {prefix}{_error_line(exc)}", file=sys.stderr, flush=True)
             failures.append(exc)
-            return None
-        scores = ", ".join(f"{k}={v:.2f}" for k, v in ((result.metrics or {}).get("scores")
-                                                       or {}).items())
-        print(f"run {result.run_id}: {result.status}{'; ' + scores if scores else ''}; "
-              f"folder {result.run_dir}", flush=True)
-        return None
+            return math.nan  # a sweeper records the trial as failed and goes on
+        print(f"run {result.run_id}: {result.status}"
+              f"{'; ' + result.summary if result.summary else ''}; folder {result.run_dir}",
+              flush=True)
+        return result.objective if result.objective is not None else math.nan
 
     return task
 
@@ -312,6 +418,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         hydra.main(config_path=os.fspath(CONF_DIR), config_name="config",
                    version_base="1.3")(task)()
+    except KeyboardInterrupt as exc:
+        if not getattr(exc, "reported", False):
+            print(interrupt_line(exc), file=sys.stderr, flush=True)
+        return getattr(exc, "exit_code", 130)
     except ValueError as exc:
         # Hydra's own usage errors (e.g. -m together with --cfg) escape its error reporting;
         # task errors never get here (the task reports them itself).

@@ -1,15 +1,21 @@
-"""Dataset sources and prompt formatting: a dataset config in, a list of Examples out.
+r"""Dataset sources and prompt formatting: a dataset config in, a list of Examples out.
 
 Data flow:
 
     cfg.source --parse_source--> {"scheme": "builtin" | "jsonl" | "hf", ...}
       -> raw rows (builtin: runner/data/NAME.jsonl; jsonl: one JSON object per line;
-         hf: datasets.load_dataset, or datasets.load_from_disk for a save_to_disk folder)
-      -> row selection (random.Random(seed) permutation when shuffle, then the first `limit`)
+         hf: runner/hf_source.py: a save_to_disk folder, a local file, the hub)
+      -> row selection (random.Random(seed) permutation when shuffle, then the first `limit`,
+         the run's top-level limit)
       -> preset ("squad" or "generic", "auto" picks by columns) -> prompt or chat messages,
          references, id
       -> (list[Example], DatasetInfo); DatasetInfo.fingerprint hashes the selected rows so the
          manifest pins exactly which data a run saw.
+
+Templates (dataset.template) are str.format templates over a row's fields. Their escapes are
+decoded, so a template typed on the command line means what it says: `\n` is a newline, `\t`
+a tab and `\\` one backslash (so `\\n` is a literal backslash-n, which earns a warning: a prompt
+with a literal backslash-n is almost always a template that was meant to break the line).
 
 The config is any object with the dataset fields (a schemas dataclass, an OmegaConf node or a
 plain dict); missing fields take the defaults below. Every problem with the data is raised as
@@ -19,8 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import logging
 import random
+import re
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +36,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from runner.metrics import get_metric
+
+log = logging.getLogger("runner")
 
 KNOWN_SCHEMES = ("builtin", "jsonl", "hf")
 PRESETS = ("auto", "squad", "generic")
@@ -50,10 +59,9 @@ SQUAD_CHAT_USER = (
 _CFG_DEFAULTS: dict[str, Any] = {
     "source": "builtin:squad_mini", "hf_config": None, "split": None, "preset": "auto",
     "prompt_field": None, "reference_field": None, "id_field": None, "template": None,
-    "chat": False, "system_prompt": None, "limit": None, "shuffle": False, "seed": 0,
+    "chat": False, "system_prompt": None, "shuffle": False, "seed": 0,
     "metric": None,
 }
-_DEFAULT_HF_SPLIT = "validation"
 # Generic rows with no prompt_field/reference_field in the config fall back to these names.
 _GENERIC_PROMPT_FIELD = "prompt"
 _GENERIC_REFERENCE_FIELDS = ("references", "reference", "answers", "answer", "target")
@@ -87,6 +95,7 @@ class DatasetInfo:
     num_examples: int
     fingerprint: str
     metric: str
+    warnings: tuple = ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,40 +159,81 @@ def builtin_path(name: str) -> Path:
 
 
 @dataclass
-class _RawSource:
+class RawSource:
     num_rows: int
     columns: list[str]
     get_rows: Callable[[list[int]], list[dict]]  # row indices -> those rows, in that order
     label: Callable[[int], str]  # where row i came from, for error messages
 
 
-def _read_jsonl(path: str) -> _RawSource:
+# Rows nested deeper than this are refused with a message (json.loads would otherwise end in a
+# bare RecursionError near Python's own limit).
+MAX_JSON_DEPTH = 100
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of a parsed JSON value, iteratively (stops counting past `limit`)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, d = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, d)
+            if deepest > limit:
+                return deepest
+            stack.extend((v, d + 1) for v in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+def read_jsonl_rows(path: str) -> list[tuple[int, dict]]:
+    """(line number, row) of every non-blank line; DatasetError naming the file, line and fix.
+
+    A file that is not UTF-8, a line that is not JSON, is not an object or nests deeper than
+    MAX_JSON_DEPTH: each is one line saying where and what to do."""
     p = Path(path)
     if not p.is_file():
         what = "is a directory, not a file" if p.is_dir() else "not found"
         raise DatasetFileNotFoundError(f"dataset file {what}: {path}")
-    rows: list[dict] = []
-    line_numbers: list[int] = []
-    # utf-8-sig: files saved by some editors start with a BOM that json.loads rejects.
-    with open(p, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
+    rows: list[tuple[int, dict]] = []
+    with open(p, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a BOM, as some editors write
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DatasetError(
+                    f"{path}: line {lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at column "
+                    f"{e.start + 1}); save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DatasetError(
-                    f"{path}: line {lineno}: bad JSON: {e.msg} (column {e.colno})"
-                ) from None
+                    f"{path}: line {lineno}: bad JSON: {e.msg} (column {e.colno}); each line "
+                    "must be one JSON object") from None
+            except RecursionError:
+                raise DatasetError(
+                    f"{path}: line {lineno}: JSON nested too deeply to read; flatten the row "
+                    f"(at most {MAX_JSON_DEPTH} levels)") from None
             if not isinstance(row, dict):
                 raise DatasetError(
-                    f"{path}: line {lineno}: expected a JSON object, got {type(row).__name__}"
-                )
-            rows.append(row)
-            line_numbers.append(lineno)
-    if not rows:
+                    f"{path}: line {lineno}: expected a JSON object, got {type(row).__name__}")
+            if _depth(row, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+                raise DatasetError(
+                    f"{path}: line {lineno}: JSON nested more than {MAX_JSON_DEPTH} levels deep; "
+                    "flatten the row")
+            rows.append((lineno, row))
+    return rows
+
+
+def _read_jsonl(path: str) -> RawSource:
+    numbered = read_jsonl_rows(path)
+    if not numbered:
         raise DatasetError(f"dataset file has no rows: {path}")
-    return _RawSource(
+    rows = [row for _, row in numbered]
+    line_numbers = [n for n, _ in numbered]
+    return RawSource(
         num_rows=len(rows),
         columns=list(rows[0]),
         get_rows=lambda idx: [rows[i] for i in idx],
@@ -191,75 +241,16 @@ def _read_jsonl(path: str) -> _RawSource:
     )
 
 
-def _offline_status() -> str:
-    flags = {k: os.environ.get(k) for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")}
-    set_flags = [f"{k}={v}" for k, v in flags.items() if v not in (None, "", "0")]
-    if set_flags:
-        return f"offline mode is on ({', '.join(set_flags)}), so nothing was downloaded"
-    return "offline mode is off, so the hub was tried over the network"
-
-
-def _is_saved_to_disk(path: Path) -> bool:
-    # save_to_disk writes state.json (one Dataset) or dataset_dict.json (a DatasetDict).
-    return path.is_dir() and (
-        (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
-    )
-
-
-def _read_hf(name: str, config: str | None, split: str | None) -> _RawSource:
-    import datasets  # heavy import, only when an hf source is used
-
-    split_name = split or _DEFAULT_HF_SPLIT
-    where = f"hf dataset {name!r} (config {config!r}, split {split_name!r})"
-    if _is_saved_to_disk(Path(name)):
-        if config is not None:
-            raise DatasetError(
-                f"{name!r} is a folder written by save_to_disk, which has no configs; "
-                f"drop the config {config!r} (hf:PATH::SPLIT selects a split)"
-            )
-        try:
-            loaded = datasets.load_from_disk(name)
-        except Exception as e:
-            raise DatasetError(f"could not read the saved {where}: {type(e).__name__}: {e}") from e
-        if isinstance(loaded, datasets.DatasetDict):
-            if split_name not in loaded:
-                raise DatasetError(
-                    f"split {split_name!r} not in the saved dataset {name!r}; "
-                    f"its splits: {', '.join(loaded)}"
-                )
-            ds = loaded[split_name]
-        else:
-            ds = loaded  # a single saved Dataset is one split already
-    else:
-        try:
-            ds = datasets.load_dataset(name, config, split=split_name)
-        except Exception as e:
-            raise DatasetError(
-                f"could not load {where}: {type(e).__name__}: {e}. It was not found in the local "
-                f"cache or could not be prepared; {_offline_status()}. Pass a local folder "
-                "(hf:PATH, e.g. one written by Dataset.save_to_disk) or a jsonl: source to "
-                "run without the hub."
-            ) from e
-    if not isinstance(ds, datasets.Dataset):
-        raise DatasetError(f"{where} did not load as one split (got {type(ds).__name__})")
-    if len(ds) == 0:
-        raise DatasetError(f"{where} has no rows")
-    return _RawSource(
-        num_rows=len(ds),
-        columns=list(ds.column_names),
-        get_rows=lambda idx: ds.select(idx).to_list(),
-        label=lambda i: f"{name} row {i}",
-    )
-
-
-def _read_source(parsed: dict, hf_config: str | None, split: str | None) -> _RawSource:
+def _read_source(parsed: dict, hf_config: str | None, split: str | None) -> RawSource:
     if parsed["scheme"] == "builtin":
         return _read_jsonl(str(builtin_path(parsed["name"])))
     if parsed["scheme"] == "jsonl":
         return _read_jsonl(parsed["path"])
+    from runner.hf_source import read_hf
+
     config = _merge_setting("hf_config", parsed["config"], hf_config)
     split = _merge_setting("split", parsed["split"], split)
-    return _read_hf(parsed["name"], config, split)
+    return read_hf(parsed["name"], config, split)
 
 
 def _merge_setting(key: str, from_source: str | None, from_cfg: str | None) -> str | None:
@@ -283,6 +274,19 @@ def _cfg_get(cfg: Any, key: str) -> Any:
         value = getattr(cfg, key, _CFG_DEFAULTS[key])
     # An explicit None (e.g. "dataset.seed=null") means "use the default" for every field.
     return _CFG_DEFAULTS[key] if value is None else value
+
+
+_ESCAPES = re.compile(r"\\(\\|n|t)")
+
+
+def decode_template(template: str | None) -> str | None:
+    """`\\n` -> newline, `\\t` -> tab, `\\\\` -> one backslash; other text unchanged."""
+    if template is None:
+        return None
+    return _ESCAPES.sub(lambda m: {"n": "\n", "t": "\t", "\\": "\\"}[m.group(1)], template)
+
+
+LITERAL_NEWLINE = "\\n"
 
 
 def _template_fields(template: str) -> list[str]:
@@ -376,7 +380,7 @@ def _plan(cfg: Any, columns: list[str], source: str) -> _Plan:
     prompt_field = _cfg_get(cfg, "prompt_field")
     reference_field = _cfg_get(cfg, "reference_field")
     id_field = _cfg_get(cfg, "id_field")
-    template = _cfg_get(cfg, "template")
+    template = decode_template(_cfg_get(cfg, "template"))
     where = f"dataset {source!r}"
 
     for key, field in (("prompt_field", prompt_field), ("reference_field", reference_field),
@@ -464,7 +468,7 @@ def _to_example(row: dict, index: int, label: str, plan: _Plan) -> Example:
 
 def _select(num_rows: int, limit: int | None, shuffle: bool, seed: int) -> list[int]:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise DatasetError(f"dataset limit must be a positive integer or None, got {limit!r}")
+        raise DatasetError(f"limit must be a positive integer or null, got {limit!r}")
     indices = list(range(num_rows))
     if shuffle:
         random.Random(seed).shuffle(indices)
@@ -486,8 +490,8 @@ def fingerprint_rows(rows: list[dict]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def load_examples(cfg: Any) -> tuple[list[Example], DatasetInfo]:
-    """Read the source in `cfg`, select rows, format prompts; see the module docstring."""
+def load_examples(cfg: Any, limit: int | None = None) -> tuple[list[Example], DatasetInfo]:
+    """Read the source in `cfg`, select rows (the first `limit`), format prompts."""
     source = _cfg_get(cfg, "source")
     parsed = parse_source(source)
     raw = _read_source(parsed, _cfg_get(cfg, "hf_config"), _cfg_get(cfg, "split"))
@@ -495,7 +499,7 @@ def load_examples(cfg: Any) -> tuple[list[Example], DatasetInfo]:
     metric = _cfg_get(cfg, "metric") or ("squad" if plan.preset == "squad" else "exact_match")
     get_metric(metric)  # an unknown metric fails here, before any generation
 
-    indices = _select(raw.num_rows, _cfg_get(cfg, "limit"), bool(_cfg_get(cfg, "shuffle")),
+    indices = _select(raw.num_rows, limit, bool(_cfg_get(cfg, "shuffle")),
                       int(_cfg_get(cfg, "seed")))
     rows = raw.get_rows(indices)
     examples: list[Example] = []
@@ -511,6 +515,14 @@ def load_examples(cfg: Any) -> tuple[list[Example], DatasetInfo]:
             )
         seen[ex.id] = label
         examples.append(ex)
+    warnings = []
+    literal = next((ex for ex in examples if plan.template is not None
+                    and LITERAL_NEWLINE in (ex.prompt or ex.messages[-1]["content"])), None)
+    if literal is not None:
+        warnings.append(f"dataset.template renders a literal backslash-n in item {literal.id!r} "
+                        "(and maybe others); write \\n in the template for a line break")
+        log.warning(warnings[-1])
     info = DatasetInfo(source=source, num_rows_total=raw.num_rows, num_examples=len(examples),
-                       fingerprint=fingerprint_rows(rows), metric=metric)
+                       fingerprint=fingerprint_rows(rows), metric=metric,
+                       warnings=tuple(warnings))
     return examples, info

@@ -1,5 +1,6 @@
 """Embedding task: semantic similarity correlation (STS-style) with an embedding model.
 
+    load_pairs("builtin:NAME" | "jsonl:PATH", limit) -> items
     items [{"id", "sentence1", "sentence2", "score" (gold, 0-5)}]
       -> LLM.encode(every distinct sentence, once) -> cosine similarity per pair
       -> Spearman (and Pearson) correlation between the cosines and the gold scores -> metrics
@@ -17,6 +18,32 @@ from importlib import resources
 from typing import Optional, Sequence
 
 REQUIRED_FIELDS = ("sentence1", "sentence2", "score")
+
+
+def load_pairs(source: str, limit: Optional[int] = None) -> list[dict]:
+    """builtin:NAME or jsonl:PATH rows with sentence1/sentence2/score; errors name the line."""
+    from runner.datasets import DatasetError, builtin_path, parse_source, read_jsonl_rows
+
+    spec = parse_source(source)
+    if spec["scheme"] == "builtin":
+        path = str(builtin_path(spec["name"]))
+    elif spec["scheme"] == "jsonl":
+        path = spec["path"]
+    else:
+        raise DatasetError(f"dataset.source={source!r}: mode=embed reads builtin: or jsonl: "
+                           "pairs ({'id', 'sentence1', 'sentence2', 'score'} per line)")
+    rows = []
+    for lineno, row in read_jsonl_rows(path):
+        missing = [f for f in REQUIRED_FIELDS if f not in row]
+        if missing:
+            raise DatasetError(f"{path}:{lineno}: missing field(s) {missing}; the row has "
+                               f"{sorted(row)}")
+        row.setdefault("id", f"pair-{lineno}")
+        rows.append(row)
+    rows = rows[:limit] if limit else rows
+    if len(rows) < 3:
+        raise DatasetError(f"{path}: {len(rows)} pairs; a correlation needs at least 3")
+    return rows
 
 
 def load_sts_mini() -> list[dict]:
@@ -60,7 +87,7 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return pearson(rankdata(x), rankdata(y))
 
 
-def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
+def cosine(a: Sequence[float], b: Sequence[float]) -> float:
     dot = sum(p * q for p, q in zip(a, b))
     na = math.sqrt(sum(p * p for p in a))
     nb = math.sqrt(sum(q * q for q in b))
@@ -79,7 +106,7 @@ def score_pairs(llm, items: Sequence[dict], pooling_params=None,
                                                               it["sentence2"])))
     outs = llm.encode(sentences, pooling_params, use_tqdm=use_tqdm)
     emb = {s: o.outputs.embedding for s, o in zip(sentences, outs)}
-    return [_cosine(emb[it["sentence1"]], emb[it["sentence2"]]) for it in items]
+    return [cosine(emb[it["sentence1"]], emb[it["sentence2"]]) for it in items]
 
 
 def run_embedding_task(llm, items: Optional[Sequence[dict]] = None, pooling_params=None,

@@ -13,8 +13,9 @@ MODEL_SHAPES or a local model folder. Prompts are random token ids with fixed in
 lengths and ignore_eos, as in vLLM's benchmark_throughput/benchmark_latency. The result goes to
 outputs/bench/<run-id>/benchmark.json with the device, the command, the engine's KV-cache
 numbers, peak memory, the measured matmul and copy ceilings and the ratios against them (and
-against HF transformers generate when asked). The runner's `mode=bench` (runner/bench_mode.py)
-runs the same workloads from the composed Hydra config into a versioned run folder.
+against HF transformers generate when asked). The runner's `mode=bench`
+(runner/run/modes/bench.py) runs the same workloads from the composed Hydra config, through
+the run's backend, into a versioned run folder.
 """
 from __future__ import annotations
 

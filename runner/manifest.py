@@ -1,15 +1,17 @@
 """manifest.json: what a run was, where it ran and whether it finished.
 
-Data flow: app.py calls `config_hash` before anything runs (it names the run and matches a
-resumed run to its config), `base_manifest` once the output folder exists (status "running"),
-`model_entry` once the engine has loaded the weights, and rewrites the manifest atomically with
-status "completed" or "failed" at the end. A run killed outright stays "running"; resume picks
-it up.
+Data flow: the lifecycle (runner/run/lifecycle.py) calls `config_hash` before anything runs
+(it names the run and matches a resumed run to its config), `model_entry` once the backend has
+loaded the weights, `base_manifest` when the run folder is created (status "running"), and
+rewrites the manifest atomically with status "completed", "failed" or "interrupted" at the end.
+A run killed outright stays "running" with its PID in the session; the next runner to take the
+folder's lock sees that PID dead and records the session as "killed".
 
 config_hash covers what determines the predictions: the model, engine, sampling and dataset
-sections, the run seed and mode, and the dataset fingerprint (the exact rows). content_hash adds
-the model revision and the weight files' sha256, so two runs with equal content hashes computed
-the same thing from the same bytes.
+sections, the run seed, mode and limit, and the work's fingerprint (the exact rows, or a bench
+workload). Secret values (runner/run/secrets.py) enter it only as "<redacted>": an API key does
+not change what a run computes. content_hash adds the model revision and the weight files'
+sha256, so two runs with equal content hashes computed the same thing from the same bytes.
 """
 from __future__ import annotations
 
@@ -43,7 +45,9 @@ def sha256_text(text: str) -> str:
 
 def result_config(cfg: RunConfig) -> dict:
     """The part of the config that determines the predictions (see NON_RESULT_KEYS)."""
-    plain = to_plain(cfg)
+    from runner.run.secrets import redact
+
+    plain = redact(to_plain(cfg))
     for key in NON_RESULT_KEYS:
         plain.pop(key, None)
     # Names are labels, not inputs: renaming a preset must not orphan a resumable run.
@@ -122,11 +126,13 @@ def now_iso() -> str:
 
 
 def base_manifest(*, run_id: str, experiment: str, cfg: RunConfig, cfg_hash: str,
-                  dataset_info: dict, choices: dict, overrides: list[str],
-                  model_source: dict, command: list[str]) -> dict:
+                  entries: dict, choices: dict, overrides: list[str], model: dict,
+                  command: list[str]) -> dict:
+    """A new run's manifest; `entries` are the mode's (dataset / task / workload)."""
     return {
         "run_id": run_id,
         "experiment": experiment,
+        "mode": cfg.mode.value,
         "status": "running",
         "created": now_iso(),
         "updated": now_iso(),
@@ -137,8 +143,9 @@ def base_manifest(*, run_id: str, experiment: str, cfg: RunConfig, cfg_hash: str
         "command": command,
         "git": git_state(),
         "packages": package_versions(),
-        "model": {"name": cfg.model.name, "source": model_source},
-        "dataset": dataset_info,
+        "model": model,
+        **entries,
+        "limit": cfg.limit,
         "seeds": {
             "run": cfg.seed,
             "dataset": cfg.dataset.seed,
@@ -152,15 +159,14 @@ def base_manifest(*, run_id: str, experiment: str, cfg: RunConfig, cfg_hash: str
     }
 
 
-def model_entry(name: str, source: dict, model_config: Any, weights: list[dict]) -> dict:
-    """What the loaded engine says about the weights (model_config is the engine's)."""
-    dtype = getattr(model_config, "dtype", None)
+def model_entry(name: str, source: dict, info: dict, weights: list[dict]) -> dict:
+    """What the loaded backend says about the weights (`info`: Backend.model_info())."""
     return {
         "name": name,
         "source": source,
-        "resolved": getattr(model_config, "model", None),
-        "revision": getattr(model_config, "revision", None),
-        "dtype": str(dtype).replace("torch.", "") if dtype is not None else None,
-        "max_model_len": getattr(model_config, "max_model_len", None),
+        "resolved": info.get("resolved"),
+        "revision": info.get("revision"),
+        "dtype": info.get("dtype"),
+        "max_model_len": info.get("max_model_len"),
         "weights": weights,
     }

@@ -1,10 +1,11 @@
-"""Model configs to what LLM(...) gets: the model argument (hub id, folder or .gguf file) and
-the keyword arguments built from the model and engine groups.
+"""Where a run's weights come from: a model config in, the `model` argument of the engine out.
 
-Data flow: ModelConfig + EngineConfig + run seed -> `resolve_model_source` picks where the
-weights come from (a GGUF file shipped inside a Python package, found with
-importlib.util.find_spec without importing that package, is preferred when present, so the
-default run needs no network) -> `llm_kwargs` -> `LLM(**kwargs)`.
+Data flow: ModelConfig (+ the engine's load_format) -> `resolve_model_source` picks the weights:
+a GGUF file shipped inside a Python package (found with importlib.util.find_spec without
+importing that package; preferred when present, so the default run needs no network), a local
+folder or file, a known model shape with random weights (load_format=dummy and a name from
+runner.engine_bench.MODEL_SHAPES: a folder with only config.json, no download), or a hub id.
+runner/backends/engine_args.py turns the ModelSource into EngineArgs.model.
 
 `weight_hashes` pins the weights a run used for the manifest: GGUF sources take the sha256s the
 converter already wrote into gguf_meta.json, hub-cache files take the sha256 that names their
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from runner.schemas import EngineConfig, ModelConfig, to_plain
+from runner.schemas import ModelConfig
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HASH_CHUNK = 8 * 2**20
@@ -36,8 +37,12 @@ class ModelSource:
     """Where the weights come from: `model` is what LLM(model=...) receives."""
 
     model: str
-    kind: str  # "gguf" | "local" | "hub"
+    kind: str  # "gguf" | "local" | "hub" | "shape" (config.json only, random weights)
     gguf_path: Optional[str] = None
+
+    @property
+    def has_tokenizer(self) -> bool:
+        return self.kind != "shape"
 
 
 def find_package_file(package: str, file: str) -> Optional[Path]:
@@ -73,7 +78,13 @@ def resolve_gguf(model_cfg: ModelConfig) -> Optional[Path]:
     return None
 
 
-def resolve_model_source(model_cfg: ModelConfig) -> ModelSource:
+def resolve_model_source(model_cfg: ModelConfig, load_format: str = "auto") -> ModelSource:
+    """The weights `model_cfg` names; ModelSourceError when a local path does not exist."""
+    if load_format == "dummy" and not Path(model_cfg.model).expanduser().exists():
+        from runner.engine_bench import MODEL_SHAPES, model_folder
+
+        if model_cfg.name in MODEL_SHAPES:
+            return ModelSource(model=model_folder(model_cfg.name), kind="shape")
     gguf = resolve_gguf(model_cfg)
     if gguf is not None:
         return ModelSource(model=os.fspath(gguf.absolute()), kind="gguf", gguf_path=os.fspath(gguf))
@@ -87,33 +98,6 @@ def resolve_model_source(model_cfg: ModelConfig) -> ModelSource:
     if looks_local:
         raise ModelSourceError(f"model.model: no such file or folder: {name}")
     return ModelSource(model=name, kind="hub")
-
-
-REMOTE_ENGINE_KEYS = ("url", "api_key", "served_model_name", "max_concurrency",
-                      "request_timeout", "return_token_ids")
-
-
-def llm_kwargs(model_cfg: ModelConfig, engine_cfg: EngineConfig, seed: int,
-               source: ModelSource) -> dict[str, Any]:
-    """Keyword arguments for runner.engine.LLM: model identity + every engine argument."""
-    kwargs: dict[str, Any] = {
-        "model": source.model,
-        "tokenizer": model_cfg.tokenizer,
-        "tokenizer_mode": model_cfg.tokenizer_mode,
-        "trust_remote_code": model_cfg.trust_remote_code,
-        "dtype": model_cfg.dtype,
-        "quantization": model_cfg.quantization,
-        "revision": model_cfg.revision,
-        "tokenizer_revision": model_cfg.tokenizer_revision,
-        "seed": seed,
-    }
-    if model_cfg.max_model_len is not None:
-        kwargs["max_model_len"] = model_cfg.max_model_len
-    kwargs.update(to_plain(engine_cfg))
-    # the remote engine's settings are not LLM(...) arguments
-    for key in REMOTE_ENGINE_KEYS:
-        kwargs.pop(key, None)
-    return kwargs
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,9 +5,14 @@ conf/config.yaml lists it first in its defaults, so every group YAML (model/, en
 sampling/, dataset/) and every command-line override merges into a typed node. An unknown key
 (`dataset.promt_field=x`) or a value of the wrong type fails at compose time, before anything
 runs. After composition the CLI turns the DictConfig into these dataclasses
-(`OmegaConf.to_object`), and from there on only plain Python objects move: the engine gets
-keyword arguments built from ModelConfig + EngineConfig, SamplingParams gets SamplingConfig's
-fields one to one.
+(`OmegaConf.to_object`), and from there on only plain Python objects move: the engine gets one
+EngineArgs built from ModelConfig + EngineConfig + the run seed (runner/backends/engine_args.py,
+the only place that builds it), SamplingParams gets SamplingConfig's fields one to one.
+
+EngineConfig mirrors runner.engine's EngineArgs: every EngineArgs field is either a ModelConfig
+field (MODEL_ENGINE_FIELDS), the run's `seed`, or an EngineConfig field with the same default;
+EngineConfig's other fields are the backend's (BACKEND_KEYS). tests/runner/test_engine_args.py
+fails when a field is added to one side and not the other.
 
 Rules that span fields (the sampling modes) are not expressible here; runner/validation.py
 checks them with JSON Schemas.
@@ -55,10 +60,14 @@ class ModelConfig:
 
 @dataclass
 class EngineConfig:
-    """The remaining arguments of LLM(...) and its engine kwargs, with vLLM's defaults."""
+    """The remaining arguments of LLM(...) and its engine kwargs, with vLLM's defaults, plus
+    which backend runs them (local engine or a remote OpenAI-compatible server)."""
 
+    # local: runner.engine in this process | remote: an OpenAI-compatible server at `url`
+    backend: str = "local"
     skip_tokenizer_init: bool = False
     tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
     swap_space: float = 4
     cpu_offload_gb: float = 0
@@ -78,13 +87,17 @@ class EngineConfig:
     kv_cache_dtype: str = "auto"  # auto (the model's dtype) | fp8 | fp8_e4m3 | fp8_e5m2
     kernel_backend: str = "auto"  # auto (Triton on CUDA) | triton | torch (reference ops)
     distributed_timeout_s: float = 600.0  # tensor parallelism: a hung worker's error after this
-    # engine=remote: evaluate against an OpenAI-compatible server instead of a local LLM
+    max_logprobs: int = 20
+    download_dir: Optional[str] = None
+    disable_log_stats: bool = True
+    # backend=remote (engine=remote): an OpenAI-compatible server instead of a local LLM
     url: Optional[str] = None
-    api_key: Optional[str] = None
+    api_key: Optional[str] = None  # null: $OPENAI_API_KEY; never written to a run folder
     served_model_name: Optional[str] = None
     max_concurrency: int = 32
     request_timeout: float = 600.0
     return_token_ids: bool = False
+    remote_prompt: str = "token_ids"  # token_ids (exactly what the local engine runs) | text
 
 
 @dataclass
@@ -121,17 +134,18 @@ class DatasetConfig:
     """Where prompts come from and how they are formatted (runner/datasets.py reads it)."""
 
     name: str = "custom"  # short name for run ids and summaries
-    source: str = "builtin:squad_mini"  # builtin:NAME | jsonl:PATH | hf:NAME[:CONFIG[:SPLIT]]
+    # builtin:NAME | jsonl:PATH | hf:NAME[:CONFIG[:SPLIT]] | hf:FILE.{json,jsonl,csv,parquet}
+    source: str = "builtin:squad_mini"
     hf_config: Optional[str] = None
     split: Optional[str] = None
     preset: str = "auto"  # auto | squad | generic
     prompt_field: Optional[str] = None
     reference_field: Optional[str] = None
     id_field: Optional[str] = None
+    # str.format over the row's fields; the escapes \n, \t and \\ are decoded (docs/runner.md)
     template: Optional[str] = None
     chat: bool = False
     system_prompt: Optional[str] = None
-    limit: Optional[int] = None
     shuffle: bool = False
     seed: int = 0
     metric: Optional[str] = None
@@ -140,8 +154,8 @@ class DatasetConfig:
 class Mode(Enum):
     eval = "eval"  # generate, then score against the references
     generate = "generate"  # generate only (datasets without usable references)
-    bench = "bench"  # the engine's throughput or latency workload (runner/bench_mode.py)
-    embed = "embed"  # similarity task with an embedding model (runner/embed_mode.py)
+    bench = "bench"  # the engine's throughput / latency / beam workload (runner/run/modes/bench.py)
+    embed = "embed"  # similarity task with an embedding model (runner/run/modes/embed.py)
 
 
 @dataclass
@@ -172,6 +186,14 @@ class RunConfig:
     experiment: str = "default"
     seed: int = 0
     mode: Mode = Mode.eval
+    # The first N items of the task (lm-eval's --limit); null: all of them.
+    limit: Optional[int] = None
+    # The metric the run returns to Hydra's sweepers (optuna, nevergrad, ax); null: the mode's
+    # primary metric (eval: the task's first metric, bench: total_tokens_per_s, embed: spearman).
+    sweep_objective: Optional[str] = None
+    # torch's CPU threads when the local engine runs on the CPU; null: OMP_NUM_THREADS when
+    # set, else half the usable cores, at most 8 (README: why not torch's default).
+    cpu_threads: Optional[int] = None
     bench: BenchConfig = field(default_factory=BenchConfig)
     output_root: str = "outputs"
     # None: a fresh id from run_id_pattern. An existing run's id resumes that run.
@@ -195,7 +217,15 @@ GROUP_SCHEMAS = {
 # Keys that describe where and how a run is stored, not what it computes: they stay out of
 # the config hash, so resuming or rerunning under another id or folder matches.
 NON_RESULT_KEYS = ("experiment", "output_root", "run_id", "run_id_pattern", "resume",
-                   "use_tqdm", "tags")
+                   "use_tqdm", "tags", "sweep_objective", "cpu_threads")
+
+# EngineArgs fields that come from the model group (the model identity of LLM(...)).
+MODEL_ENGINE_FIELDS = ("model", "tokenizer", "tokenizer_mode", "trust_remote_code", "dtype",
+                       "quantization", "revision", "tokenizer_revision", "max_model_len")
+# EngineConfig fields that are the backend's, not EngineArgs': never passed to the engine.
+BACKEND_KEYS = ("backend", "url", "api_key", "served_model_name", "max_concurrency",
+                "request_timeout", "return_token_ids", "remote_prompt")
+BACKENDS = ("local", "remote")
 
 
 def register_configs(cs) -> None:

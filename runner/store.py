@@ -1,20 +1,25 @@
-"""The output folder of one run: atomic file writes, the predictions log, resume.
+"""File writing for run folders: atomic whole-file writes and the predictions journal.
 
     outputs/<experiment>/<run_id>/
       config.yaml  recipe.yaml  manifest.json  metrics.json  benchmark.json   (atomic)
       predictions.jsonl                                                       (append-only)
       run.log
 
-Every file but predictions.jsonl is written whole to a temp file in the same folder, fsynced
-and os.replace'd over the target, so a reader (or a crash) sees the old file or the new one,
-never half of one. predictions.jsonl is the run's journal: one JSON object per finished prompt,
-appended, flushed and fsynced as it finishes. A run that dies mid-line leaves a truncated last
-line; `PredictionLog.open` cuts it off, and the ids already present are what resume skips.
+Every file but predictions.jsonl is written whole to a temp file (.NAME.XXXX.tmp) in the same
+folder, fsynced and os.replace'd over the target, so a reader (or a crash) sees the old file or
+the new one, never half of one; a crash can leave the temp file, which the next writer of the
+folder removes (`clean_temp_files`). predictions.jsonl is the run's journal: one JSON object
+per finished item, appended, flushed and fsynced as it finishes. A run that dies mid-line
+leaves a truncated last line; `PredictionLog.open` cuts it off, and the ids already present are
+what resume skips. Files get the user's umask (0666 & ~umask), and no writer here follows a
+symlink: the journal opens with O_NOFOLLOW and a link at an atomic write's target is refused.
+runner/run/folder.py owns the folder itself (where it is, its lock, what goes in it).
 """
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -41,18 +46,58 @@ def dumps(obj: Any, indent: Optional[int] = 2) -> str:
     return json.dumps(obj, indent=indent, ensure_ascii=False, default=_json_default)
 
 
+class SymlinkRefused(OSError):
+    """A run-folder file is a symbolic link; writing through it could clobber its target."""
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (/proc)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def refuse_symlink(path: str | os.PathLike) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise SymlinkRefused(f"{path} is a symbolic link; a run folder holds plain files only "
+                             "(remove the link)")
+
+
+def clean_temp_files(folder: str | os.PathLike) -> list[str]:
+    """Remove the .NAME.XXXX.tmp files an interrupted atomic write left behind."""
+    removed = []
+    for entry in os.scandir(folder):
+        if entry.name.startswith(".") and entry.name.endswith(".tmp") and \
+                entry.is_file(follow_symlinks=False):
+            os.unlink(entry.path)
+            removed.append(entry.name)
+    return removed
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write `text` to `path` so that `path` never holds a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    refuse_symlink(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        # mkstemp creates 0600 files; run folders are meant to be read by others too.
-        os.chmod(tmp, 0o644)
+        # mkstemp creates 0600 files; a run folder's files follow the user's umask.
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -84,13 +129,16 @@ class PredictionLog:
 
     def open(self) -> "PredictionLog":
         """Load finished records, cut a truncated last line, open for appending."""
+        refuse_symlink(self.path)
         if self.path.exists():
             self._load_and_repair()
-        self._f = open(self.path, "a", encoding="utf-8")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        self._f = os.fdopen(fd, "a", encoding="utf-8")
         return self
 
     def _load_and_repair(self) -> None:
-        data = self.path.read_bytes()
+        with open(os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
+            data = f.read()
         good_end = 0  # byte offset just past the last complete, parseable line
         pos = 0
         while pos < len(data):
@@ -120,7 +168,7 @@ class PredictionLog:
             self.records.append(rec)
         if good_end < len(data):
             self.dropped_bytes = len(data) - good_end
-            with open(self.path, "r+b") as f:
+            with open(os.open(self.path, os.O_RDWR | os.O_NOFOLLOW), "r+b") as f:
                 f.truncate(good_end)
                 f.flush()
                 os.fsync(f.fileno())
@@ -156,37 +204,3 @@ def iter_predictions(path: str | os.PathLike) -> Iterator[dict]:
                 break
             if line.strip():
                 yield json.loads(line)
-
-
-class RunStore:
-    """Paths and writers of one run folder."""
-
-    def __init__(self, run_dir: str | os.PathLike):
-        self.run_dir = Path(run_dir)
-
-    def path(self, name: str) -> Path:
-        return self.run_dir / name
-
-    def exists(self) -> bool:
-        return self.run_dir.is_dir() and any(self.run_dir.iterdir())
-
-    def create(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-
-    def write_json(self, name: str, obj: Any) -> None:
-        atomic_write_json(self.path(name), obj)
-
-    def write_text(self, name: str, text: str) -> None:
-        atomic_write_text(self.path(name), text)
-
-    def read_json(self, name: str) -> Any:
-        return read_json(self.path(name))
-
-    def remove(self, name: str) -> None:
-        try:
-            os.unlink(self.path(name))
-        except FileNotFoundError:
-            pass
-
-    def predictions(self) -> PredictionLog:
-        return PredictionLog(self.path(PREDICTIONS))

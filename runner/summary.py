@@ -5,7 +5,8 @@ Data flow: Hydra calls `SweepSummaryCallback.on_multirun_end` once every job of
 (<sweep_dir>/<job num>/manifest.json, metrics.json, benchmark.json), finds the swept
 parameters (the command-line overrides whose values differ between jobs), and writes
 
-    summary.csv   every job: swept values, status, metrics, throughput, latency
+    summary.csv   every job: swept values, status ("killed" for a job left "running" whose
+                  folder no live process holds), metrics, throughput, latency
     summary.md    the same as a Markdown table
     summary.png   each metric against the first swept parameter (one line per value of the
                   other swept parameters; categorical values sit at evenly spaced positions)
@@ -45,6 +46,8 @@ def _num(text: str) -> Any:
 
 def collect_jobs(sweep_dir: str | Path) -> list[dict]:
     """One dict per job folder that has a manifest, in job-number order."""
+    from runner.run.lock import lock_is_held
+
     jobs = []
     for manifest_path in Path(sweep_dir).glob("*/manifest.json"):
         job_dir = manifest_path.parent
@@ -58,9 +61,12 @@ def collect_jobs(sweep_dir: str | Path) -> list[dict]:
             # as typed.
             overrides[key.lstrip("+~")] = re.sub(r"\\(.)", r"\1", value)
         latency = (bench.get("latency_s") or {})
+        status = manifest.get("status", "unknown")
+        if status == "running" and not lock_is_held(job_dir):
+            status = "killed"  # no live process holds the job's folder: it will not finish
         jobs.append({
             "job": job_dir.name,
-            "status": manifest.get("status", "unknown"),
+            "status": status,
             "overrides": overrides,
             "scores": metrics.get("scores", {}),
             "num_items": metrics.get("num_items"),

@@ -13,17 +13,22 @@ line names the field, the value, the mode and the allowed values:
     sampling.temperature=0.7 is not allowed in beam search mode (use_beam_search=true);
     allowed: 0
 
-`validate_run` adds the checks that need the file system (a jsonl file that does not exist).
+`validate_run` adds the checks of the rest of the config that need no model and no data rows:
+a jsonl file that does not exist, limit / cpu_threads / run_id / experiment values, the backend
+(engine=remote needs engine.url). The engine's own arguments (device, dtype, kv_cache_dtype,
+tensor_parallel_size, ...) are checked by the engine itself when the backend is built, which the
+lifecycle does before the run folder exists.
 """
 from __future__ import annotations
 
 import json
 import os
+from pathlib import PurePosixPath
 from typing import Any, Iterable
 
 import jsonschema
 
-from runner.schemas import RunConfig, SamplingConfig, to_plain
+from runner.schemas import BACKENDS, RunConfig, SamplingConfig, to_plain
 
 SAMPLING_EPS = 1e-5  # below this a temperature means greedy (vLLM's threshold)
 
@@ -196,9 +201,40 @@ def _jsonl_path(source: str) -> str | None:
     return source[len("jsonl:"):] if isinstance(source, str) and source.startswith("jsonl:") else None
 
 
+def check_experiment(value: Any) -> None:
+    """An experiment is a relative folder name inside output_root (sub-folders allowed)."""
+    text = str(value) if value is not None else ""
+    parts = PurePosixPath(text.replace("\\", "/")).parts
+    if not text.strip() or text.startswith(("/", "~")) or ".." in parts or ":" in text:
+        raise ConfigError(f"experiment={text!r} is not allowed; allowed: a relative folder name "
+                          "inside output_root, without '..' (e.g. experiment=squad/llama)")
+
+
+def _check_backend(cfg: RunConfig) -> None:
+    e = cfg.engine
+    if e.backend not in BACKENDS:
+        raise ConfigError(f"engine.backend={e.backend!r} is not allowed; allowed: "
+                          f"{' | '.join(BACKENDS)}")
+    if e.backend == "remote":
+        if not e.url:
+            raise ConfigError("engine.url is required with engine=remote (engine.backend=remote), "
+                              "e.g. engine.url=http://127.0.0.1:8000/v1")
+        if not str(e.url).startswith(("http://", "https://")):
+            raise ConfigError(f"engine.url={e.url!r} is not allowed; allowed: http://HOST:PORT"
+                              "[/v1] or https://...")
+        if e.remote_prompt not in ("token_ids", "text"):
+            raise ConfigError(f"engine.remote_prompt={e.remote_prompt!r} is not allowed; "
+                              "allowed: token_ids | text")
+    elif e.url:
+        raise ConfigError(f"engine.url={e.url} is set but engine.backend=local would ignore it; "
+                          "use engine=remote (or engine.backend=remote)")
+
+
 def validate_run(cfg: RunConfig) -> None:
     """All checks that need no model and no data rows; raises ConfigError."""
     validate_sampling(cfg.sampling)
+    _check_backend(cfg)
+    check_experiment(cfg.experiment)
     path = _jsonl_path(cfg.dataset.source)
     if path is not None and not path:
         raise ConfigError("dataset.source=jsonl: names no file; use dataset=jsonl:PATH or "
@@ -206,8 +242,10 @@ def validate_run(cfg: RunConfig) -> None:
     if path is not None and not os.path.isfile(os.path.expanduser(path)):
         raise ConfigError(f"dataset.source={cfg.dataset.source}: jsonl file not found: "
                           f"{os.path.abspath(os.path.expanduser(path))}")
-    if cfg.dataset.limit is not None and cfg.dataset.limit < 1:
-        raise ConfigError(f"dataset.limit={cfg.dataset.limit} is not allowed; allowed: >= 1 or null")
+    for key in ("limit", "cpu_threads"):
+        value = getattr(cfg, key)
+        if value is not None and (isinstance(value, bool) or value < 1):
+            raise ConfigError(f"{key}={value} is not allowed; allowed: >= 1 or null")
     if cfg.run_id is not None and (not cfg.run_id or any(c in cfg.run_id for c in "/\\")
                                    or cfg.run_id in (".", "..")):
         raise ConfigError(f"run_id={cfg.run_id!r} is not allowed; allowed: a folder name "

@@ -17,12 +17,6 @@ from omegaconf import MISSING
 
 from runner.schemas import EngineConfig, ModelConfig, SamplingConfig, to_plain
 
-# Engine-group keys that describe a remote endpoint (conf/engine/remote.yaml), not LLM(...)
-# arguments; a local server never passes them on.
-REMOTE_ENGINE_KEYS = ("url", "api_key", "served_model_name", "max_concurrency",
-                      "request_timeout", "return_token_ids")
-
-
 @dataclass
 class ServeConfig:
     """Where and how the HTTP server listens."""
@@ -74,21 +68,15 @@ def gpu_list(gpus: Any) -> Optional[str]:
 
 
 def llm_engine_kwargs(cfg: ServeRunConfig, model_path: str) -> dict:
-    """LLM(...) keyword arguments: model identity + every engine argument (remote keys out)."""
-    m = cfg.model
-    kwargs: dict[str, Any] = {
-        "model": model_path, "tokenizer": m.tokenizer, "tokenizer_mode": m.tokenizer_mode,
-        "trust_remote_code": m.trust_remote_code, "dtype": m.dtype,
-        "quantization": m.quantization, "revision": m.revision,
-        "tokenizer_revision": m.tokenizer_revision, "seed": cfg.seed,
-    }
-    if m.max_model_len is not None:
-        kwargs["max_model_len"] = m.max_model_len
-    engine = to_plain(cfg.engine)
-    for key in REMOTE_ENGINE_KEYS:
-        engine.pop(key, None)
-    kwargs.update(engine)
-    return kwargs
+    """LLM(...) keyword arguments, from the runner's one EngineArgs builder (the engine group's
+    backend keys, e.g. engine=remote's url, are never passed on)."""
+    import dataclasses
+
+    from runner.backends.engine_args import engine_args
+    from runner.model_source import ModelSource
+
+    args = engine_args(cfg.model, cfg.engine, cfg.seed, ModelSource(model=model_path, kind="local"))
+    return dataclasses.asdict(args)
 
 
 def default_sampling(cfg: ServeRunConfig) -> dict:

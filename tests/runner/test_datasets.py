@@ -231,22 +231,22 @@ def test_chat_messages_and_system_prompt(tmp_path):
 
 def test_limit_and_shuffle_are_deterministic():
     all_ids = [e.id for e in load_examples({})[0]]
-    first5 = [e.id for e in load_examples({"limit": 5})[0]]
+    first5 = [e.id for e in load_examples({}, limit=5)[0]]
     assert first5 == all_ids[:5]
 
     order = list(range(80))
     random.Random(3).shuffle(order)
-    cfg = {"limit": 10, "shuffle": True, "seed": 3}
-    a, info_a = load_examples(cfg)
-    b, info_b = load_examples(cfg)
+    cfg = {"shuffle": True, "seed": 3}
+    a, info_a = load_examples(cfg, limit=10)
+    b, info_b = load_examples(cfg, limit=10)
     assert [e.id for e in a] == [e.id for e in b] == [all_ids[i] for i in order[:10]]
     assert info_a.fingerprint == info_b.fingerprint
     assert info_a.num_rows_total == 80 and info_a.num_examples == 10
 
-    other = [e.id for e in load_examples({"limit": 10, "shuffle": True, "seed": 4})[0]]
+    other = [e.id for e in load_examples({"shuffle": True, "seed": 4}, limit=10)[0]]
     assert other != [e.id for e in a]
     with pytest.raises(ValueError, match="limit"):
-        load_examples({"limit": 0})
+        load_examples({}, limit=0)
 
 
 def test_fingerprint_tracks_rows(tmp_path):
@@ -264,7 +264,7 @@ def test_fingerprint_tracks_rows(tmp_path):
     write_jsonl(path, changed)
     assert load_examples({"source": src})[1].fingerprint != fp
     # the selection is part of what is hashed
-    assert load_examples({"source": src, "limit": 2})[1].fingerprint == canonical_sha(changed[:2])
+    assert load_examples({"source": src}, limit=2)[1].fingerprint == canonical_sha(changed[:2])
 
 
 # --- config objects -------------------------------------------------------------------------
@@ -274,14 +274,13 @@ def test_accepts_dataclass_namespace_and_omegaconf():
     @dataclass
     class Cfg:
         source: str = "builtin:squad_mini"
-        limit: int | None = 3
         chat: bool = True
 
-    a, _ = load_examples(Cfg())
-    b, _ = load_examples(types.SimpleNamespace(limit=3, chat=True))
-    assert [e.messages for e in a] == [e.messages for e in b]
+    a, _ = load_examples(Cfg(), limit=3)
+    b, _ = load_examples(types.SimpleNamespace(chat=True), limit=3)
+    assert [e.messages for e in a] == [e.messages for e in b] and len(a) == 3
     omegaconf = pytest.importorskip("omegaconf")
-    c, _ = load_examples(omegaconf.OmegaConf.create({"limit": 3, "chat": True, "split": None}))
+    c, _ = load_examples(omegaconf.OmegaConf.create({"chat": True, "split": None}), limit=3)
     assert [e.messages for e in c] == [e.messages for e in a]
     assert all(isinstance(e, Example) for e in c)
 
@@ -329,8 +328,8 @@ def test_hf_saved_dataset_dict_splits(saved_squad):
     assert [e.id for e in load_examples({"source": f"hf:{multi}"})[0]] == ["a", "b", "c"]
     assert [e.id for e in load_examples({"source": f"hf:{multi}::train"})[0]] == ["c"]
     assert [e.id for e in load_examples({"source": f"hf:{multi}", "split": "train"})[0]] == ["c"]
-    shuffled, _ = load_examples({"source": f"hf:{multi}", "shuffle": True, "seed": 1,
-                                 "limit": 2})
+    shuffled, _ = load_examples({"source": f"hf:{multi}", "shuffle": True, "seed": 1},
+                                limit=2)
     order = [0, 1, 2]
     random.Random(1).shuffle(order)
     assert [e.id for e in shuffled] == [ROWS[i]["id"] for i in order[:2]]

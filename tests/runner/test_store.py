@@ -170,6 +170,13 @@ def test_summary_table_and_plot(tmp_path):
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 
+def test_a_job_left_running_by_a_dead_process_is_killed(tmp_path):
+    sweep = tmp_path / "sweep"
+    _fake_job(sweep, 0, 0.2, 10.0)
+    _fake_job(sweep, 1, 0.7, 0.0, status="running")  # kill -9: no process holds its folder
+    assert [j["status"] for j in write_summary(sweep)["jobs"]] == ["completed", "killed"]
+
+
 def test_swept_keys_ignore_constant_overrides():
     jobs = [{"overrides": {"a": "1", "b": "x"}}, {"overrides": {"a": "2", "b": "x"}}]
     assert swept_keys(jobs) == ["a"]

@@ -129,9 +129,9 @@ def test_schema_is_valid_draft_2020_12():
 
 
 def test_validate_run_missing_jsonl(tmp_path):
-    from runner.schemas import DatasetConfig, RunConfig
+    from runner.schemas import DatasetConfig, EngineConfig, RunConfig
 
-    cfg = RunConfig(sampling=SamplingConfig(),
+    cfg = RunConfig(sampling=SamplingConfig(), engine=EngineConfig(),
                     dataset=DatasetConfig(source=f"jsonl:{tmp_path}/missing.jsonl"))
     with pytest.raises(ConfigError, match="jsonl file not found: .*missing.jsonl"):
         validate_run(cfg)

@@ -1,0 +1,76 @@
+"""Backends: where a run's engine requests go. One protocol, one builder.
+
+    build_backend(cfg, source) -> Backend            engine.backend picks it
+      local   runner.engine in this process (LLM / LLMEngine public API)      backends/local.py
+      remote  an OpenAI-compatible server over /v1/completions (engine.url)  backends/remote.py
+      (ray    data-parallel replicas behind the same protocol: a later backend)
+
+    backend.submit(request_id, Request)   queue one request (runner.tasks.api.Request)
+    backend.results() -> [RequestOutput]  what progressed since the last call (vLLM's objects;
+                                          `finished` marks the last one of a request); raises
+                                          when it is called with nothing in flight
+    backend.abort(request_ids)            drop requests (their outputs never come)
+    backend.stats() -> dict               engine counters for benchmark.json
+    backend.close()                       release the engine or the connection; always called
+
+Every backend also says what the lifecycle needs around the requests: `tokenizer` (renders
+prompts), `max_model_len`, `is_embedding_model`, `model_info()` (manifest: resolved model,
+revision, dtype, weight files) and `encode(texts)` for embedding models (mode=embed).
+The lifecycle builds the backend before the run folder exists, so a bad engine value or a
+missing model leaves nothing behind, and closes it in a `finally`.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional, Protocol, runtime_checkable
+
+from runner.tasks.api import Request
+
+
+@runtime_checkable
+class Backend(Protocol):
+    kind: str
+    tokenizer: Any
+    max_model_len: Optional[int]
+    is_embedding_model: bool
+
+    def submit(self, request_id: str, request: Request) -> None:
+        ...
+
+    def results(self) -> list:
+        ...
+
+    def abort(self, request_ids: Iterable[str]) -> None:
+        ...
+
+    def stats(self) -> dict:
+        ...
+
+    def close(self) -> None:
+        ...
+
+    def model_info(self) -> dict:
+        ...
+
+    def encode(self, texts: list[str]) -> list[list[float]]:
+        ...
+
+
+def build_backend(cfg: Any, source: Any, engine_overrides: Optional[dict] = None) -> Backend:
+    """The backend `cfg.engine.backend` names, ready for requests (`source`: a ModelSource).
+
+    `engine_overrides` replace EngineArgs fields for this backend only (bench's
+    compare_eager builds a second, eager engine this way)."""
+    if cfg.engine.backend == "remote":
+        from runner.backends.remote import RemoteBackend
+
+        return RemoteBackend.from_config(cfg, source)
+    import dataclasses
+
+    from runner.backends.engine_args import cpu_threads, engine_args, runs_on_cpu
+    from runner.backends.local import LocalBackend
+
+    args = engine_args(cfg.model, cfg.engine, cfg.seed, source)
+    if engine_overrides:
+        args = dataclasses.replace(args, **engine_overrides)
+    threads = cpu_threads(cfg.cpu_threads) if runs_on_cpu(args.device) else None
+    return LocalBackend(args, cpu_threads=threads)
