@@ -4,7 +4,9 @@
                               -> GroupSpec(members=[...]) a group node, members in order
     A group node's task-level fields (anything but its name, alias, aggregate_metric_list,
     metadata and subtasks) override the same fields of every member, nested groups too, the
-    outer group winning over the inner one, as lm-eval's group configs do.
+    outer group winning over the inner one, as lm-eval's group configs do (so `task=mmlu
+    task.num_fewshot=5` is lm-eval's `--num_fewshot 5`); where that replaces a subtask's own
+    different value the subtask's warnings say so.
 
 The defaults are lm-eval 0.4.13's TaskConfig and evaluator defaults: description "",
 target_delimiter " ", fewshot_delimiter "\\n\\n", num_fewshot 0, output_type generate_until,
@@ -168,9 +170,14 @@ def resolve(node: TaskConfig, overrides: Optional[dict] = None) -> Spec:
         raise TaskSpecError(f"task {node.task}: subtasks are only allowed on a group node "
                             "(set `group`)")
     values = {k: _plain(getattr(node, k)) for k in TASK_KEYS}
+    replaced = [f"{k}={values[k]!r} is replaced by its group's {k}={v!r} (a group's fields "
+                "override its subtasks', as in lm-eval)"
+                for k, v in overrides.items() if values.get(k) is not None and values[k] != v]
     values.update(overrides)
     values["task"] = node.task
-    return _task_spec(values, node.metadata)
+    spec = _task_spec(values, node.metadata)
+    spec.warnings.extend(replaced)
+    return spec
 
 
 def _task_spec(v: dict, metadata: Optional[dict]) -> TaskSpec:
