@@ -37,6 +37,11 @@ def build(cfg, *, strict_sampling: bool = True) -> Task:
         raise TaskSpecError(f"limit={limit} is not allowed; allowed: >= 1 or null")
     spec = resolve(node)
     leaves = spec.leaves() if isinstance(spec, GroupSpec) else [spec]
+    names = [leaf.name for leaf in leaves]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise TaskSpecError(f"group {spec.name}: the tasks {twice} appear more than once in "
+                            "its tree; each task is evaluated once, so list it in one place")
     sampling = cfg.sampling if cfg.sampling is not None else SamplingConfig()
     generating = [leaf for leaf in leaves if leaf.output_type == "generate_until"]
     for leaf in generating:

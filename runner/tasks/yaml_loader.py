@@ -200,7 +200,15 @@ def _task_node(entry: Entry, index: dict, overrides: dict) -> dict:
     cfg = {**entry.cfg, **overrides}
     for key in ("tag", "group", "task_list"):
         cfg.pop(key, None)
+    _unsupported(cfg, entry.path)
     return check_task_keys(_resolve_functions(cfg, entry.path, cfg.get("task")), entry.path)
+
+
+def _unsupported(cfg: dict, where: Any) -> None:
+    for key in cfg:
+        if key in UNSUPPORTED:
+            raise TaskFileError(f"{where} (task {cfg.get('task')}): key {key}: "
+                                f"{UNSUPPORTED[key]}")
 
 
 def _group_node(name: str, cfg: dict, path: Optional[Path], index: dict, overrides: dict,
@@ -252,6 +260,7 @@ def _member(item: Any, group: str, where: Any, index: dict, overrides: dict, err
     if base not in index:
         if isinstance(item, dict):  # an inline task, defined right here
             full = f"{group}::{base}"
+            _unsupported(item_overrides, where)
             yield full, check_task_keys(
                 _resolve_functions({**item_overrides, "task": full}, None, full), where)
             return

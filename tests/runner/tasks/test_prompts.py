@@ -29,12 +29,12 @@ def lmeval_requests(include_path, name, *, num_fewshot=None, limit=None, tokeniz
     from lm_eval.tasks import TaskManager
 
     manager = TaskManager(include_path=[os.fspath(include_path)], include_defaults=False)
-    chat = None
-    if tokenizer is not None:
-        def chat(history, add_generation_prompt=True):  # what HFLM.apply_chat_template does
-            return tokenizer.apply_chat_template(
-                history, tokenize=False, add_generation_prompt=add_generation_prompt,
-                continue_final_message=not add_generation_prompt)
+    def render(history, add_generation_prompt=True):  # what HFLM.apply_chat_template does
+        return tokenizer.apply_chat_template(
+            history, tokenize=False, add_generation_prompt=add_generation_prompt,
+            continue_final_message=not add_generation_prompt)
+
+    chat = render if tokenizer is not None else None
     out = {}
     for tname, task in manager.load([name])["tasks"].items():
         if num_fewshot is not None:
