@@ -119,11 +119,20 @@ def check_data_file(path: str, builder: str) -> None:
         raise TaskDataError(f"{p}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x}); re-encode the "
                             "file as UTF-8") from None
     if builder == "csv":
+        reader = csv.reader(io.StringIO(text))
         try:
-            for _ in csv.reader(io.StringIO(text)):
-                pass
+            width = None
+            for row in reader:
+                if not row:
+                    continue
+                width = len(row) if width is None else width
+                if len(row) != width:
+                    raise TaskDataError(f"{p}:{reader.line_num}: malformed CSV row ({len(row)} "
+                                        f"fields, the header has {width}); quote fields that "
+                                        "contain commas")
         except csv.Error as e:
-            raise TaskDataError(f"{p}: malformed CSV ({e}); fix the quoting") from None
+            raise TaskDataError(f"{p}:{reader.line_num}: malformed CSV ({e}); fix the "
+                                "quoting") from None
         return
     stripped = text.lstrip()
     if stripped.startswith("[") or (p.suffix == ".json" and stripped.startswith("{")

@@ -53,7 +53,7 @@ def write_hub_dataset(root: Path, repo_id: str, configs: dict) -> Path:
     return base
 
 
-def run_config(node: dict, *, limit: Optional[int] = None, seed: int = 0, **sampling):
+def run_config(node: dict, *, limit: Optional[int] = None, run_seed: int = 0, **sampling):
     """A RunConfig whose task is `node` merged into TaskConfig (types checked, as Hydra)."""
     from omegaconf import OmegaConf
 
@@ -63,7 +63,7 @@ def run_config(node: dict, *, limit: Optional[int] = None, seed: int = 0, **samp
     task = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TaskConfig), node))
     base = dict(temperature=None, max_tokens=None, stop=None)
     base.update(sampling)
-    return RunConfig(task=task, sampling=SamplingConfig(**base), seed=seed, limit=limit)
+    return RunConfig(task=task, sampling=SamplingConfig(**base), seed=run_seed, limit=limit)
 
 
 def preset_node(name: str, *overrides: str) -> dict:
