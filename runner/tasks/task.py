@@ -76,8 +76,18 @@ class LmEvalTask:
             self._shots[i] = sampler.sample(spec.num_fewshot, row if same_split else None)
         self._sampler_pool = sampler.pool
         self._rows = rows
-        self._docs = [Doc(id=f"{self.name}/{i}", task=self.name, index=i, doc=row)
-                      for i, row in enumerate(selected)]
+        docs = [Doc(id=f"{self.name}/{i}", task=self.name, index=i, doc=row)
+                for i, row in enumerate(selected)]
+        # Every doc's fields are rendered once now, so a missing field or an empty choice
+        # list fails before the first request rather than in the middle of a run.
+        for doc in docs:
+            if spec.doc_to_text is not None:
+                self._renderer.text(spec.doc_to_text, doc.doc, doc.id)
+            if spec.doc_to_choice is not None:
+                self._choices(doc)
+            if spec.doc_to_target is not None:
+                self._gold(doc)
+        self._docs = docs
 
     def docs(self) -> list[Doc]:
         self._load()

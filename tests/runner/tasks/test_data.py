@@ -96,17 +96,17 @@ def test_missing_splits_name_the_key_and_the_splits(tmp_path):
 
 def test_missing_field_and_empty_choices_name_the_doc(tmp_path):
     path = rows_file(tmp_path, ROWS)
+    # found when the docs are listed, before any request is built
     task = build(helpers.run_config(node_for(path, doc_to_text="{{question}}")))
-    doc = task.docs()[0]
     with pytest.raises(TemplateFieldError) as e:
-        task.requests(doc, None, 128)
+        task.docs()
     msg = one_line(e)
     assert "doc_to_text" in msg and "'question' is undefined" in msg and "doc t/0" in msg
-    empty = rows_file(tmp_path, [{"q": "x", "options": [], "gold": 0}], "e.jsonl")
+    empty = rows_file(tmp_path, ROWS + [{"q": "x", "options": [], "gold": 0}], "e.jsonl")
     task = build(helpers.run_config(node_for(empty)))
     with pytest.raises(TemplateFieldError) as e:
-        task.requests(task.docs()[0], None, 128)
-    assert "doc_to_choice gave an empty choice list for doc t/0" in one_line(e)
+        task.docs()
+    assert "doc_to_choice gave an empty choice list for doc t/2" in one_line(e)
 
 
 def test_too_few_fewshot_docs(tmp_path):

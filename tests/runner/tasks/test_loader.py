@@ -147,6 +147,21 @@ def test_cli_specs_register_as_hydra_options(tmp_path):
         task_node(f"lmeval:{bad}")
 
 
+def test_lmeval_group_file_composes_through_hydra():
+    """lm-eval's own MMLU group file as `task=lmeval:...` (57 subtasks, names like
+    mmlu_global_facts that Hydra's package syntax would misread)."""
+    from hydra.core.config_store import ConfigStore
+
+    from runner import cli
+
+    spec = f"lmeval:{helpers.lmeval_tasks_dir() / 'mmlu' / 'default' / '_mmlu.yaml'}"
+    register_task_specs([spec], ConfigStore.instance())
+    cfg = OmegaConf.to_object(cli.compose([f"+task={spec}"]))
+    spec_tree = resolve(cfg.task)
+    assert len(spec_tree.leaves()) == 57
+    assert "mmlu_global_facts" in cfg.task.subtasks["mmlu_other"].subtasks
+
+
 def test_hydra_searchpath_task_and_typo_at_compose_time(tmp_path):
     from runner import cli
 
