@@ -66,6 +66,10 @@ def run_config(node: dict, *, limit: Optional[int] = None, run_seed: int = 0, **
     return RunConfig(task=task, sampling=SamplingConfig(**base), seed=run_seed, limit=limit)
 
 
+def preset_dir() -> Path:
+    return Path(__file__).resolve().parents[3] / "conf" / "task"
+
+
 def preset_node(name: str, *overrides: str) -> dict:
     """conf/task/NAME composed by Hydra (through runner.cli.compose) as a plain dict."""
     from omegaconf import OmegaConf

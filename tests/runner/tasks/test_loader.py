@@ -235,3 +235,20 @@ def test_group_override_of_a_subtask_is_reported():
 def test_spec_errors_name_the_setting(node, needle):
     with pytest.raises(TaskSpecError, match=needle):
         spec_of(node)
+
+
+PRESET_FILES = sorted(p.stem for p in (helpers.preset_dir()).glob("*.yaml")
+                      if not p.stem.startswith("_"))
+
+
+@pytest.mark.parametrize("preset", PRESET_FILES)
+def test_every_preset_composes_resolves_and_builds(preset):
+    from runner.schemas import SamplingConfig
+    from runner.tasks.lm_eval_task import build
+
+    node = helpers.preset_node(preset)
+    spec_of(node)
+    cfg = helpers.run_config(node)
+    cfg.sampling = SamplingConfig(temperature=0.0, max_tokens=None, stop=None)
+    task = build(cfg)  # reads no data
+    assert task.name == preset  # the file is named after its task or group
