@@ -137,3 +137,22 @@ def test_squad_preset_scores_by_hand(in_hub, engine):
             any(norm(answer) == norm(g) for g in rec["target"]))
     metrics = agg["results"]["squad"]["metrics"]
     assert metrics["f1,none"]["n"] == 3 and metrics["f1,none"]["stderr"] is not None
+
+
+def test_truncated_contexts(in_hub, engine, hflm):
+    """Contexts longer than the model window are cut from the left like lm-eval's (a 2-shot
+    arc_easy in a 40-token window)."""
+    node = helpers.preset_node("arc_easy", "task.num_fewshot=2")
+    _, records, agg = ours(node, engine, max_model_len=40)
+    assert all(len(r["prompt"]) > 100 for r in records)  # far more than 40 tokens of text
+    hflm._max_length = 38
+    try:
+        ref = helpers.run_lmeval(hflm, ["arc_easy"], helpers.lmeval_tasks_dir() / "arc",
+                                 num_fewshot=2)
+    finally:
+        hflm._max_length = 2046
+    compare_task(agg["results"]["arc_easy"], ref["results"]["arc_easy"],
+                 ["acc,none", "acc_norm,none"])
+    for rec, sample in zip(records, ref["samples"]["arc_easy"]):
+        for choice, resp in zip(rec["choices"], sample["resps"]):
+            assert close(choice["loglikelihood"], resp[0][0])
