@@ -26,6 +26,8 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING
 
+from runner.tasks.config import TaskConfig
+
 
 @dataclass
 class GGUFSource:
@@ -109,7 +111,12 @@ class SamplingConfig:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
-    temperature: float = 1.0
+    # temperature, stop and max_tokens may be null: "the task's value". With a generate_until
+    # task (runner/tasks/sampling.py) a null takes the task's generation_kwargs (temperature
+    # from do_sample/temperature, stop from until, max_tokens from max_gen_toks) and a value
+    # set here wins, as lm-eval's --gen_kwargs; without a task null means SamplingParams' own
+    # default for temperature and stop (1.0, []) and no limit for max_tokens.
+    temperature: Optional[float] = 1.0
     top_p: float = 1.0
     top_k: int = -1
     min_p: float = 0.0
@@ -119,7 +126,7 @@ class SamplingConfig:
     use_beam_search: bool = False
     length_penalty: float = 1.0
     early_stopping: Any = False  # True, False or "never" (OmegaConf has no Union of bool|str)
-    stop: List[str] = field(default_factory=list)
+    stop: Optional[List[str]] = field(default_factory=list)
     stop_token_ids: List[int] = field(default_factory=list)
     ignore_eos: bool = False
     max_tokens: Optional[int] = 16
@@ -183,6 +190,10 @@ class RunConfig:
     engine: EngineConfig = MISSING
     sampling: SamplingConfig = MISSING
     dataset: DatasetConfig = MISSING
+    # An lm-eval-format task or group (conf/task/, task=lmeval:FILE); None: the dataset group.
+    task: Optional[TaskConfig] = None
+    # lm-eval's --limit: evaluate the first N docs of each task (None: all of them).
+    limit: Optional[int] = None
     experiment: str = "default"
     seed: int = 0
     mode: Mode = Mode.eval

@@ -1,0 +1,102 @@
+"""A group of tasks (a benchmark) as one runner.tasks.api.Task, aggregated as lm-eval does.
+
+    docs()       every leaf task's docs, in the group's order (Doc.task names the leaf)
+    requests() / record()   handed to the leaf task that owns the doc
+    aggregate()  each leaf's own result (LmEvalTask.task_result), then every group of the tree
+                 bottom-up: for each aggregate_metric_list entry and each filter it finds in
+                 the leaves (or the ones it names), the mean over ALL leaf tasks below it,
+                 weighted by their item counts (weight_by_size), with the pooled stderr;
+                 a group without aggregate_metric_list (a tag) reports no metrics of its own.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Optional
+
+from runner.tasks import metrics
+from runner.tasks.api import Doc, Request
+from runner.tasks.spec import GroupSpec
+from runner.tasks.task import LmEvalTask
+
+
+class TaskGroup:
+    def __init__(self, spec: GroupSpec, tasks: dict[str, LmEvalTask]):
+        self.spec = spec
+        self.name = spec.name
+        self.tasks = tasks
+        types = {t.output_type for t in tasks.values()}
+        self.output_type = types.pop() if len(types) == 1 else "mixed"
+
+    def docs(self) -> list[Doc]:
+        return [d for t in self.tasks.values() for d in t.docs()]
+
+    def requests(self, doc: Doc, tokenizer, max_model_len: int) -> list[Request]:
+        return self.tasks[doc.task].requests(doc, tokenizer, max_model_len)
+
+    def record(self, doc: Doc, requests: list[Request], outputs: list) -> dict:
+        return self.tasks[doc.task].record(doc, requests, outputs)
+
+    def info(self) -> dict:
+        return {"name": self.name, "output_type": self.output_type,
+                "fingerprint": self.fingerprint(),
+                "groups": {g.name: {"members": [m.name for m in g.members],
+                                    "aggregate_metric_list": g.aggregate,
+                                    "version": g.version} for g in self.spec.groups()},
+                "tasks": {n: t.info() for n, t in self.tasks.items()}}
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for g in self.spec.groups():
+            h.update(repr((g.name, [m.name for m in g.members], g.aggregate)).encode())
+        for name, t in self.tasks.items():
+            h.update(f"{name}:{t.fingerprint()}".encode())
+        return h.hexdigest()[:16]
+
+    def aggregate(self, records: list[dict]) -> dict:
+        by_task: dict[str, list] = {n: [] for n in self.tasks}
+        for rec in records:
+            if rec.get("task") in by_task:
+                by_task[rec["task"]].append(rec)
+        results = {n: t.task_result(by_task[n]) for n, t in self.tasks.items()}
+        groups = {g.name: group_result(g, results) for g in self.spec.groups()}
+        top = groups[self.name]
+        if top["metrics"]:
+            scores = {k: v["value"] for k, v in top["metrics"].items()}
+        else:
+            scores = {f"{n}:{k}": v["value"] for n, r in results.items()
+                      for k, v in r["metrics"].items()}
+        warnings = [f"{n}: {w}" for n, r in results.items() for w in r["warnings"]]
+        return {"task": self.name, "output_type": self.output_type, "results": results,
+                "groups": groups, "scores": scores, "warnings": warnings}
+
+
+def _filters_for(metric: str, leaf_results: list[dict], named: Optional[object]) -> list[str]:
+    if named is not None:
+        return [named] if isinstance(named, str) else list(named)
+    found = {key.split(",", 1)[1] for r in leaf_results for key in r["metrics"]
+             if key.split(",", 1)[0] == metric and "," in key}
+    return sorted(found)
+
+
+def group_result(group: GroupSpec, results: dict[str, dict]) -> dict:
+    leaves = [results[t.name] for t in group.leaves() if t.name in results]
+    out: dict = {"alias": group.alias, "subtasks": [m.name for m in group.members],
+                 "num_items": sum(r["num_items"] for r in leaves), "metrics": {},
+                 "version": group.version}
+    for agg in group.aggregate:
+        for flt in _filters_for(agg["metric"], leaves, agg.get("filter_list")):
+            key = f"{agg['metric']},{flt}"
+            have = [r for r in leaves if key in r["metrics"] and r["num_items"] > 0]
+            if not have:
+                continue
+            values = [r["metrics"][key]["value"] for r in have]
+            sizes = [r["num_items"] for r in have]
+            stderrs = [r["metrics"][key]["stderr"] for r in have]
+            try:
+                value, err = metrics.group_metric(values, sizes, stderrs, agg["weight_by_size"])
+            except ZeroDivisionError:  # every subtask has one item: no pooled variance
+                value, err = metrics.group_metric(values, sizes, [None], agg["weight_by_size"])
+            out["metrics"][key] = {"value": value, "stderr": err, "n": sum(sizes),
+                                   "aggregation": "size-weighted mean" if agg["weight_by_size"]
+                                   else "mean", "tasks": len(have)}
+    return out

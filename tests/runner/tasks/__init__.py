@@ -1,0 +1,1 @@
+"""Tests of the task layer (runner/tasks): lm-eval task files, scoring, metrics, parity."""
