@@ -56,7 +56,7 @@ def server(tiny_model):
     llm = LLM(tiny_model, **ENGINE_KWARGS)
     port = free_port()
     defaults = {"temperature": 0.0, "max_tokens": 16}
-    srv = make_server(llm, [MODEL_NAME, tiny_model], defaults, "127.0.0.1", port,
+    srv = make_server(llm, [MODEL_NAME, tiny_model], defaults, host="127.0.0.1", port=port,
                       graceful_shutdown_timeout=5, log_level="warning")
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
