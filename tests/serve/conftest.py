@@ -57,7 +57,8 @@ def server(tiny_model):
     port = free_port()
     defaults = {"temperature": 0.0, "max_tokens": 16}
     srv = make_server(llm, [MODEL_NAME, tiny_model], defaults, host="127.0.0.1", port=port,
-                      graceful_shutdown_timeout=5, log_level="warning")
+                      graceful_shutdown_timeout=5, log_level="warning",
+                      enable_tokenizer_info_endpoint=True)
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
