@@ -370,7 +370,7 @@ class AsyncLLMEngine:
                         self._failed_in_a_row += 1
                         self.counters.step_failures += 1
                         self.counters.requests_failed += len(self._streams)
-                        self._fail_all(lambda rid: EngineRequestError(rid, exc))
+                        self._fail_all(lambda rid, cause=exc: EngineRequestError(rid, cause))
                 self._snapshot()
         finally:
             self._fail_all(lambda rid: EngineShutdownError(

@@ -72,15 +72,17 @@ class PromptProcessor:
         return await self.run(lambda: tok.decode(ids))
 
     async def prepare(self, prompts: list, add_special_tokens: bool,
-                      truncate: Optional[int], name: str = "prompt") -> list[dict]:
-        """Engine prompts ({"prompt", "prompt_token_ids"}) for text / token-id prompts."""
+                      truncate: Optional[int], name: str = "prompt",
+                      limit: Optional[int] = None) -> list[dict]:
+        """Engine prompts ({"prompt", "prompt_token_ids"}) for text / token-id prompts, each at
+        most `limit` tokens (default max_prompt_tokens: room for one generated token)."""
         texts = [(i, p) for i, p in enumerate(prompts) if isinstance(p, str)]
         if truncate is None:
             for i, text in texts:
                 self.check_chars(text, name, f"[{i}]" if len(prompts) > 1 else "")
         encoded = await self.encode([t for _, t in texts], add_special_tokens) if texts else []
         ids_of = dict(zip((i for i, _ in texts), encoded))
-        limit = self.max_prompt_tokens
+        limit = limit or self.max_prompt_tokens
         keep = limit if truncate == -1 else truncate
         out = []
         for i, p in enumerate(prompts):

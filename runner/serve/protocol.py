@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 from runner.engine import SamplingParams
 from runner.serve.errors import APIError, bad_request

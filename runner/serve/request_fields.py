@@ -74,17 +74,20 @@ def token_ids(m: ModelFacts, doc: str, max_items: int, min_items: int = 1) -> Fi
                  items=Field("integer", minimum=0, maximum=m.vocab_size - 1, nullable=False))
 
 
-def prompt_union(m: ModelFacts, name: str) -> Field:
+def prompt_union(m: ModelFacts, max_tokens: int = 0) -> Field:
+    """A completion prompt (room for one generated token) or an embedding input
+    (max_tokens=max_model_len)."""
+    max_tokens = max_tokens or m.prompt_tokens
     text = Field("string", nullable=False, max_length=m.max_body_bytes)
     texts = Field("array", min_items=1, max_items=m.max_prompts, items=text, nullable=False)
-    ids = token_ids(m, "", m.prompt_tokens)
+    ids = token_ids(m, "", max_tokens)
     id_lists = Field("array", min_items=1, max_items=m.max_prompts, items=ids, nullable=False)
     return Field(any_of=(text, texts, ids, id_lists), nullable=False, required_field=True,
                  doc=f"Text, a list of texts, token ids or a list of token-id lists (at most "
-                     f"{m.max_prompts} prompts, each at most {m.prompt_tokens} tokens).",
+                     f"{m.max_prompts} prompts, each at most {max_tokens} tokens).",
                  what=f"a string, a list of strings, a list of token ids in [0, "
                       f"{m.vocab_size}) or a list of token-id lists (1 to {m.max_prompts} "
-                      f"prompts, each 1 to {m.prompt_tokens} tokens)")
+                      f"prompts, each 1 to {max_tokens} tokens)")
 
 
 def _stop(m: ModelFacts) -> Field:
@@ -172,7 +175,7 @@ def sampling_fields(m: ModelFacts) -> dict[str, Field]:
 def completion_fields(m: ModelFacts) -> dict[str, Field]:
     f = sampling_fields(m)
     f.update({
-        "prompt": prompt_union(m, "prompt"),
+        "prompt": prompt_union(m),
         "max_tokens": _int("Tokens to generate; 0 (with echo) scores the prompt only.", 0,
                            m.max_model_len, default=16),
         "logprobs": _int("Logprobs of each token with this many alternatives.", 0,
@@ -234,7 +237,7 @@ def chat_fields(m: ModelFacts) -> dict[str, Field]:
 def embedding_fields(m: ModelFacts) -> dict[str, Field]:
     return {
         "model": Field("string", "A served model.", max_length=1024),
-        "input": prompt_union(m, "input"),
+        "input": prompt_union(m, m.max_model_len),
         "encoding_format": Field("string", "", enum=("float", "base64"), default="float"),
         "dimensions": _int("Matryoshka truncation.", 1, 1 << 20),
         "user": Field("string", "An end-user id (OpenAI); recorded nowhere.", max_length=256),

@@ -92,9 +92,8 @@ def prompt_text(req: GenerationRequest, out: Any, tokenizer: Any) -> str:
 
 def _echo_parts(req: GenerationRequest, out: Any, c: Any, tokenizer: Any, t0: int, t1: int,
                 first: bool) -> tuple[str, list, list]:
-    """(text, token ids, logprob entries) of completion c's tokens [t0, t1), the prompt's
-    first when echo asks for it (first chunk / whole answer)."""
-    text = "" if req.echo_only else c.text
+    """(echoed prompt text, token ids, logprob entries) of completion c's tokens [t0, t1),
+    the prompt's first when echo asks for it (first chunk / whole answer)."""
     ids: list = [] if req.echo_only else list(c.token_ids[t0:t1])
     lps = [] if req.echo_only or c.logprobs is None else list(c.logprobs[t0:t1])
     if req.echo and first:

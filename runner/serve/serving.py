@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, AsyncIterator
 
 from starlette.requests import Request
@@ -264,8 +265,6 @@ async def chat_completions(request: Request) -> Response:
 
 async def _chat_events(state: ServerState, req: GenerationRequest, response_id: str,
                        model: str, stream: RequestStream) -> AsyncIterator[bytes]:
-    import time
-
     hold = hold_partial(req)
     head = {"id": response_id, "object": "chat.completion.chunk", "created": int(time.time()),
             "model": model}
@@ -331,7 +330,7 @@ async def embeddings(request: Request) -> Response:
     raw = f["input"]
     inputs = [raw] if isinstance(raw, str) or isinstance(raw[0], int) else list(raw)
     prompts = await state.prompts.prepare(inputs, f.get("add_special_tokens", True), None,
-                                          name="input")
+                                          name="input", limit=state.max_model_len)
     engine_prompts = [{"prompt_token_ids": p["prompt_token_ids"]} for p in prompts]
     llm = state.engine.llm
     try:

@@ -111,7 +111,7 @@ def _fuzz(base: str, examples: int, budget_s: float) -> dict:
 
 def test_schemathesis_no_5xx_no_hang(fuzz_server):
     base, srv = fuzz_server
-    counts = _fuzz(base, examples=15, budget_s=150)
+    counts = _fuzz(base, examples=30, budget_s=150)
     print("\nfuzz:", counts)
     statuses = {k[2] for k in counts if isinstance(k, tuple) and k[2] != "none"}
     assert statuses and max(statuses) < 500
