@@ -52,6 +52,7 @@ class ServeConfig:
     max_prompt_tokens: Optional[int] = None  # null: max_model_len - 1
     max_stop: int = 64                     # stop strings, and stop_token_ids
     max_stop_chars: int = 1024             # characters in one stop string
+    max_tokenize_chars: int = 2**20        # text /tokenize takes (whole documents, for lm-eval)
     # A client's own chat template (chat_template, chat_template_kwargs.chat_template) is
     # refused unless this is set (vLLM's --trust-request-chat-template); then it renders in a
     # child process with a time and memory limit.

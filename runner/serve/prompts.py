@@ -10,8 +10,10 @@
        they are, so the engine thread never tokenizes (a 50 MB prompt stalled every request
        while it did)
 
-/tokenize and /detokenize use the same thread (encode / decode). The engine thread keeps the
-tokenizer for detokenizing outputs; decoding does not change the tokenizer's settings.
+/tokenize and /detokenize use the same thread (encode / decode), /tokenize's text bounded by
+serve.max_tokenize_chars (16 MB of text is some 20 s of tokenizing on a CPU core, which every
+prompt behind it would wait for). The engine thread keeps the tokenizer for detokenizing
+outputs; decoding does not change the tokenizer's settings.
 """
 from __future__ import annotations
 
@@ -52,12 +54,14 @@ class PromptProcessor:
                                 "token ids.", name)
         return self.tokenizer
 
-    def check_chars(self, text: str, name: str, where: str = "") -> None:
-        bound = self.max_prompt_tokens * self.max_chars_per_token
+    def check_chars(self, text: str, name: str, where: str = "",
+                    limit_tokens: Optional[int] = None) -> None:
+        limit_tokens = limit_tokens or self.max_prompt_tokens
+        bound = limit_tokens * self.max_chars_per_token
         if self.max_chars_per_token and len(text) > bound:
             raise APIError(400, f"{name}{where} has {len(text)} characters, more than {bound} "
-                                f"(an upper bound for the {self.max_prompt_tokens} tokens a "
-                                "prompt may have); shorten it.", name)
+                                f"(an upper bound for the {limit_tokens} tokens a prompt may "
+                                "have); shorten it.", name)
 
     async def encode(self, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
         tok = self._need_tokenizer("prompt")
@@ -76,13 +80,13 @@ class PromptProcessor:
                       limit: Optional[int] = None) -> list[dict]:
         """Engine prompts ({"prompt", "prompt_token_ids"}) for text / token-id prompts, each at
         most `limit` tokens (default max_prompt_tokens: room for one generated token)."""
+        limit = limit or self.max_prompt_tokens
         texts = [(i, p) for i, p in enumerate(prompts) if isinstance(p, str)]
         if truncate is None:
             for i, text in texts:
-                self.check_chars(text, name, f"[{i}]" if len(prompts) > 1 else "")
+                self.check_chars(text, name, f"[{i}]" if len(prompts) > 1 else "", limit)
         encoded = await self.encode([t for _, t in texts], add_special_tokens) if texts else []
         ids_of = dict(zip((i for i, _ in texts), encoded))
-        limit = limit or self.max_prompt_tokens
         keep = limit if truncate == -1 else truncate
         out = []
         for i, p in enumerate(prompts):

@@ -45,6 +45,7 @@ class ModelFacts:
     max_stop: int = 64
     max_stop_chars: int = 1024
     max_body_bytes: int = 16 * 2**20
+    max_tokenize_chars: int = 2**20
 
     @property
     def prompt_tokens(self) -> int:
@@ -256,7 +257,7 @@ def tokenize_fields(m: ModelFacts, chat: bool) -> dict[str, Field]:
         f["add_special_tokens"] = _bool("On top of the template's.", False)
     else:
         f["prompt"] = Field("string", "The text to tokenize.", nullable=False,
-                            required_field=True, max_length=m.max_body_bytes)
+                            required_field=True, max_length=m.max_tokenize_chars)
         f["add_special_tokens"] = _bool("Add BOS and friends.", True)
     return f
 

@@ -170,15 +170,18 @@ class CompletionStreamer:
             if req.echo_only:
                 text = ""
             finish, stop = _finish(req, c) if finished else (None, None)
-            offset = tr.sent_chars.get(c.index, 0)
             choice = {"index": i * n + c.index, "text": head + text, "logprobs": None,
                       "finish_reason": finish, "stop_reason": stop}
             tr.started.add(c.index)
-            tr.sent_chars[c.index] = offset + len(head + text)
             if req.want_logprobs and (lps or ids):
-                choice["logprobs"] = completion_logprobs(ids, lps, req.params.logprobs,
-                                                         self.tokenizer, offset,
-                                                         req.tokens_as_ids)
+                # offsets count the decoded tokens, as the whole answer's do, so the chunks'
+                # logprobs put together equal it (a character split over two byte tokens
+                # counts twice there)
+                offset = tr.token_chars.get(c.index, 0)
+                lp = completion_logprobs(ids, lps, req.params.logprobs, self.tokenizer, offset,
+                                         req.tokens_as_ids)
+                tr.token_chars[c.index] = offset + sum(map(len, lp["tokens"]))
+                choice["logprobs"] = lp
             if req.return_token_ids:
                 choice["token_ids"] = [] if req.echo_only else list(c.token_ids[t0:t1])
                 if first:
@@ -240,7 +243,7 @@ class DeltaTracker:
     def __init__(self) -> None:
         self.text_len: dict[int, int] = {}
         self.num_tokens: dict[int, int] = {}
-        self.sent_chars: dict[int, int] = {}
+        self.token_chars: dict[int, int] = {}  # characters of the decoded tokens sent
         self.started: set[int] = set()
         self.finished: set[int] = set()
 

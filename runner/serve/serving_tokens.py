@@ -52,6 +52,10 @@ async def tokenize(request: Request) -> Response:
             chat_template=template, chat_template_kwargs=kwargs),
             allow_request_template=cfg.allow_request_chat_template,
             timeout=cfg.chat_template_timeout, max_memory_mb=cfg.chat_template_max_memory_mb)
+        if len(text) > cfg.max_tokenize_chars:
+            raise APIError(400, f"the rendered messages have {len(text)} characters, more than "
+                                f"{cfg.max_tokenize_chars} (serve.max_tokenize_chars).",
+                           "messages")
         ids = (await state.prompts.encode([text], f.get("add_special_tokens", False)))[0]
     else:
         ids = (await state.prompts.encode([f["prompt"]], f.get("add_special_tokens", True)))[0]

@@ -71,7 +71,7 @@ def model_facts(llm: Any, tokenizer: Any, cfg: ServeConfig) -> ModelFacts:
         max_prompts=cfg.max_prompts_per_request,
         max_prompt_tokens=min(cfg.max_prompt_tokens or max_len - 1, max_len - 1),
         max_stop=cfg.max_stop, max_stop_chars=cfg.max_stop_chars,
-        max_body_bytes=cfg.max_body_bytes)
+        max_body_bytes=cfg.max_body_bytes, max_tokenize_chars=cfg.max_tokenize_chars)
 
 
 def key_digest(key: Optional[str]) -> Optional[bytes]:

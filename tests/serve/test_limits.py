@@ -236,3 +236,15 @@ def test_key_comparison_is_constant_time(monkeypatch):
     assert not st.key_matches(digest, "Bearer x")
     assert not st.key_matches(digest, f"Bearer {KEY}{'y' * 1000}")
     assert len(calls) == 3 and all(len(a) == len(b) == 32 for a, b in calls)
+
+
+def test_tokenize_text_is_bounded(server):
+    """16 MB of text is ~20 s of tokenizing, which every prompt would wait for."""
+    from runner.serve.config import ServeConfig
+
+    base, _ = server
+    limit = ServeConfig().max_tokenize_chars
+    r, elapsed = _post(base, {"prompt": "a " * limit}, "/tokenize")
+    _assert_refused(r, elapsed, 400, "prompt")
+    r, _ = _post(base, {"prompt": "word " * 1000}, "/tokenize")
+    assert r.status_code == 200 and r.json()["count"] >= 1000
