@@ -8,8 +8,9 @@
        no lone UTF-16 surrogates in any string (they cannot become UTF-8 for the tokenizer)
 
 Everything here raises APIError, so each refusal is OpenAI's error body with its status. The
-depth scan is linear in the body with no Python loop over its bytes, so a body of a million
-brackets costs what reading it costs.
+depth scan is linear in the body with no Python loop over its bytes (16 MB of brackets: ~1 s
+on a CPU core); runner/serve/state.py parses large bodies in a worker thread, off the event
+loop.
 """
 from __future__ import annotations
 
@@ -69,30 +70,31 @@ def _too_large(size: int, limit: int, at_least: bool = False) -> APIError:
 
 def json_depth(raw: bytes) -> int:
     """The deepest nesting of arrays/objects in a JSON text (brackets inside strings do not
-    count). Malformed text gets some number; the decoder refuses it afterwards anyway."""
+    count). Malformed text gets some number; the decoder refuses it afterwards anyway. Memory:
+    a few byte masks of the body and index arrays of its quotes, backslashes and brackets."""
     if not raw:
         return 0
     b = np.frombuffer(raw, dtype=np.uint8)
     quotes = np.flatnonzero(b == _QUOTE)
-    if quotes.size:
-        # A quote is escaped when an odd run of backslashes stands right before it.
-        pos = np.arange(b.size)
-        last_plain = np.maximum.accumulate(np.where(b != _BACKSLASH, pos, -1))
-        before = quotes - 1
-        run = np.where(before >= 0, before - last_plain[np.maximum(before, 0)], 0)
-        quotes = quotes[run % 2 == 0]
-    opens = (b == _OPEN[0]) | (b == _OPEN[1])
-    closes = (b == _CLOSE[0]) | (b == _CLOSE[1])
-    at = np.flatnonzero(opens | closes)
+    slashes = np.flatnonzero(b == _BACKSLASH)
+    if quotes.size and slashes.size:
+        # A quote is escaped when an odd run of backslashes ends right before it.
+        starts = np.ones(slashes.size, dtype=bool)
+        starts[1:] = slashes[1:] != slashes[:-1] + 1
+        run_start = slashes[starts]
+        run_end = np.append(slashes[np.flatnonzero(starts)[1:] - 1], slashes[-1])
+        odd_ends = run_end[(run_end - run_start + 1) % 2 == 1]
+        quotes = quotes[~np.isin(quotes - 1, odd_ends)]
+    at = np.flatnonzero((b == _OPEN[0]) | (b == _OPEN[1]) | (b == _CLOSE[0]) | (b == _CLOSE[1]))
     if at.size == 0:
         return 0
     # inside a string when an odd number of (unescaped) quotes stands before the bracket
-    outside = np.searchsorted(quotes, at) % 2 == 0
-    at = at[outside]
+    at = at[np.searchsorted(quotes, at) % 2 == 0]
     if at.size == 0:
         return 0
-    steps = np.where(opens[at], 1, -1)
-    return int(np.cumsum(steps).max(initial=0))
+    kind = b[at]
+    steps = np.where((kind == _OPEN[0]) | (kind == _OPEN[1]), np.int32(1), np.int32(-1))
+    return int(np.cumsum(steps, dtype=np.int32).max(initial=0))
 
 
 def _no_constants(name: str) -> Any:
@@ -109,7 +111,8 @@ def _finite_float(text: str) -> float:
 
 def parse_json(raw: bytes, max_depth: int) -> dict:
     """The body as a dict, or APIError(400) naming what is wrong with it."""
-    depth = json_depth(raw)
+    # fewer opening brackets than the limit: no need to scan for the depth
+    depth = 0 if raw.count(b"[") + raw.count(b"{") <= max_depth else json_depth(raw)
     if depth > max_depth:
         raise APIError(400, f"the JSON body nests {depth} levels deep, more than the server's "
                             f"limit of {max_depth} (serve.max_json_depth).")

@@ -12,6 +12,7 @@ queued before it has passed.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
@@ -29,6 +30,7 @@ from runner.serve.request_fields import (NOT_IMPLEMENTED, ModelFacts, request_ta
                                          sampling_params_fields)
 from runner.serve.schema import validate
 
+_PARSE_INLINE_BYTES = 256 * 1024  # larger bodies are parsed off the event loop
 _POOLING_TASKS = {"embed", "embedding", "pooling", "encode", "reward", "classify", "score"}
 
 
@@ -123,7 +125,10 @@ class ServerState:
 
     async def read_body(self, request: Request) -> dict:
         raw = await read_body(request.receive, request.headers, self.cfg.max_body_bytes)
-        return parse_json(raw, self.cfg.max_json_depth)
+        if len(raw) <= _PARSE_INLINE_BYTES:
+            return parse_json(raw, self.cfg.max_json_depth)
+        return await asyncio.get_running_loop().run_in_executor(
+            None, parse_json, raw, self.cfg.max_json_depth)
 
     async def read_request(self, request: Request, table: str,
                            body: Optional[dict] = None) -> dict:
