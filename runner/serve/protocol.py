@@ -1,7 +1,7 @@
 """Request bodies -> what the engine is asked: prompts plus SamplingParams fields.
 
     parsed body (runner/serve/limits.py) -> schema.validate(the endpoint's table: types,
-        bounds, unknown fields) -> parse_completion / parse_chat / parse_embedding
+        bounds, unknown fields) -> parse_completion / parse_chat
     -> GenerationRequest: prompts (text or token ids), `values` (the sampling preset overlaid
        with the request's fields, checked once as SamplingParams so a broken rule is a 400
        before any tokenizing), flags (echo, stream, return_token_ids, ...)

@@ -7,7 +7,7 @@
          leaves the completion out; `prompt_logprobs` (vLLM's extra) as vLLM writes it:
          [null, {"<token id>": {"logprob", "rank", "decoded_token"}}, ...]
       -> CompletionStreamer: the same, chunk by chunk (the echo in each choice's first chunk)
-      -> chat_response / chat logprobs
+      -> chat_response / chat logprobs; embedding_response (floats or base64)
 
 A log-probability of -inf is written as -9999.0, as vLLM does (JSON has no infinity).
 """
