@@ -98,7 +98,11 @@ _REFUSALS = {"400": "A malformed or out-of-range request; `param` names the fiel
              "500": "The engine failed on this request (the message names its id).",
              "503": "Shutting down or overloaded."}
 
-_SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+# One server-sent event (OpenAPI 3.2's itemSchema): `data` is a chunk's JSON, an error body,
+# or the last event's [DONE].
+_SSE_EVENT = {"type": "object", "required": ["data"],
+              "properties": {"data": _STR, "event": _STR, "id": _STR, "retry": _INT}}
+_SSE = {"text/event-stream": {"itemSchema": _SSE_EVENT}}
 
 
 def _errors(*codes: str) -> dict:

@@ -120,7 +120,38 @@ def test_schemathesis_no_5xx_no_hang(fuzz_server):
     assert srv.async_engine.counters.requests_failed == 0
 
 
+def test_documented_responses_of_explicit_cases(fuzz_server):
+    """Cases random generation may miss: streams (each server-sent event against the
+    document's itemSchema), echo with logprobs, prompt_logprobs, return_token_ids."""
+    base, _ = fuzz_server
+    schema = schemathesis.openapi.from_url(base + "/openapi.json")
+    ops = {r.ok().label: r.ok() for r in schema.get_all_operations()}
+    msgs = [{"role": "user", "content": "hi"}]
+    cases = [
+        ("POST /v1/completions", {"prompt": "Hello", "stream": True,
+                                  "stream_options": {"include_usage": True}, "logprobs": 1}),
+        ("POST /v1/completions", {"prompt": ["Hello", "x"], "echo": True, "logprobs": 2,
+                                  "max_tokens": 0}),
+        ("POST /v1/completions", {"prompt": [[5, 6, 7]], "echo": True, "stream": True,
+                                  "logprobs": 0, "return_token_ids": True}),
+        ("POST /v1/completions", {"prompt": "Hello", "prompt_logprobs": 2,
+                                  "return_token_ids": True}),
+        ("POST /v1/chat/completions", {"messages": msgs, "stream": True, "logprobs": True,
+                                       "top_logprobs": 2}),
+        ("POST /v1/chat/completions", {"messages": msgs, "logprobs": True, "top_logprobs": 1,
+                                       "prompt_logprobs": 1, "return_token_ids": True}),
+        ("POST /tokenize", {"messages": msgs, "return_token_strs": True}),
+    ]
+    for label, body in cases:
+        case = ops[label].Case(body={"model": MODEL_NAME, **body},
+                               media_type="application/json")
+        response = case.call(base_url=base, timeout=REQUEST_TIMEOUT_S)
+        assert response.status_code == 200, (label, body, response.text)
+        case.validate_response(response, checks=_checks())
+
+
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_schemathesis_nightly(fuzz_server):
     base, srv = fuzz_server
     counts = _fuzz(base, examples=300, budget_s=1800)

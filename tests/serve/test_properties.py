@@ -199,11 +199,12 @@ def test_accepted_bodies_become_sampling_params_or_a_named_400(name, parse):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_request_properties_nightly():
     for name in sorted(TABLES):
-        _agree(name, 5000)
+        _agree(name, 2000)
     for name, parse in PARSERS:
-        _parses(name, parse, 5000)
+        _parses(name, parse, 2000)
 
 
 SAMPLING_KWARGS = ("n", "best_of", "temperature", "top_p", "top_k", "min_p", "seed",
