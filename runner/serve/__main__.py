@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Optional
 
-CONF_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
+# The config tree the runner finds, installed (runner/conf) or in a checkout (conf/).
+from runner.cli import CONF_DIR
 
 
 def quote_gpus(argv: list[str]) -> list[str]:

@@ -10,8 +10,15 @@ talk to it through queues. This is the server's continuous batching.
 
 Requests that arrive while others decode are picked up before the next step, so they join the
 running batch. Each streamed RequestOutput holds the text so far, so a slow reader can skip to
-the newest one. The thread also keeps the numbers /metrics reports (counters and a gauge
-snapshot taken after each step), so the HTTP side never reads engine state directly.
+the newest one. The thread also keeps the numbers /metrics reports (counters, a gauge snapshot
+taken after each step, the engine's get_stats() a few times a second), so the HTTP side never
+reads engine state directly.
+
+Failures: a ValueError from add_request is the client's (400); anything else raised by
+add_request, or by a step, fails only the requests concerned with EngineRequestError (500,
+naming the request id) and the thread goes on; /health turns red only when the thread is gone
+or several steps in a row have failed. `fail_pending` (SIGTERM past the grace period) ends
+every request still in the engine with EngineShutdownError (503).
 """
 from __future__ import annotations
 
@@ -27,6 +34,8 @@ from typing import Any, Callable, Optional
 logger = logging.getLogger("runner.serve")
 
 _IDLE_WAIT_S = 0.5  # how long the idle engine thread blocks on its inbox between checks
+_STATS_EVERY_S = 0.25  # get_stats() at most this often (it may walk engine books)
+_UNHEALTHY_AFTER = 3  # consecutive failed steps after which /health reports 503
 
 
 class EngineShutdownError(RuntimeError):
@@ -35,6 +44,15 @@ class EngineShutdownError(RuntimeError):
 
 class EngineOverloadedError(RuntimeError):
     """More requests are pending than serve.max_pending_requests allows."""
+
+
+class EngineRequestError(RuntimeError):
+    """The engine failed while serving this request (not the client's fault): a 500."""
+
+    def __init__(self, request_id: str, cause: BaseException):
+        super().__init__(f"the engine failed on request {request_id}: "
+                         f"{type(cause).__name__}: {cause}")
+        self.request_id = request_id
 
 
 class RequestStream:
@@ -86,9 +104,8 @@ class RequestStream:
 @dataclass
 class _Add:
     request_id: str
-    prompt: Any
+    prompt: Any  # {"prompt_token_ids": [...], "prompt": text?}: tokenized by the server
     params: Any
-    add_special_tokens: bool
     stream: RequestStream
     accepted: asyncio.Future
     arrival_time: float
@@ -110,6 +127,8 @@ class EngineCounters:
     requests_aborted: int = 0
     prompt_tokens: int = 0
     generation_tokens: int = 0
+    requests_failed: int = 0  # engine failures (500s)
+    step_failures: int = 0
 
 
 class AsyncLLMEngine:
@@ -129,7 +148,10 @@ class AsyncLLMEngine:
         self._stop = threading.Event()
         self.counters = EngineCounters()
         self.gauges: dict = {}
-        self.error: Optional[BaseException] = None
+        self.stats: dict = {}  # the engine's get_stats(), refreshed by the engine thread
+        self._stats_at = 0.0
+        self.error: Optional[BaseException] = None  # the last step failure
+        self._failed_in_a_row = 0
         self._snapshot()
 
     # ---------------------------------------------------------------- lifecycle
@@ -143,6 +165,16 @@ class AsyncLLMEngine:
     @property
     def is_running(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
+
+    @property
+    def healthy(self) -> bool:
+        return self.is_running and self._failed_in_a_row < _UNHEALTHY_AFTER
+
+    def fail_pending(self, reason: str) -> None:
+        """Refuse new requests and end every request in the engine with EngineShutdownError
+        (the grace period of a SIGTERM is over)."""
+        self._accepting = False
+        self._inbox.put(("fail_all", reason))
 
     def stop_accepting(self) -> None:
         """New requests get EngineShutdownError; those in flight go on."""
@@ -162,10 +194,9 @@ class AsyncLLMEngine:
     def new_request_id(self, prefix: str) -> str:
         return f"{prefix}-{next(self._ids)}"
 
-    async def add_request(self, request_id: str, prompt: Any, params: Any,
-                          add_special_tokens: bool = True) -> RequestStream:
-        """Queue a request; raises ValueError (bad input), EngineShutdownError or
-        EngineOverloadedError before any output is produced."""
+    async def add_request(self, request_id: str, prompt: Any, params: Any) -> RequestStream:
+        """Queue a request; raises ValueError (bad input), EngineRequestError,
+        EngineShutdownError or EngineOverloadedError before any output is produced."""
         if not self._accepting or not self.is_running:
             raise EngineShutdownError("the server is shutting down; request refused")
         if (self.max_pending_requests is not None
@@ -176,8 +207,7 @@ class AsyncLLMEngine:
         loop = asyncio.get_running_loop()
         stream = RequestStream(request_id, loop, self)
         accepted = loop.create_future()
-        self._inbox.put(_Add(request_id, prompt, params, add_special_tokens, stream, accepted,
-                             time.time()))
+        self._inbox.put(_Add(request_id, prompt, params, stream, accepted, time.time()))
         try:
             await accepted
         except asyncio.CancelledError:
@@ -219,15 +249,17 @@ class AsyncLLMEngine:
             try:
                 if not self._accepting:
                     raise EngineShutdownError("the server is shutting down; request refused")
-                prompt = cmd.prompt
-                if isinstance(prompt, str) and not cmd.add_special_tokens:
-                    # chat prompts: the template already holds BOS and friends
-                    ids = self.engine.get_tokenizer().encode(prompt, add_special_tokens=False)
-                    prompt = {"prompt": prompt, "prompt_token_ids": list(ids)}
-                self.engine.add_request(cmd.request_id, prompt, cmd.params,
+                self.engine.add_request(cmd.request_id, cmd.prompt, cmd.params,
                                         arrival_time=cmd.arrival_time)
-            except Exception as exc:  # bad input: the handler answers 400
-                self._resolve(cmd.accepted, loop, exc=exc)
+            except (ValueError, NotImplementedError, EngineShutdownError) as exc:
+                self._resolve(cmd.accepted, loop, exc=exc)  # the handler answers 400 / 503
+                return
+            except Exception as exc:
+                logger.exception("add_request failed for %s", cmd.request_id)
+                self.counters.requests_failed += 1
+                with_id = EngineRequestError(cmd.request_id, exc)
+                self._resolve(cmd.accepted, loop, exc=with_id)
+                self._abort_quietly([cmd.request_id])
                 return
             self._streams[cmd.request_id] = cmd.stream
             self.counters.requests_added += 1
@@ -244,6 +276,15 @@ class AsyncLLMEngine:
             if self._streams.pop(rid, None) is not None:
                 self.engine.abort_request(rid)
                 self.counters.requests_aborted += 1
+        elif isinstance(cmd, tuple) and cmd[0] == "fail_all":
+            self._fail_all(lambda rid: EngineShutdownError(cmd[1]))
+
+    def _abort_quietly(self, rids: list) -> None:
+        try:
+            if self.engine is not None and rids:
+                self.engine.abort_request(rids)
+        except Exception:  # the engine is already broken; nothing more to free
+            logger.exception("abort after an engine error failed")
 
     def _drain(self, block: bool) -> None:
         try:
@@ -276,16 +317,13 @@ class AsyncLLMEngine:
             reason = comp.finish_reason or "unknown"
             c.requests_finished[reason] = c.requests_finished.get(reason, 0) + 1
 
-    def _fail_all(self, exc: BaseException) -> None:
+    def _fail_all(self, make_exc: Callable[[str], BaseException]) -> None:
+        """End every request in the engine with make_exc(request_id) and free it."""
         for rid, stream in list(self._streams.items()):
-            stream.put(exc)
+            stream.put(make_exc(rid))
         rids = list(self._streams)
         self._streams.clear()
-        try:
-            if self.engine is not None:
-                self.engine.abort_request(rids)
-        except Exception:  # the engine is already broken; nothing more to free
-            logger.exception("abort after an engine error failed")
+        self._abort_quietly(rids)
 
     def _snapshot(self) -> None:
         e = self.engine
@@ -305,6 +343,13 @@ class AsyncLLMEngine:
             }
         except AttributeError:  # an engine without these books (tests' fakes, remote)
             self.gauges = {"num_unfinished_requests": len(self._streams)}
+        now = time.monotonic()
+        if e is not None and now - self._stats_at >= _STATS_EVERY_S:
+            self._stats_at = now
+            try:
+                self.stats = dict(e.get_stats())
+            except Exception:  # stats are for /metrics only; never fail a step over them
+                self.stats = {}
 
     def _has_work(self) -> bool:
         return self.engine is not None and self.engine.has_unfinished_requests()
@@ -318,14 +363,18 @@ class AsyncLLMEngine:
                 if self._has_work():
                     try:
                         self._step()
+                        self._failed_in_a_row = 0
                     except Exception as exc:
                         logger.exception("engine step failed; failing the running requests")
                         self.error = exc
-                        self._fail_all(RuntimeError(f"engine step failed: {exc}"))
+                        self._failed_in_a_row += 1
+                        self.counters.step_failures += 1
+                        self.counters.requests_failed += len(self._streams)
+                        self._fail_all(lambda rid, cause=exc: EngineRequestError(rid, cause))
                 self._snapshot()
         finally:
-            self._fail_all(EngineShutdownError("the server shut down before the request "
-                                               "finished"))
+            self._fail_all(lambda rid: EngineShutdownError(
+                "the server shut down before the request finished"))
             # commands that raced the stop: refuse them cleanly
             while True:
                 try:

@@ -32,9 +32,30 @@ class ServeConfig:
     graceful_shutdown_timeout: float = 30.0
     # Requests queued in the engine beyond this many get 503 at once (null: no limit).
     max_pending_requests: Optional[int] = None
-    api_key: Optional[str] = None  # when set, requests need "Authorization: Bearer KEY"
+    # When set, every route but /health needs "Authorization: Bearer KEY" (compared in
+    # constant time).
+    api_key: Optional[str] = None
     log_level: str = "info"  # uvicorn's log level
     timeout_keep_alive: int = 5
+    # Cost limits, checked before any work (docs/serve.md, "Limits"); a request over one is a
+    # 400 (413 for the body) naming the field.
+    max_body_bytes: int = 16 * 2**20       # request body, read no further than this
+    max_json_depth: int = 32               # nesting of arrays and objects in a body
+    max_n: int = 128                       # n and best_of (vLLM: VLLM_MAX_N_SEQUENCES)
+    max_prompts_per_request: int = 256     # a list of prompts (or embedding inputs)
+    max_prompt_tokens: Optional[int] = None  # null: max_model_len - 1
+    max_stop: int = 64                     # stop strings, and stop_token_ids
+    max_stop_chars: int = 1024             # characters in one stop string
+    max_tokenize_chars: int = 2**20        # text /tokenize takes (whole documents, for lm-eval)
+    # A client's own chat template (chat_template, chat_template_kwargs.chat_template) is
+    # refused unless this is set (vLLM's --trust-request-chat-template); then it renders in a
+    # child process with a time and memory limit.
+    allow_request_chat_template: bool = False
+    chat_template_timeout: float = 5.0     # seconds a chat template may take to render
+    chat_template_max_memory_mb: int = 1024  # address space a client template may add
+    # GET /tokenizer_info (vLLM's --enable-tokenizer-info-endpoint): the tokenizer's config
+    # and chat template, as lm-eval's remote tokenizer reads them.
+    enable_tokenizer_info_endpoint: bool = False
 
 
 @dataclass

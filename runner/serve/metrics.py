@@ -2,18 +2,22 @@
 
 Names follow vLLM's server (`vllm:num_requests_running`, `vllm:kv_cache_usage_perc`,
 `vllm:prompt_tokens_total`, ...), so dashboards built for vLLM read this server too. The
-engine thread keeps the counters and a gauge snapshot (runner/serve/async_engine.py); the HTTP
-side counts requests per handler and status (`HTTPCounter`, an ASGI middleware). Rendering
-reads those plain numbers only.
+engine thread keeps the counters, a gauge snapshot and the engine's get_stats()
+(runner/serve/async_engine.py); the HTTP side counts requests per handler and status
+(`HTTPCounter`, an ASGI middleware). Rendering reads those plain numbers only. The prefix
+cache's counters (`vllm:prefix_cache_queries_total`, `vllm:prefix_cache_hits_total`, in
+tokens, as vLLM counts them) appear only when the engine's get_stats() reports
+`prefix_cache_queries` / `prefix_cache_hits`.
 """
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, Optional
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 KNOWN_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/models",
-               "/health", "/metrics", "/version")
+               "/health", "/metrics", "/version", "/tokenize", "/detokenize", "/tokenizer_info",
+               "/openapi.json")
 
 
 class HTTPCounter:
@@ -51,7 +55,8 @@ def _labels(labels: dict) -> str:
     return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
 
 
-def render(model_name: str, counters: Any, gauges: dict, http_counts: Counter) -> str:
+def render(model_name: str, counters: Any, gauges: dict, http_counts: Counter,
+           stats: Optional[dict] = None) -> str:
     lines: list[str] = []
     base = {"model_name": model_name}
 
@@ -88,6 +93,16 @@ def render(model_name: str, counters: Any, gauges: dict, http_counts: Counter) -
            [({**base, "finished_reason": r}, v) for r, v in sorted(finished.items())])
     metric("vllm:request_aborted_total", "counter", "Requests aborted (client disconnects).",
            [(base, counters.requests_aborted)])
+    metric("vllm:request_failed_total", "counter", "Requests the engine failed on (500s).",
+           [(base, counters.requests_failed)])
+    stats = stats or {}
+    for key, name, help_ in (
+            ("prefix_cache_queries", "vllm:prefix_cache_queries_total",
+             "Prompt tokens looked up in the prefix cache."),
+            ("prefix_cache_hits", "vllm:prefix_cache_hits_total",
+             "Prompt tokens found in the prefix cache.")):
+        if isinstance(stats.get(key), (int, float)) and not isinstance(stats.get(key), bool):
+            metric(name, "counter", help_, [(base, stats[key])])
     http = sorted(http_counts.items()) or [(("/health", "GET", 200), 0)]
     metric("http_requests_total", "counter", "HTTP requests by handler, method and status.",
            [({"handler": h, "method": m, "status": str(s)}, v) for (h, m, s), v in http])

@@ -3,45 +3,84 @@
     serve(cfg): serve.gpus -> CUDA_VISIBLE_DEVICES (before the engine touches CUDA)
         -> the sampling preset checked as SamplingParams (request defaults)
         -> model source (GGUF in a package, folder, hub id) -> LLM(**engine kwargs)
-        -> make_server(llm, ...) -> uvicorn.Server.run() until SIGINT/SIGTERM
+        -> make_server(llm, ..., serve=cfg.serve) -> uvicorn.Server.run() until SIGINT/SIGTERM
 
-On SIGTERM uvicorn stops accepting connections, lets in-flight requests finish for up to
-serve.graceful_shutdown_timeout seconds, then runs the app's shutdown, which stops the engine
-thread (whatever still runs is aborted and its clients get a clean error).
+SIGTERM: uvicorn stops accepting connections and waits for the in-flight requests. When
+serve.graceful_shutdown_timeout seconds have passed, `GracefulServer` ends whatever is still in
+the engine with EngineShutdownError: a waiting client gets a 503 in OpenAI's error format, an
+open stream an error event and `data: [DONE]` (uvicorn's own timeout, a few seconds later, would
+otherwise cancel the handlers and send plain-text 500s). Then the app's shutdown stops the
+engine thread; exit status 0.
 """
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import os
 import signal
 import threading
 from typing import Any, Optional
 
-from runner.serve.config import ServeRunConfig, default_sampling, gpu_list, llm_engine_kwargs
+from runner.serve.config import (ServeConfig, ServeRunConfig, default_sampling, gpu_list,
+                                 llm_engine_kwargs)
 
 logger = logging.getLogger("runner.serve")
 
+# Seconds past the grace period that uvicorn still waits, so the 503s and the streams' last
+# events are sent before it cancels anything.
+_SEND_MARGIN_S = 5.0
+
+
+def _graceful_server_class():
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        """uvicorn.Server that fails the requests still in the engine when the grace period
+        is over, instead of letting uvicorn cancel their handlers."""
+
+        def __init__(self, config, engine, grace: float):
+            super().__init__(config)
+            self.async_engine = engine
+            self.grace = grace
+
+        async def shutdown(self, sockets=None):
+            loop = asyncio.get_running_loop()
+            timer = loop.call_later(self.grace, self._grace_over)
+            try:
+                await super().shutdown(sockets)
+            finally:
+                timer.cancel()
+
+        def _grace_over(self) -> None:
+            n = self.async_engine.gauges.get("num_unfinished_requests", 0)
+            logger.warning("graceful shutdown: %.0f s are over; ending %d request(s) still in "
+                           "flight with 503", self.grace, n)
+            self.async_engine.fail_pending(
+                f"the server is shutting down (the {self.grace:g} s graceful shutdown period is "
+                "over); the request did not finish")
+
+    return GracefulServer
+
 
 def make_server(llm: Any, served_model_names: list[str], default_sampling_params: dict,
-                host: str = "127.0.0.1", port: int = 8000, *,
-                graceful_shutdown_timeout: float = 30.0, max_pending_requests: Optional[int] = None,
-                api_key: Optional[str] = None, log_level: str = "info",
-                timeout_keep_alive: int = 5):
-    """A uvicorn.Server over `llm` (not started: call .run(), or .serve() in a loop)."""
+                serve: Optional[ServeConfig] = None, **overrides: Any):
+    """A uvicorn.Server over `llm` (not started: call .run()). `serve` holds the server's
+    settings (defaults: ServeConfig()); keyword arguments override its fields (host, port,
+    api_key, max_n, ...)."""
     import uvicorn
 
     from runner.serve.api_server import build_app
     from runner.serve.async_engine import AsyncLLMEngine
 
-    engine = AsyncLLMEngine(llm, max_pending_requests=max_pending_requests)
-    app = build_app(engine, served_model_names, default_sampling_params, api_key=api_key)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                            timeout_keep_alive=timeout_keep_alive,
-                            timeout_graceful_shutdown=graceful_shutdown_timeout,
-                            lifespan="on")
-    server = uvicorn.Server(config)
-    server.async_engine = engine  # for callers that want the engine's numbers
-    return server
+    cfg = dataclasses.replace(serve or ServeConfig(), **overrides)
+    engine = AsyncLLMEngine(llm, max_pending_requests=cfg.max_pending_requests)
+    app = build_app(engine, served_model_names, default_sampling_params, cfg)
+    config = uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level,
+                            timeout_keep_alive=cfg.timeout_keep_alive,
+                            timeout_graceful_shutdown=cfg.graceful_shutdown_timeout
+                            + _SEND_MARGIN_S, lifespan="on")
+    return _graceful_server_class()(config, engine, cfg.graceful_shutdown_timeout)
 
 
 def served_names(cfg: ServeRunConfig) -> list[str]:
@@ -67,11 +106,7 @@ def serve(cfg: ServeRunConfig) -> None:
         raise ValueError(f"sampling preset: {exc}") from None
     source = resolve_model_source(cfg.model)
     llm = LLM(**llm_engine_kwargs(cfg, source.model))
-    server = make_server(
-        llm, served_names(cfg), defaults, cfg.serve.host, cfg.serve.port,
-        graceful_shutdown_timeout=cfg.serve.graceful_shutdown_timeout,
-        max_pending_requests=cfg.serve.max_pending_requests, api_key=cfg.serve.api_key,
-        log_level=cfg.serve.log_level, timeout_keep_alive=cfg.serve.timeout_keep_alive)
+    server = make_server(llm, served_names(cfg), defaults, cfg.serve)
     # uvicorn handles SIGINT/SIGTERM while it runs, then re-raises the signal under the
     # handlers it found; these make that a normal exit (status 0) after the graceful shutdown.
     if threading.current_thread() is threading.main_thread():

@@ -1,7 +1,10 @@
 """Fixtures of the serve tests: one in-process server on a free 127.0.0.1 port, over the tiny
-random llama, shared by the module tests; a reference LLM for expected greedy outputs."""
+random llama, shared by the module tests; a reference LLM for expected greedy outputs;
+`running_server` for tests that need a server of their own (other limits, a key, a faulty
+engine)."""
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -35,6 +38,27 @@ def wait_healthy(base: str, timeout: float = 60.0, proc=None) -> None:
     raise TimeoutError(f"{base} not healthy after {timeout}s")
 
 
+@contextlib.contextmanager
+def running_server(llm, names=(MODEL_NAME,), defaults=None, **overrides):
+    """(base URL, uvicorn server) of a server over `llm` on a free loopback port; `overrides`
+    are ServeConfig fields. Stopped (uvicorn's shutdown path, as on SIGTERM) on exit."""
+    from runner.serve import make_server
+
+    port = free_port()
+    srv = make_server(llm, list(names), defaults or {"temperature": 0.0, "max_tokens": 16},
+                      host="127.0.0.1", port=port, log_level="warning",
+                      **{"graceful_shutdown_timeout": 5, **overrides})
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(base)
+        yield base, srv
+    finally:
+        srv.should_exit = True
+        thread.join(30)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_factory):
     return tiny_model_factory("llama")
@@ -51,20 +75,11 @@ def reference_llm(tiny_model):
 def server(tiny_model):
     """(base URL, uvicorn server) of a live server; stopped at the end of the session."""
     from runner.engine import LLM
-    from runner.serve import make_server
 
     llm = LLM(tiny_model, **ENGINE_KWARGS)
-    port = free_port()
-    defaults = {"temperature": 0.0, "max_tokens": 16}
-    srv = make_server(llm, [MODEL_NAME, tiny_model], defaults, "127.0.0.1", port,
-                      graceful_shutdown_timeout=5, log_level="warning")
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    wait_healthy(base)
-    yield base, srv
-    srv.should_exit = True
-    thread.join(15)
+    with running_server(llm, [MODEL_NAME, tiny_model],
+                        enable_tokenizer_info_endpoint=True) as (base, srv):
+        yield base, srv
 
 
 @pytest.fixture()

@@ -189,7 +189,7 @@ def test_embeddings_with_embedding_model(tmp_path):
     except (NotImplementedError, TypeError, ValueError) as exc:
         pytest.skip(f"LLM.encode for embedding models is not available: {exc}")
     port = free_port()
-    srv = make_server(llm, ["bert"], {}, "127.0.0.1", port, log_level="warning")
+    srv = make_server(llm, ["bert"], {}, host="127.0.0.1", port=port, log_level="warning")
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     try:
