@@ -66,14 +66,15 @@ def test_malformed_row_names_its_line(tiny_llama, tmp_path):
 def test_engine_failure_leaves_a_folder_marked_failed(tiny_llama, tmp_path):
     write_jsonl(tmp_path / "data.jsonl", 2)
     out = tmp_path / "out"
-    # An option the engine does not support yet fails inside LLM(...), after the folder exists.
-    proc = run_cli([*tiny_args(tiny_llama, "data.jsonl", out), "engine.cpu_offload_gb=2"],
+    # An option the checkpoint cannot honour (AWQ settings on an unquantized model) fails
+    # inside LLM(...), after the folder exists.
+    proc = run_cli([*tiny_args(tiny_llama, "data.jsonl", out), "model.quantization=awq"],
                    cwd=tmp_path, timeout=300)
-    _assert_clean_failure(proc, "cpu_offload_gb", out)
+    _assert_clean_failure(proc, "quantization", out)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("runner: error:")]
     assert len(errors) == 1 and "manifest status failed" in errors[0]
     (run_dir,) = run_dirs(out)
     manifest = read_json(run_dir / "manifest.json")
-    assert manifest["status"] == "failed" and "cpu_offload_gb" in manifest["error"]
+    assert manifest["status"] == "failed" and "quantization" in manifest["error"]
     assert not (run_dir / "metrics.json").exists()
     assert "Traceback" in (run_dir / "run.log").read_text()
