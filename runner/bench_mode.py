@@ -57,6 +57,7 @@ def _bench_args(cfg: RunConfig) -> argparse.Namespace:
         async_scheduling=bool(e.async_scheduling), kv_cache_dtype=e.kv_cache_dtype,
         disable_custom_all_reduce=bool(e.disable_custom_all_reduce),
         distributed_timeout_s=e.distributed_timeout_s,
+        quantization=m.quantization, cpu_offload_gb=e.cpu_offload_gb,
         compare_eager=b.compare_eager, hf_num_prompts=b.hf_num_prompts,
         hf_batch_size=b.hf_batch_size, beam_width=b.beam_width, seed=cfg.seed, command=None)
 
