@@ -412,3 +412,47 @@ def test_presets_hand_quantization_to_the_engine(preset, method):
     cfg.model.name = "llama3_8b"                # a known shape: no download
     args = _bench_args(cfg)
     assert args.quantization == method and args.cpu_offload_gb == 2
+
+
+# ------------------------------------------------------------------ CUDA
+GPU_CASES = {
+    "awq": dict(method="awq", quant_config=AWQ_CFG),
+    "gptq_act_order": dict(method="gptq", act_order=True,
+                           quant_config={**GPTQ_CFG, "desc_act": True}),
+    "fp8_static": dict(method="fp8", static=True,
+                       quant_config={"quant_method": "fp8", "activation_scheme": "static"}),
+    "compressed_tensors": dict(method="compressed-tensors", quant_config=CT_CFG),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", sorted(GPU_CASES))
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_gpu_kernels_match_the_torch_path(case, dtype, tmp_path):
+    """On CUDA the Triton path (int4 GEMV for decode, GEMM for prefill chunks; fp8 quant
+    kernel + torch._scaled_mm or the fp8 GEMM; CUDA graphs over them) against
+    kernel_backend='torch' on the same checkpoint: int4 float32 tokens equal, logprobs close
+    (fp8: activations now and then round to neighbouring fp8 values, as on CPU)."""
+    folder, _ = build_checkpoint(tmp_path, **GPU_CASES[case])
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True, logprobs=0,
+                            prompt_logprobs=0)
+    runs = {}
+    for backend in ("triton", "torch"):
+        llm = LLM(folder, dtype=dtype, kernel_backend=backend, max_model_len=128,
+                  max_num_batched_tokens=8, max_num_seqs=4, block_size=16,
+                  gpu_memory_utilization=0.3)
+        runs[backend] = llm.generate(PROMPTS, params, use_tqdm=False)
+        if backend == "triton":
+            assert llm.llm_engine.get_stats()["cuda_graph_steps"] > 0
+        llm.llm_engine.shutdown()
+    for fast, ref in zip(runs["triton"], runs["torch"]):
+        int4 = case.startswith(("awq", "gptq"))
+        if dtype == "float32" and int4:
+            assert fast.outputs[0].token_ids == ref.outputs[0].token_ids, fast.prompt
+        lp_fast = [d[t].logprob for d, t in zip(fast.prompt_logprobs[1:],
+                                                 fast.prompt_token_ids[1:])]
+        lp_ref = [d[t].logprob for d, t in zip(ref.prompt_logprobs[1:],
+                                                ref.prompt_token_ids[1:])]
+        tol = (2e-3 if int4 else 3e-2) if dtype == "float32" else 0.15
+        torch.testing.assert_close(torch.tensor(lp_fast), torch.tensor(lp_ref), atol=tol,
+                                   rtol=0)
