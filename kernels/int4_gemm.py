@@ -16,7 +16,8 @@ Packing along K keeps the N axis contiguous: a [BLOCK_K / 8, BLOCK_N] tile of wo
 coalesced load, and nibble j of it is the weight rows 8r + j. Grid (cdiv(M, BLOCK_M) *
 cdiv(N, BLOCK_N),), grouped GROUP_M tiles down M for L2 reuse of weight tiles. Per K tile and
 nibble j a program loads x's columns k + 8r + j ([BLOCK_M, BLOCK_K / 8], strided by 8: the
-eight loads together read the tile once), dequantizes the nibble rows and runs tl.dot. Nibbles
+eight loads together read the tile once), dequantizes the nibble rows and runs tl.dot. Columns past N are
+masked (not clamped, which would break the 16-byte word loads), rows past M clamped. Nibbles
 become floats with the exponent trick: (q | 0x4B000000) read as fp32 is 2^23 + q exactly, so
 one subtraction of (2^23 + zero) gives q - zero without an int-to-float conversion. When a tile
 lies inside one group (no g_idx, BLOCK_K divides group_size) q - zero is an exact small integer
@@ -90,37 +91,42 @@ def int4_gemm_kernel(
 
     BLOCK_R: tl.constexpr = BLOCK_K // 8
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # columns are masked, not clamped: the word loads stay 16-byte vectors
+    offs_n = tl.max_contiguous(tl.multiple_of(pid_n * BLOCK_N + tl.arange(0, BLOCK_N),
+                                              BLOCK_N), BLOCK_N)
     offs_r = tl.arange(0, BLOCK_R)                                       # packed rows of a tile
     m_ld = tl.minimum(offs_m, M - 1).to(tl.int64)
-    n_ld = tl.minimum(offs_n, N - 1)
+    n_ok = offs_n < N
     x_rows = x_ptr + m_ld[:, None] * stride_xm                           # [BLOCK_M, 1]
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k in range(0, K, BLOCK_K):
         r = k // 8 + offs_r                                              # [BLOCK_R]
         r_ok = r < K // 8
-        packed = tl.load(qw_ptr + r.to(tl.int64)[:, None] * N + n_ld[None, :],
-                         mask=r_ok[:, None], other=0)                    # [BLOCK_R, BLOCK_N]
+        packed = tl.load(qw_ptr + r.to(tl.int64)[:, None] * N + offs_n[None, :],
+                         mask=r_ok[:, None] & n_ok[None, :], other=0)    # [BLOCK_R, BLOCK_N]
         if TILE_GROUP:
             g = k // group_size
-            s = tl.load(scales_ptr + g * N + n_ld).to(tl.float32)        # [BLOCK_N]
-            zf = MAGIC_F + tl.load(zeros_ptr + g * N + n_ld).to(tl.float32)
+            s = tl.load(scales_ptr + g * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+            zf = MAGIC_F + tl.load(zeros_ptr + g * N + offs_n, mask=n_ok,
+                                   other=0.0).to(tl.float32)            # [BLOCK_N]
             part = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
         for j in tl.static_range(8):
-            kk = tl.minimum(k + offs_r * 8 + j, K - 1)                   # [BLOCK_R] weight rows
+            kk = k + offs_r * 8 + j                                      # [BLOCK_R] weight rows
             bits = (((packed >> (4 * j)) & 0xF) | MAGIC).to(tl.float32, bitcast=True)
             if TILE_GROUP:
                 w = bits - zf[None, :]                                   # q - z, exact
             else:
                 if HAS_GIDX:
-                    g_r = tl.load(gidx_ptr + kk)
+                    g_r = tl.load(gidx_ptr + kk, mask=r_ok, other=0)
                 else:
                     g_r = kk // group_size
-                sz = g_r[:, None] * N + n_ld[None, :]
-                w = (bits - (MAGIC_F + tl.load(zeros_ptr + sz).to(tl.float32))) * \
-                    tl.load(scales_ptr + sz).to(tl.float32)              # [BLOCK_R, BLOCK_N]
+                sz = g_r[:, None] * N + offs_n[None, :]
+                sz_ok = r_ok[:, None] & n_ok[None, :]
+                w = (bits - (MAGIC_F + tl.load(zeros_ptr + sz, mask=sz_ok, other=0.0)
+                             .to(tl.float32))) * \
+                    tl.load(scales_ptr + sz, mask=sz_ok, other=0.0).to(tl.float32)
             if HAS_PERM:
-                xk = tl.load(perm_ptr + kk)
+                xk = tl.load(perm_ptr + kk, mask=r_ok, other=0)
             else:
                 xk = kk
             xt = tl.load(x_rows + xk[None, :], mask=r_ok[None, :], other=0.0)  # [BLOCK_M, BLOCK_R]
@@ -133,8 +139,8 @@ def int4_gemm_kernel(
         if TILE_GROUP:
             acc += part * s[None, :]
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + n_ld).to(tl.float32)[None, :]
-    mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+        acc += tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    mask = (offs_m[:, None] < M) & n_ok[None, :]
     out = out_ptr + offs_m[:, None].to(tl.int64) * stride_om + offs_n[None, :]
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
 

@@ -7,9 +7,12 @@ A decode step reads every weight once for a handful of rows, so the kernel is ju
 close it streams the packed weights (K * N / 2 bytes) to the card's bandwidth. No tensor cores:
 each program owns BLOCK_N output columns for all M rows and keeps one [BLOCK_K / 8, BLOCK_N] fp32
 accumulator per row, updated with FMAs (loads and integer/float ALU only in the loop), summed
-over its rows after the loop. A [BLOCK_K / 8, BLOCK_N] tile of words is one coalesced load
-(N is contiguous); nibble j of it is the weight rows 8r + j, dequantized with the exponent trick
+over its rows after the loop. A [BLOCK_K / 8, BLOCK_N] tile of words is one coalesced load (N
+is contiguous); nibble j of it is the weight rows 8r + j, dequantized with the exponent trick
 of kernels/int4_gemm.py (no int-to-float conversions, which run at a quarter of the FMA rate).
+Columns are masked, not clamped, so the word loads stay 16-byte vectors (4 words) and each
+thread's 4 columns share every x value it loads: per weight, about one bit-field extract, an
+OR, a subtraction and an FMA (sm_90 PTX of the BLOCK_N = 128 tile), a quarter of an x load.
 When a tile lies inside one group, the tile's products of (q - zero) and x are summed first and
 the group's scale multiplies that partial once per tile.
 
@@ -36,8 +39,8 @@ MAX_SPLIT_K = 16
 @triton.jit
 def _row_fma(acc, w, x_ptr, xk, x_ok):
     """acc [BLOCK_R, BLOCK_N] += w * x[xk] (the row's x values of these weight rows)."""
-    xv = tl.load(x_ptr + xk, mask=x_ok, other=0.0).to(tl.float32)       # [BLOCK_R]
-    return acc + w * xv[:, None]
+    xv = tl.load(x_ptr + xk[:, None], mask=x_ok[:, None], other=0.0).to(tl.float32)
+    return acc + w * xv                                                  # xv [BLOCK_R, 1]
 
 
 @triton.jit
@@ -53,9 +56,12 @@ def int4_gemv_kernel(
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     BLOCK_R: tl.constexpr = BLOCK_K // 8
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    # contiguous, BLOCK_N-aligned columns: 16-byte loads of 4 words, each thread then holds
+    # 4 columns, so one x value it loads feeds 4 FMAs
+    offs_n = tl.max_contiguous(tl.multiple_of(pid_n * BLOCK_N + tl.arange(0, BLOCK_N),
+                                              BLOCK_N), BLOCK_N)
     offs_r = tl.arange(0, BLOCK_R)
-    n_ld = tl.minimum(offs_n, N - 1)          # clamped columns: valid loads, never stored
+    n_ok = offs_n < N
     x0 = x_ptr
     x1 = x_ptr + tl.minimum(1, M - 1).to(tl.int64) * stride_xm
     x2 = x_ptr + tl.minimum(2, M - 1).to(tl.int64) * stride_xm
@@ -69,32 +75,36 @@ def int4_gemv_kernel(
     for k in range(k_lo, k_hi, BLOCK_K):
         r = k // 8 + offs_r
         r_ok = r < K // 8
-        packed = tl.load(qw_ptr + r.to(tl.int64)[:, None] * N + n_ld[None, :],
-                         mask=r_ok[:, None], other=0, eviction_policy="evict_first")
+        packed = tl.load(qw_ptr + r.to(tl.int64)[:, None] * N + offs_n[None, :],
+                         mask=r_ok[:, None] & n_ok[None, :], other=0,
+                         eviction_policy="evict_first")                 # [BLOCK_R, BLOCK_N]
         if TILE_GROUP:
             g = k // group_size
-            zf = MAGIC_F + tl.load(zeros_ptr + g * N + n_ld).to(tl.float32)   # [BLOCK_N]
+            zf = MAGIC_F + tl.load(zeros_ptr + g * N + offs_n, mask=n_ok,
+                                   other=0.0).to(tl.float32)            # [BLOCK_N]
             p0 = tl.zeros([BLOCK_R, BLOCK_N], dtype=tl.float32)
             p1 = tl.zeros([BLOCK_R, BLOCK_N], dtype=tl.float32)
             p2 = tl.zeros([BLOCK_R, BLOCK_N], dtype=tl.float32)
             p3 = tl.zeros([BLOCK_R, BLOCK_N], dtype=tl.float32)
         for j in tl.static_range(8):
-            kk = tl.minimum(k + offs_r * 8 + j, K - 1)
+            rows = k + offs_r * 8 + j                                    # [BLOCK_R] weight rows
             bits = (((packed >> (4 * j)) & 0xF) | MAGIC).to(tl.float32, bitcast=True)
             if TILE_GROUP:
                 w = bits - zf[None, :]                                   # q - z, exact
             else:
                 if HAS_GIDX:
-                    g_r = tl.load(gidx_ptr + kk)
+                    g_r = tl.load(gidx_ptr + rows, mask=r_ok, other=0)
                 else:
-                    g_r = kk // group_size
-                sz = g_r[:, None] * N + n_ld[None, :]
-                w = (bits - (MAGIC_F + tl.load(zeros_ptr + sz).to(tl.float32))) * \
-                    tl.load(scales_ptr + sz).to(tl.float32)
+                    g_r = rows // group_size
+                sz = g_r[:, None] * N + offs_n[None, :]
+                sz_ok = r_ok[:, None] & n_ok[None, :]
+                w = (bits - (MAGIC_F + tl.load(zeros_ptr + sz, mask=sz_ok, other=0.0)
+                             .to(tl.float32))) * \
+                    tl.load(scales_ptr + sz, mask=sz_ok, other=0.0).to(tl.float32)
             if HAS_PERM:
-                xk = tl.load(perm_ptr + kk)
+                xk = tl.load(perm_ptr + rows, mask=r_ok, other=0)
             else:
-                xk = kk
+                xk = rows
             if TILE_GROUP:
                 p0 = _row_fma(p0, w, x0, xk, r_ok)
                 if M_PAD > 1:
@@ -110,14 +120,13 @@ def int4_gemv_kernel(
                     acc2 = _row_fma(acc2, w, x2, xk, r_ok)
                     acc3 = _row_fma(acc3, w, x3, xk, r_ok)
         if TILE_GROUP:
-            s = tl.load(scales_ptr + g * N + n_ld).to(tl.float32)[None, :]
-            acc0 += p0 * s
+            s = tl.load(scales_ptr + g * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
+            acc0 += p0 * s[None, :]
             if M_PAD > 1:
-                acc1 += p1 * s
+                acc1 += p1 * s[None, :]
             if M_PAD > 2:
-                acc2 += p2 * s
-                acc3 += p3 * s
-    n_ok = offs_n < N
+                acc2 += p2 * s[None, :]
+                acc3 += p3 * s[None, :]
     _gemv_store(tl.sum(acc0, axis=0), 0, offs_n, n_ok, pid_k, M, N, bias_ptr, out_ptr, part_ptr,
                 stride_om, SPLIT, HAS_BIAS)
     if M_PAD > 1:
