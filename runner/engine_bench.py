@@ -7,9 +7,13 @@
     python -m runner.engine_bench --model llama3_8b --workload beam --beam-width 4 \
         --num-prompts 100 --input-len 256 --output-len 256
     python -m runner.engine_bench --model llama2_13b --tensor-parallel-size 2 ...
+    python -m runner.engine_bench --model llama3_8b --quantization fp8 ...   (awq, gptq too)
+    python -m runner.engine_bench --model llama3_8b --cpu-offload-gb 8 ...
 
 Models are real shapes with random weights (load_format='dummy'): a named shape from
-MODEL_SHAPES or a local model folder. Prompts are random token ids with fixed input/output
+MODEL_SHAPES or a local model folder. With --quantization awq / gptq the named shape's
+config.json carries that method's quantization_config (4 bits, groups of 128), so the dummy
+weights are valid packed int4 tensors; fp8 quantizes the dummy 16-bit weights at load. Prompts are random token ids with fixed input/output
 lengths and ignore_eos, as in vLLM's benchmark_throughput/benchmark_latency. The result goes to
 outputs/bench/<run-id>/benchmark.json with the device, the command, the engine's KV-cache
 numbers, peak memory, the measured matmul and copy ceilings and the ratios against them (and
@@ -51,21 +55,45 @@ MODEL_SHAPES = {
 }
 
 
-def model_folder(model: str, dtype: str = "bfloat16") -> str:
+# the quantization_config a named shape's config.json gets for --quantization awq / gptq
+CHECKPOINT_QUANT_CONFIGS = {
+    "awq": {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True,
+            "version": "gemm"},
+    "gptq": {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False,
+             "sym": True, "checkpoint_format": "gptq"},
+}
+
+
+def model_folder(model: str, dtype: str = "bfloat16", quantization: Optional[str] = None) -> str:
     """A named shape -> a folder with only config.json (weights come from load_format=dummy)."""
     if model not in MODEL_SHAPES:
         if not os.path.isdir(model):
             raise ValueError(f"--model must be one of {sorted(MODEL_SHAPES)} or a model folder, "
                              f"got {model!r}.")
         return model
-    folder = os.path.join(tempfile.gettempdir(), f"runner-shape-{model}")
+    quant = CHECKPOINT_QUANT_CONFIGS.get(quantization)
+    folder = os.path.join(tempfile.gettempdir(), f"runner-shape-{model}"
+                          + (f"-{quantization}" if quant else ""))
     os.makedirs(folder, exist_ok=True)
     cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
            "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "torch_dtype": dtype,
            "bos_token_id": 1, "eos_token_id": 2, **MODEL_SHAPES[model]}
+    if quant:
+        cfg["quantization_config"] = quant
     with open(os.path.join(folder, "config.json"), "w") as fh:
         json.dump(cfg, fh)
     return folder
+
+
+def weight_bytes(hf_config, dtype_size: int, quantization: Optional[str]) -> float:
+    """Bytes of the weights a decode step reads: the linear layers at their quantized width
+    (int4: half a byte plus a 16-bit scale and zero per 128 weights; fp8: one byte), the LM head
+    in the model's dtype."""
+    head = hf_config.hidden_size * hf_config.vocab_size
+    layers = count_params(hf_config) - head
+    per_param = {None: dtype_size, "fp8": 1.0, "awq": 0.5 + 4 / 128,
+                 "gptq": 0.5 + 2 / 128}.get(quantization, dtype_size)
+    return layers * per_param + head * dtype_size
 
 
 def count_params(hf_config) -> int:
@@ -239,7 +267,9 @@ def build_llm(folder: str, args, enforce_eager: bool):
               async_scheduling=getattr(args, "async_scheduling", True),
               kv_cache_dtype=getattr(args, "kv_cache_dtype", "auto"),
               disable_custom_all_reduce=getattr(args, "disable_custom_all_reduce", False),
-              distributed_timeout_s=getattr(args, "distributed_timeout_s", 600.0))
+              distributed_timeout_s=getattr(args, "distributed_timeout_s", 600.0),
+              quantization=getattr(args, "quantization", None),
+              cpu_offload_gb=getattr(args, "cpu_offload_gb", 0))
     if args.max_num_batched_tokens:
         kw["max_num_batched_tokens"] = args.max_num_batched_tokens
     if args.max_model_len:
@@ -264,6 +294,11 @@ def engine_facts(llm) -> dict:
     facts["async_scheduling"] = llm.llm_engine.async_scheduling
     facts["num_async_steps"] = stats["num_async_steps"]
     facts["custom_all_reduce"] = stats["custom_all_reduce"]
+    # the method the engine resolved (a checkpoint's config.json may name it)
+    facts["quantization"] = llm.llm_engine.model_config.quantization
+    offloader = getattr(getattr(llm.llm_engine.model_runner, "model", None), "cpu_offloader",
+                        None)
+    facts["cpu_offloaded_bytes"] = offloader.offloaded_bytes if offloader is not None else 0
     if torch.cuda.is_available():
         total = torch.cuda.get_device_properties(0).total_memory
         peak = torch.cuda.max_memory_allocated()
@@ -273,7 +308,7 @@ def engine_facts(llm) -> dict:
 
 
 def run(args) -> dict:
-    folder = model_folder(args.model, args.dtype)
+    folder = model_folder(args.model, args.dtype, getattr(args, "quantization", None))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     result: dict = {
         "command": " ".join([os.path.basename(sys.executable), "-m", "runner.engine_bench",
@@ -282,6 +317,8 @@ def run(args) -> dict:
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
         "model": args.model, "dtype": args.dtype, "workload": args.workload,
         "tensor_parallel_size": args.tensor_parallel_size,
+        "quantization": getattr(args, "quantization", None),
+        "cpu_offload_gb": getattr(args, "cpu_offload_gb", 0),
         "torch": torch.__version__,
     }
     result["ceilings"] = measure_ceilings(device)
@@ -344,9 +381,10 @@ def run(args) -> dict:
         main_key = "cuda_graphs" if graphs else "eager"
         bw = result["ceilings"].get("copy_tb_per_s")
         if bw:
-            weight_bytes = params * torch.empty((), dtype=getattr(torch, args.dtype)).element_size()
+            read = weight_bytes(hf_config, torch.empty((), dtype=getattr(torch, args.dtype))
+                                .element_size(), getattr(args, "quantization", None))
             # each rank reads its 1/N of the weights per step, all ranks at once
-            roof = bw * 1e12 / weight_bytes * args.tensor_parallel_size * args.batch_size
+            roof = bw * 1e12 / read * args.tensor_parallel_size * args.batch_size
             result[main_key]["weight_read_roofline_tokens_per_s"] = roof
             result[main_key]["fraction_of_weight_read_roofline"] = \
                 result[main_key]["output_tokens_per_s"] / roof
@@ -394,6 +432,11 @@ def parse_args(argv: Optional[list] = None):
     ap.add_argument("--kv-cache-dtype", default="auto", choices=list(KV_CACHE_DTYPES),
                     help="auto: the model's dtype; fp8: one byte per entry (twice the tokens)")
     ap.add_argument("--kernel-backend", default=None, choices=["auto", "triton", "torch"])
+    ap.add_argument("--quantization", default=None, choices=["fp8", "awq", "gptq"],
+                    help="fp8: quantize the dummy weights at load; awq / gptq: dummy int4 "
+                         "weights in that checkpoint layout (4 bits, groups of 128)")
+    ap.add_argument("--cpu-offload-gb", type=float, default=0,
+                    help="GiB of weights kept in pinned CPU memory, streamed in per layer")
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--disable-async-output-proc", action="store_true",
                     help="process each step's outputs before the next step starts")

@@ -50,6 +50,8 @@ class ModelConfig:
     skip_tokenizer_init: bool
     weight_files: list = field(default_factory=list)   # the user's source weight files
     max_logprobs: int = 20
+    quantization: Optional[str] = None   # resolved method (runner/engine/quantization/)
+    cpu_offload_gb: float = 0            # GiB of weights kept in pinned CPU memory (CUDA)
 
     @property
     def architecture(self) -> str:
@@ -167,13 +169,6 @@ class EngineArgs:
             raise NotImplementedError(
                 f"pipeline_parallel_size={self.pipeline_parallel_size} is not supported "
                 "(only 1).")
-        if self.quantization is not None:
-            raise NotImplementedError(
-                f"quantization={self.quantization!r} is not supported yet; use quantization=None "
-                "(GGUF files are loaded dequantized without it).")
-        if self.cpu_offload_gb:
-            raise NotImplementedError(
-                f"cpu_offload_gb={self.cpu_offload_gb} is not supported yet; use 0.")
         if self.enable_prefix_caching:
             raise NotImplementedError(
                 "enable_prefix_caching=True is not supported yet; use False.")
@@ -216,6 +211,10 @@ class EngineArgs:
         if not float(self.distributed_timeout_s) > 0:
             raise ValueError("distributed_timeout_s must be > 0, got "
                              f"{self.distributed_timeout_s}.")
+        if isinstance(self.cpu_offload_gb, bool) or not isinstance(
+                self.cpu_offload_gb, (int, float)) or self.cpu_offload_gb < 0:
+            raise ValueError(f"cpu_offload_gb must be a number >= 0, got "
+                             f"{self.cpu_offload_gb!r}.")
         if self.max_seq_len_to_capture < 1:
             raise ValueError("max_seq_len_to_capture must be >= 1, got "
                              f"{self.max_seq_len_to_capture}.")
@@ -229,6 +228,10 @@ class EngineArgs:
             self.model, self.revision, self.load_format, self.download_dir)
         hf_config = load_hf_config(model_path, self.trust_remote_code)
         dtype = resolve_dtype(self.dtype, hf_config, device)
+        from runner.engine.quantization import resolve_quantization
+        quantization = resolve_quantization(
+            self.quantization, hf_config,
+            is_gguf=bool(weight_files) and str(weight_files[0]).endswith(".gguf"))
         if self.tensor_parallel_size > 1:
             from runner.engine.distributed import verify_tensor_parallel
             from runner.engine.models import get_model_class, is_embedding_model
@@ -251,7 +254,8 @@ class EngineArgs:
             tokenizer_revision=self.tokenizer_revision, max_model_len=max_model_len,
             hf_config=hf_config, load_format=load_format,
             skip_tokenizer_init=self.skip_tokenizer_init, weight_files=weight_files,
-            max_logprobs=self.max_logprobs)
+            max_logprobs=self.max_logprobs, quantization=quantization,
+            cpu_offload_gb=float(self.cpu_offload_gb))
         chunked = True if self.enable_chunked_prefill is None else bool(self.enable_chunked_prefill)
         max_batched = self.max_num_batched_tokens
         if max_batched is None:
@@ -266,6 +270,14 @@ class EngineArgs:
             logger.info("max_num_batched_tokens=%d < max_num_seqs=%d: at most %d sequences "
                         "decode per step.", max_batched, self.max_num_seqs, max_batched)
         enforce_eager = bool(self.enforce_eager) if self.enforce_eager is not None else False
+        if self.cpu_offload_gb and device.type != "cuda":
+            logger.warning("cpu_offload_gb=%s: the weights are in CPU memory already on device "
+                           "%r; nothing is offloaded.", self.cpu_offload_gb, device.type)
+        elif self.cpu_offload_gb and not enforce_eager:
+            # the offloaded layers' stream hooks cannot be frozen into CUDA graphs
+            logger.warning("cpu_offload_gb=%s streams weights between layers: CUDA graphs are "
+                           "off (enforce_eager=True).", self.cpu_offload_gb)
+            enforce_eager = True
         kernel_backend = self._resolve_kernel_backend(device)
         cache_dtype = self._resolve_cache_dtype(dtype, device, kernel_backend)
         return EngineConfig(

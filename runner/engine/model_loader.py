@@ -1,13 +1,23 @@
 """Build the model for a ModelConfig and stream its checkpoint into it.
 
-The model is constructed directly on the target device in the target dtype (no CPU copy of the
-full model), then the checkpoint's tensors are streamed one at a time from safetensors files
-(memory-mapped) or PyTorch .bin files into each parameter's weight loader. load_format='dummy'
-fills every parameter with small random values instead: the real shapes, no files.
+    ModelConfig -> quantization config (runner/engine/quantization/, None: unquantized)
+      -> the model class, built on the target device in the target dtype (no CPU copy of the
+         full model); its linear layers get their parameters from the quantization method
+      -> the checkpoint's tensors, streamed one at a time from safetensors files (memory-mapped)
+         or PyTorch .bin files into each parameter's weight loader; or load_format='dummy':
+         small random values of the real shapes (valid packed / fp8 values for quantized
+         layouts), no files
+      -> process_weights_after_loading: every quantized layer turns its checkpoint layout
+         into its kernels' layout (fp8 quantization of a 16-bit checkpoint happens here)
+
+With cpu_offload_gb on CUDA the model is built and loaded on the CPU instead, and
+layers/offload.py moves it to the GPU layer by layer, keeping the first layers' weights in
+pinned CPU memory to stream them in during each forward.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -17,9 +27,12 @@ import torch
 from torch import nn
 
 from runner.engine.config import ModelConfig, weight_files_in
-from runner.engine.models import get_model_class
 from runner.engine.layers.checkpoint import CheckpointSlice
+from runner.engine.layers.linear import LinearBase
+from runner.engine.layers.offload import offload_model
+from runner.engine.models import get_model_class
 from runner.engine.parallel import ParallelContext
+from runner.engine.quantization import get_quant_config
 
 logger = logging.getLogger("runner.engine")
 
@@ -64,13 +77,45 @@ def _checkpoint_files(model_config: ModelConfig) -> list[str]:
 
 
 def initialize_dummy_weights(model: nn.Module, seed: int, low: float = -1e-3,
-                             high: float = 1e-3) -> None:
-    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+                             high: float = 1e-3, device: torch.device | None = None) -> None:
+    """Random weights from one generator on `device` (default: the model's), parameter by
+    parameter, so a model built on the CPU for offloading gets the same values as one built
+    on the device. A parameter with `dummy_fill` (packed integers, fp8) fills itself."""
+    device = device or next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
     for name, param in model.named_parameters():
-        if name.endswith("norm.weight"):
-            param.data.fill_(1.0)       # keep activations at a sane scale through the layers
+        data = param.data if param.device == device else torch.empty_like(param.data,
+                                                                            device=device)
+        fill = getattr(param, "dummy_fill", None)
+        if fill is not None:
+            fill(data, gen, low, high)
+        elif name.endswith("norm.weight"):
+            data.fill_(1.0)             # keep activations at a sane scale through the layers
         else:
-            param.data.uniform_(low, high, generator=gen)
+            data.uniform_(low, high, generator=gen)
+        if data is not param.data:
+            param.data.copy_(data)
+
+
+def process_weights_after_loading(module: nn.Module) -> None:
+    """One module (not its children): a linear layer's checkpoint layout -> its kernels'."""
+    if isinstance(module, LinearBase):
+        module.process_weights_after_loading()
+
+
+def _quantized_context(model_config: ModelConfig, cls, device: torch.device,
+                       pc: ParallelContext) -> ParallelContext:
+    quant_config = get_quant_config(model_config)
+    if quant_config is None:
+        return pc
+    if not getattr(cls, "supports_quantization", False):
+        raise NotImplementedError(
+            f"quantization={model_config.quantization!r} is not supported for "
+            f"{model_config.architecture} yet; quantized checkpoints run on the Llama family "
+            "(Llama, Mistral, Qwen2, Qwen3).")
+    quant_config.packed_modules_mapping = cls.packed_modules_mapping
+    quant_config.verify_device(device, model_config.dtype, pc.use_triton)
+    return dataclasses.replace(pc, quant_config=quant_config)
 
 
 def get_model(model_config: ModelConfig, device: torch.device,
@@ -78,12 +123,26 @@ def get_model(model_config: ModelConfig, device: torch.device,
     """The model (decoder or encoder, from the registry) on `device` in the config's dtype,
     with its checkpoint loaded."""
     cls = get_model_class(model_config.hf_config)
-    with _default_dtype(model_config.dtype), torch.device(device):
+    pc = _quantized_context(model_config, cls, device, pc or ParallelContext())
+    offload_bytes = int(getattr(model_config, "cpu_offload_gb", 0) * 2**30) \
+        if device.type == "cuda" else 0
+    build_device = torch.device("cpu") if offload_bytes else device
+    with _default_dtype(model_config.dtype), torch.device(build_device):
         model = cls(model_config.hf_config, pc)
     model.eval()
     if model_config.load_format == "dummy":
-        initialize_dummy_weights(model, model_config.seed)
-        return model
+        initialize_dummy_weights(model, model_config.seed, device=device)
+    else:
+        _load_checkpoint(model, model_config, cls)
+    if offload_bytes:
+        offload_model(model, device, offload_bytes, process_weights_after_loading)
+    else:
+        for module in model.modules():
+            process_weights_after_loading(module)
+    return model
+
+
+def _load_checkpoint(model: nn.Module, model_config: ModelConfig, cls) -> None:
     files = _checkpoint_files(model_config)
     # tensor-parallel families take lazy slices (their weight loaders narrow them to this
     # rank's shard), so each rank reads only its part of the files
@@ -91,9 +150,9 @@ def get_model(model_config: ModelConfig, device: torch.device,
     it = (safetensors_weights_iterator(files, lazy) if files[0].endswith(".safetensors")
           else pt_weights_iterator(files))
     loaded = model.load_weights(it)
-    expected = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    expected = {n for n, p in model.named_parameters(remove_duplicate=False)
+                if not getattr(p, "optional", False)}
     missing = sorted(expected - loaded)
     if missing:
         raise ValueError(f"checkpoint in {model_config.model_path!r} lacks {len(missing)} "
                          f"parameters, e.g. {missing[:5]}")
-    return model

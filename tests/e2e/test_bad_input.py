@@ -80,7 +80,7 @@ def test_malformed_row_names_its_line(tiny_llama, tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     # issue 27.5: each used to leave a `failed` run folder behind
-    (["engine.cpu_offload_gb=2"], "cpu_offload_gb=2.0 is not supported yet"),
+    (["model.quantization=awq"], "quantization='awq' needs the checkpoint's"),
     (["engine.device=tpu"], "device must be one of"),
     (["model.dtype=float7"], "dtype must be one of"),
     (["engine.kv_cache_dtype=int3"], "kv_cache_dtype must be one of"),

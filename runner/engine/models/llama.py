@@ -19,7 +19,9 @@ pre-RMSNorm attention and a SiLU-gated MLP with the residual carried beside the 
 (the norms fuse the add). Attention reads and writes the paged KV cache through
 `AttentionMetadata`; the model itself keeps no cache. Checkpoint tensors are streamed through
 `load_weights`, which maps HF names onto the fused qkv_proj / gate_up_proj parameters and calls
-each parameter's weight loader.
+each parameter's weight loader. Quantized checkpoints (fp8, AWQ, GPTQ) load the same way: each
+linear layer gets its module name (`prefix`, the checkpoint's) and the ParallelContext's
+quant_config, which decide its parameters (runner/engine/quantization/).
 """
 from __future__ import annotations
 
@@ -89,7 +91,7 @@ def sliding_window(config, layer_idx: int) -> Optional[int]:
 
 
 class LlamaMLP(nn.Module):
-    def __init__(self, config, pc: ParallelContext):
+    def __init__(self, config, pc: ParallelContext, prefix: str = "mlp"):
         super().__init__()
         act = getattr(config, "hidden_act", "silu")
         if act != "silu":
@@ -97,10 +99,13 @@ class LlamaMLP(nn.Module):
                                       f"{act!r} is not supported; only 'silu'")
         hidden, inter = config.hidden_size, config.intermediate_size
         bias = bool(getattr(config, "mlp_bias", False))
+        quant = dict(quant_config=pc.quant_config, use_triton=pc.use_triton)
         self.gate_up_proj = MergedColumnParallelLinear(hidden, [inter] * 2, bias,
-                                                       **pc.tp_kwargs(), use_triton=pc.use_triton)
+                                                       **pc.tp_kwargs(), **quant,
+                                                       prefix=f"{prefix}.gate_up_proj")
         self.down_proj = RowParallelLinear(inter, hidden, bias, **pc.tp_kwargs(),
-                                           all_reduce=pc.all_reduce, use_triton=pc.use_triton)
+                                           all_reduce=pc.all_reduce, **quant,
+                                           prefix=f"{prefix}.down_proj")
         self.act_fn = SiluAndMul(pc.use_triton)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -108,7 +113,8 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config, layer_idx: int, family: Family, pc: ParallelContext):
+    def __init__(self, config, layer_idx: int, family: Family, pc: ParallelContext,
+                 prefix: str = "self_attn"):
         super().__init__()
         hidden = config.hidden_size
         total_heads = config.num_attention_heads
@@ -116,16 +122,18 @@ class LlamaAttention(nn.Module):
         # Qwen3 and Mistral-Nemo set head_dim != hidden / heads
         self.head_dim = getattr(config, "head_dim", None) or hidden // total_heads
         attention_bias = bool(getattr(config, "attention_bias", False))
+        quant = dict(quant_config=pc.quant_config, use_triton=pc.use_triton)
         self.qkv_proj = QKVParallelLinear(hidden, self.head_dim, total_heads, total_kv,
                                           family.qkv_bias or attention_bias, **pc.tp_kwargs(),
-                                          use_triton=pc.use_triton)
+                                          **quant, prefix=f"{prefix}.qkv_proj")
         self.num_heads = self.qkv_proj.num_heads
         self.num_kv_heads = self.qkv_proj.num_kv_heads
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         self.o_proj = RowParallelLinear(total_heads * self.head_dim, hidden,
                                         attention_bias and not family.qkv_bias, **pc.tp_kwargs(),
-                                        all_reduce=pc.all_reduce, use_triton=pc.use_triton)
+                                        all_reduce=pc.all_reduce, **quant,
+                                        prefix=f"{prefix}.o_proj")
         self.q_norm = self.k_norm = None
         if family.qk_norm:        # one weight of size head_dim, shared by all heads
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps, pc.use_triton)
@@ -153,10 +161,11 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config, layer_idx: int, family: Family, pc: ParallelContext):
+    def __init__(self, config, layer_idx: int, family: Family, pc: ParallelContext,
+                 prefix: str = "layers.0"):
         super().__init__()
-        self.self_attn = LlamaAttention(config, layer_idx, family, pc)
-        self.mlp = LlamaMLP(config, pc)
+        self.self_attn = LlamaAttention(config, layer_idx, family, pc, f"{prefix}.self_attn")
+        self.mlp = LlamaMLP(config, pc, f"{prefix}.mlp")
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, pc.use_triton)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps,
                                                 pc.use_triton)
@@ -173,11 +182,12 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config, family: Family, pc: ParallelContext):
+    def __init__(self, config, family: Family, pc: ParallelContext, prefix: str = "model"):
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size,
                                                    **pc.tp_kwargs(), all_reduce=pc.all_reduce)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, family, pc)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i, family, pc,
+                                                      f"{prefix}.layers.{i}")
                                     for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pc.use_triton)
 
@@ -204,6 +214,10 @@ class LlamaForCausalLM(nn.Module):
     """Every family of this file; the registry maps LlamaForCausalLM, MistralForCausalLM,
     Qwen2ForCausalLM and Qwen3ForCausalLM here, and the config's model_type picks the Family."""
     supports_tensor_parallel = True
+    supports_quantization = True
+    # fused parameter -> its checkpoint parts (quantization ignore lists name the parts)
+    packed_modules_mapping = {"qkv_proj": ["q_proj", "k_proj", "v_proj"],
+                              "gate_up_proj": ["gate_proj", "up_proj"]}
     # checkpoint name fragment -> (fused parameter fragment, shard id)
     stacked_params_mapping = [
         (".qkv_proj", ".q_proj", "q"), (".qkv_proj", ".k_proj", "k"),
@@ -216,6 +230,7 @@ class LlamaForCausalLM(nn.Module):
         pc = pc or ParallelContext()
         self.config = config
         self.family = family_of(config)
+        self.quantized = pc.quant_config is not None
         self.model = LlamaModel(config, self.family, pc)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size, **pc.tp_kwargs(),
@@ -243,4 +258,5 @@ class LlamaForCausalLM(nn.Module):
         """Stream (HF name, tensor) pairs into the parameters; returns the names loaded."""
         return load_weights(self, weights, stacked_params_mapping=self.stacked_params_mapping,
                             tied_lm_head=self.tie_word_embeddings,
-                            rename=lambda n: None if "rotary_emb.inv_freq" in n else n)
+                            rename=lambda n: None if "rotary_emb.inv_freq" in n else n,
+                            skip_missing_bias=self.quantized)

@@ -6,6 +6,11 @@ gate_up_proj) take their checkpoint parts through `stacked_params_mapping` entri
 else goes through its weight loader or a shape-checked copy. A family adapts names with
 `rename` (return None to skip a tensor) and handles special tensors with `custom`.
 
+Quantized checkpoints carry per-layer tensors besides `weight` (qweight, scales, weight_scale,
+...): they map the same way, onto the parameters the layer's quantization method registered.
+GPTQ checkpoints often store a zero `.bias` for layers that have none; with
+`skip_missing_bias` such a tensor is dropped, as vLLM drops it.
+
 A tensor may arrive as a `CheckpointSlice` (a safetensors slice not read yet): the parallel
 layers' weight loaders narrow it to their rank's shard, so each tensor-parallel rank reads only
 its part of the file. Anything else gets it materialized first.
@@ -36,8 +41,8 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]], 
                  stacked_params_mapping: Sequence[tuple[str, str, object]] = (),
                  tied_lm_head: bool = False,
                  rename: Optional[Callable[[str], Optional[str]]] = None,
-                 custom: Optional[Callable[[str, nn.Parameter, torch.Tensor], bool]] = None
-                 ) -> set[str]:
+                 custom: Optional[Callable[[str, nn.Parameter, torch.Tensor], bool]] = None,
+                 skip_missing_bias: bool = False) -> set[str]:
     """Returns the names of the parameters loaded (a tied LM head counts as loaded)."""
     params = dict(model.named_parameters(remove_duplicate=False))
     loaded: set[str] = set()
@@ -52,12 +57,16 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]], 
         for fused, part, shard_id in stacked_params_mapping:
             if part in name:
                 target = name.replace(part, fused)
+                if skip_missing_bias and target.endswith(".bias") and target not in params:
+                    break
                 if target not in params:
                     raise ValueError(f"checkpoint tensor {name!r} has no parameter in {owner}")
                 params[target].weight_loader(params[target], tensor, shard_id)
                 loaded.add(target)
                 break
         else:
+            if skip_missing_bias and name.endswith(".bias") and name not in params:
+                continue
             if name not in params:
                 raise ValueError(f"checkpoint tensor {name!r} has no parameter in {owner}")
             if custom is not None:
