@@ -56,6 +56,20 @@ class ModelConfig:
         archs = getattr(self.hf_config, "architectures", None) or []
         return archs[0] if archs else "<none in config.json>"
 
+    def eos_token_ids(self) -> list[int]:
+        """Every EOS id the model lists, in order: config.json's eos_token_id, then those of
+        generation_config.json (HF generate's source; Llama-3 Instruct lists <|eot_id|>
+        there), each an int or a list. Empty when neither lists one."""
+        ids: list[int] = []
+        sources = [getattr(self.hf_config, "eos_token_id", None),
+                   _read_json(os.path.join(self.model_path, "generation_config.json")).get(
+                       "eos_token_id")]
+        for value in sources:
+            for t in (value if isinstance(value, (list, tuple)) else [value]):
+                if isinstance(t, int) and not isinstance(t, bool) and t not in ids:
+                    ids.append(t)
+        return ids
+
 
 @dataclass
 class CacheConfig:
@@ -385,6 +399,18 @@ def weight_files_in(folder: str, load_format: str) -> list:
               "pt": "*.bin"}[load_format]
     raise ValueError(f"no weight files ({wanted}) in model folder {folder!r} for "
                      f"load_format={load_format!r}; use load_format='dummy' for random weights.")
+
+
+def _read_json(path: str) -> dict:
+    if not os.path.isfile(path):
+        return {}
+    import json
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {path!r}: {exc}") from None
+    return data if isinstance(data, dict) else {}
 
 
 def load_hf_config(folder: str, trust_remote_code: bool):

@@ -173,13 +173,13 @@ class LLM:
         ids = self._add_requests(prompts, [sp] * len(prompts), beam_params=params)
         outputs = self._run_engine(ids, use_tqdm)
         tok = self.get_tokenizer()
-        eos = self.llm_engine.eos_token_id
+        eos = self.llm_engine.eos_token_ids
         results = []
         for out in outputs:
             seqs = []
             for c in out.outputs:
                 gen = list(c.token_ids)
-                if gen and gen[-1] == eos and c.finish_reason == "stop" and \
+                if gen and gen[-1] in eos and c.finish_reason == "stop" and \
                         not params.include_stop_str_in_output:
                     gen = gen[:-1]
                 tokens = list(out.prompt_token_ids) + gen

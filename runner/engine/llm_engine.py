@@ -86,9 +86,12 @@ class LLMEngine:
         self.device_config = config.device_config
         self.tokenizer = None if self.model_config.skip_tokenizer_init else load_tokenizer(
             self.model_config)
-        self.eos_token_id = self._eos_token_id()
+        # every EOS id the model lists stops a sequence; the first is the primary one (a stop
+        # with stop_reason None), the others stop as vLLM's generation_config stop ids do
+        self.eos_token_ids = self._eos_token_ids()
+        self.eos_token_id = self.eos_token_ids[0] if self.eos_token_ids else None
         self.output_builder = RequestOutputBuilder(self.tokenizer)
-        self.model_runner = ModelRunner(config, self.eos_token_id)
+        self.model_runner = ModelRunner(config, self.eos_token_ids)
         self.block_manager = BlockManager(self.model_runner.num_blocks, self.cache_config.block_size)
         self.scheduler = Scheduler(self.scheduler_config, self.block_manager)
         self.requests: dict[str, SequenceGroup] = {}
@@ -115,14 +118,12 @@ class LLMEngine:
     def from_engine_args(cls, engine_args: EngineArgs) -> "LLMEngine":
         return cls(engine_args.create_configs())
 
-    def _eos_token_id(self) -> Optional[int]:
-        hf = self.model_config.hf_config
-        eos = getattr(hf, "eos_token_id", None)
-        if isinstance(eos, (list, tuple)):
-            eos = eos[0] if eos else None
-        if eos is None and self.tokenizer is not None:
-            eos = self.tokenizer.eos_token_id
-        return eos
+    def _eos_token_ids(self) -> tuple[int, ...]:
+        """config.json's and generation_config.json's EOS ids, else the tokenizer's."""
+        ids = self.model_config.eos_token_ids()
+        if not ids and self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
+            ids = [self.tokenizer.eos_token_id]
+        return tuple(ids)
 
     def shutdown(self) -> None:
         """Stop the tensor-parallel worker processes (also done when the engine is garbage
@@ -189,7 +190,7 @@ class LLMEngine:
         else:
             width, lp, es = params.best_of, params.length_penalty, params.early_stopping
             max_tokens, ignore_eos = params.max_tokens, params.ignore_eos
-        eos = [] if ignore_eos or self.eos_token_id is None else [self.eos_token_id]
+        eos = [] if ignore_eos else list(self.eos_token_ids)
         eos += [t for t in (params.stop_token_ids or []) if t not in eos]
         group.beam = BeamSearchState(
             beam_width=width, length_penalty=lp, early_stopping=es,
@@ -512,8 +513,10 @@ class LLMEngine:
     def _check_stop(self, seq: Sequence, token_id: int, new_chars: int) -> None:
         p = seq.sampling_params
         if seq.num_output_tokens >= p.min_tokens:
-            if token_id == self.eos_token_id and not p.ignore_eos:
+            if token_id in self.eos_token_ids and not p.ignore_eos:
                 seq.status = SequenceStatus.FINISHED_STOPPED
+                if token_id != self.eos_token_id:
+                    seq.stop_reason = token_id
                 return
             if p.stop_token_ids and token_id in p.stop_token_ids:
                 seq.status = SequenceStatus.FINISHED_STOPPED

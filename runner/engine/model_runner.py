@@ -89,11 +89,11 @@ def needs_fork(seq: Sequence) -> bool:
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig, eos_token_id: int | None):
+    def __init__(self, config: EngineConfig, eos_token_ids: tuple[int, ...] = ()):
         self.config = config
         self.model_config = config.model_config
         self.device = config.device_config.device
-        self.eos_token_id = eos_token_id
+        self.eos_token_ids = tuple(eos_token_ids)
         self.vocab_size = self.model_config.hf_config.vocab_size
         self.executor = None
         tp_size = config.parallel_config.tensor_parallel_size
@@ -370,7 +370,7 @@ class ModelRunner:
             for gen in gens:
                 requests.append(SamplingRequest(
                     params=p, prompt_token_ids=group.prompt_token_ids,
-                    output_token_ids=history, generator=gen, eos_token_id=self.eos_token_id))
+                    output_token_ids=history, generator=gen, eos_token_ids=self.eos_token_ids))
                 owners.append(i)
                 logit_rows.append(at)
         return owners, requests, logit_rows

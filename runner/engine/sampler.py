@@ -8,8 +8,8 @@ goes through, in this order:
      what `SampledToken.logprob`, `.rank` and `.top_logprobs` report, like vLLM v1's default
      ("raw_logprobs"): they do not depend on penalties, temperature or filters.
   2. logits processors (params.logits_processors), in list order, row by row;
-  3. min_tokens: while fewer than min_tokens tokens were generated, eos and the stop token ids
-     are set to -inf so that the sequence cannot end;
+  3. min_tokens: while fewer than min_tokens tokens were generated, every EOS id and the stop
+     token ids are set to -inf so that the sequence cannot end;
   4. repetition penalty over tokens seen in the prompt or the output (positive logits divided by
      the penalty, others multiplied), then frequency and presence penalties over output tokens:
      logit -= frequency_penalty * count + presence_penalty * (count > 0);
@@ -63,7 +63,7 @@ class SamplingRequest:
     prompt_token_ids: list[int]
     output_token_ids: list[int]  # tokens this sequence generated before this step
     generator: torch.Generator | None = None  # per-sequence, for seeded requests
-    eos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()  # the model's EOS ids: min_tokens bans them all
 
 
 @dataclass(slots=True)  # one per row per step: slots keep creation cheap
@@ -332,9 +332,7 @@ def _apply_min_tokens(x: torch.Tensor, requests: list[SamplingRequest]) -> None:
         p = req.params
         if len(req.output_token_ids) >= p.min_tokens:
             continue
-        banned = set(p.stop_token_ids)
-        if req.eos_token_id is not None:
-            banned.add(req.eos_token_id)
+        banned = set(p.stop_token_ids) | set(req.eos_token_ids)
         for t in banned:
             if 0 <= t < vocab_size:
                 rows.append(i)

@@ -75,19 +75,69 @@ def test_stop_strings_stop_token_ids_min_tokens(llm):
     del tok
 
 
-def test_eos_stops_unless_ignored(tiny_model_factory):
+def _with_eos(src, dst, config_eos, generation_eos) -> str:
+    """A copy of model `src` whose config.json and generation_config.json list these EOS ids."""
+    import json
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    for name, eos in (("config.json", config_eos), ("generation_config.json", generation_eos)):
+        path = os.path.join(dst, name)
+        cfg = json.load(open(path)) if os.path.exists(path) else {}
+        cfg["eos_token_id"] = eos
+        json.dump(cfg, open(path, "w"))
+    return str(dst)
+
+
+def test_eos_stops_unless_ignored(tiny_model_factory, tmp_path):
     path = tiny_model_factory("llama")
-    llm = LLM(path, max_model_len=96)
-    base = llm.generate("Paris is", SamplingParams(**GREEDY), use_tqdm=False)[0].outputs[0]
+    base = LLM(path, max_model_len=96).generate("Paris is", SamplingParams(**GREEDY),
+                                                use_tqdm=False)[0].outputs[0]
     # make the 3rd greedy token the model's eos: generation must stop there
-    llm.llm_engine.eos_token_id = base.token_ids[2]
-    llm.llm_engine.model_runner.eos_token_id = base.token_ids[2]
+    eos = base.token_ids[2]
+    llm = LLM(_with_eos(path, tmp_path / "eos", eos, eos), max_model_len=96)
+    assert llm.llm_engine.eos_token_ids == (eos,)
     out = llm.generate("Paris is", SamplingParams(temperature=0, max_tokens=12),
                        use_tqdm=False)[0].outputs[0]
     assert out.token_ids == base.token_ids[:3] and out.finish_reason == "stop"
     assert out.stop_reason is None
     out = llm.generate("Paris is", SamplingParams(**GREEDY), use_tqdm=False)[0].outputs[0]
     assert out.token_ids == base.token_ids
+
+
+def test_every_eos_id_of_generation_config_stops(tiny_model_factory, tmp_path):
+    """generation_config.json lists two EOS ids (Llama-3 Instruct: <|end_of_text|> and
+    <|eot_id|>): the second one, which config.json does not list, stops a sequence too (as a
+    stop token: stop_reason is its id, like vLLM's), min_tokens masks it, ignore_eos ignores it,
+    and a beam that reaches it ends."""
+    path = tiny_model_factory("llama")
+    base = LLM(path, max_model_len=96).generate("Paris is", SamplingParams(**GREEDY),
+                                                use_tqdm=False)[0].outputs[0]
+    second = base.token_ids[3]
+    first = base.token_ids.index(second)
+    primary = next(t for t in range(3, 100) if t not in base.token_ids)   # never produced
+    llm = LLM(_with_eos(path, tmp_path / "eos2", primary, [primary, second]), max_model_len=96)
+    assert llm.llm_engine.eos_token_ids == (primary, second)
+    out = llm.generate("Paris is", SamplingParams(temperature=0, max_tokens=12),
+                       use_tqdm=False)[0].outputs[0]
+    assert out.token_ids == base.token_ids[:first + 1]
+    assert out.finish_reason == "stop" and out.stop_reason == second
+    out = llm.generate("Paris is", SamplingParams(temperature=0, max_tokens=12,
+                                                  min_tokens=first + 2),
+                       use_tqdm=False)[0].outputs[0]
+    assert second not in out.token_ids[:first + 2] and len(out.token_ids) >= first + 2
+    out = llm.generate("Paris is", SamplingParams(**GREEDY), use_tqdm=False)[0].outputs[0]
+    assert out.token_ids == base.token_ids
+    # beam search ends a hypothesis at the second EOS id too: make it the 3rd token of the
+    # best beam; with length_penalty 0 that short hypothesis outscores every longer one
+    from runner.engine import BeamSearchParams
+    bp = BeamSearchParams(beam_width=2, max_tokens=12, length_penalty=0.0)
+    prompt = {"prompt_token_ids": llm.get_tokenizer()("Paris is").input_ids}
+    best = LLM(path, max_model_len=96).beam_search([prompt], bp)[0].sequences[0].tokens
+    beam_eos = best[len(prompt["prompt_token_ids"]) + 2]
+    beam_llm = LLM(_with_eos(path, tmp_path / "eos3", primary, [primary, beam_eos]),
+                   max_model_len=96)
+    seqs = beam_llm.beam_search([prompt], bp)[0].sequences
+    assert seqs[0].tokens == best[:len(prompt["prompt_token_ids"]) + 2]    # EOS stripped
+    assert seqs[0].finish_reason == "stop"
 
 
 def test_max_model_len_caps_generation(llm):
