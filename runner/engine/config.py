@@ -154,7 +154,7 @@ class EngineArgs:
     device: str = "auto"
     num_gpu_blocks_override: Optional[int] = None
     enable_chunked_prefill: Optional[bool] = None
-    enable_prefix_caching: bool = False
+    enable_prefix_caching: Optional[bool] = True    # vLLM v1: on; None means on too
     kv_cache_dtype: str = "auto"
     max_logprobs: int = 20
     download_dir: Optional[str] = None
@@ -188,9 +188,9 @@ class EngineArgs:
         if self.cpu_offload_gb:
             raise NotImplementedError(
                 f"cpu_offload_gb={self.cpu_offload_gb} is not supported yet; use 0.")
-        if self.enable_prefix_caching:
-            raise NotImplementedError(
-                "enable_prefix_caching=True is not supported yet; use False.")
+        if self.enable_prefix_caching not in (None, True, False):
+            raise ValueError(f"enable_prefix_caching must be True, False or None (on), got "
+                             f"{self.enable_prefix_caching!r}.")
         if self.tokenizer_mode not in ("auto", "slow"):
             raise NotImplementedError(
                 f"tokenizer_mode={self.tokenizer_mode!r} is not supported; use 'auto' or 'slow'.")
@@ -288,7 +288,8 @@ class EngineArgs:
             cache_config=CacheConfig(
                 block_size=self.block_size, gpu_memory_utilization=self.gpu_memory_utilization,
                 swap_space=self.swap_space, num_gpu_blocks_override=self.num_gpu_blocks_override,
-                enable_prefix_caching=self.enable_prefix_caching, cache_dtype=cache_dtype,
+                enable_prefix_caching=self.enable_prefix_caching is not False,
+                cache_dtype=cache_dtype,
                 kv_cache_dtype=self.kv_cache_dtype),
             scheduler_config=SchedulerConfig(
                 max_num_batched_tokens=max_batched, max_num_seqs=self.max_num_seqs,

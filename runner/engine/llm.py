@@ -190,6 +190,17 @@ class LLM:
             results.append(BeamSearchOutput(sequences=seqs))
         return results
 
+    def reset_prefix_cache(self, reset_running_requests: bool = False,
+                           reset_connector: bool = False) -> bool:
+        """Forget every cached prefix (vLLM's): returns whether it was done, which needs that
+        no request holds KV blocks (it is meant for between generate() calls)."""
+        self._check_generative("reset_prefix_cache")
+        if reset_running_requests or reset_connector:
+            raise NotImplementedError(
+                "reset_prefix_cache(reset_running_requests=True / reset_connector=True) is not "
+                "supported: call it with no request running (there is no KV connector).")
+        return self.llm_engine.reset_prefix_cache()
+
     # ---------------------------------------------------------------------- chat
     def chat(self, messages, sampling_params: Optional[Union[SamplingParams,
                                                               Sequence[SamplingParams]]] = None,

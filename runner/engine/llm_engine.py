@@ -92,7 +92,8 @@ class LLMEngine:
         self.eos_token_id = self.eos_token_ids[0] if self.eos_token_ids else None
         self.output_builder = RequestOutputBuilder(self.tokenizer)
         self.model_runner = ModelRunner(config, self.eos_token_ids)
-        self.block_manager = BlockManager(self.model_runner.num_blocks, self.cache_config.block_size)
+        self.block_manager = BlockManager(self.model_runner.num_blocks, self.cache_config.block_size,
+                                          self.cache_config.enable_prefix_caching)
         self.scheduler = Scheduler(self.scheduler_config, self.block_manager)
         self.requests: dict[str, SequenceGroup] = {}
         self._seq_counter = 0
@@ -468,11 +469,8 @@ class LLMEngine:
                                                 list(zip(ids[:k], lps[:k])))
 
     def _add_prompt_logprobs(self, group: SequenceGroup, entries: list, s) -> None:
-        first = len(group.prompt_logprobs)          # prompt token index of the first entry
-        for j, (lp, rank, top) in enumerate(entries):
-            target = group.prompt_token_ids[first + j]
-            group.prompt_logprobs.append(
-                self.output_builder.logprob_dict(target, lp, rank, top))
+        group.prompt_logprobs.extend(entries)       # raw; the output builder makes the dicts
+        self.scheduler.store_prompt_logprobs(group)
 
     def _append(self, seq: Sequence, tok: SampledToken, deferred: "_Deferred") -> None:
         """Append a sampled token and check the stop conditions. The text and logprob dicts
@@ -554,4 +552,14 @@ class LLMEngine:
             "cuda_graph_steps": self.model_runner.num_graph_steps,
             "custom_all_reduce": self.model_runner.custom_all_reduce,
             "async_scheduling": self.async_scheduling,
+            "enable_prefix_caching": self.cache_config.enable_prefix_caching,
+            **self.scheduler.prefix_cache_stats,
+            "prefix_cache_blocks": self.block_manager.num_cached_blocks,
         }
+
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached prefix (vLLM's): only when no request holds KV blocks; returns
+        whether it was done."""
+        if self.has_unfinished_requests():
+            return False
+        return self.scheduler.reset_prefix_cache()

@@ -45,9 +45,19 @@ class RequestOutputBuilder:
         return RequestOutput(
             request_id=group.request_id, prompt=group.prompt,
             prompt_token_ids=group.prompt_token_ids,
-            prompt_logprobs=list(group.prompt_logprobs) if group.prompt_logprobs is not None
-            else None,
+            prompt_logprobs=self._prompt_logprobs(group),
             outputs=completions, finished=finished, metrics=group.metrics)
+
+    def _prompt_logprobs(self, group: SequenceGroup) -> Optional[list]:
+        """The request's raw prompt-logprob entries as dicts (built once each)."""
+        if group.prompt_logprobs is None:
+            return None
+        dicts = group.prompt_logprob_dicts
+        ids = group.prompt_token_ids
+        for i in range(len(dicts), len(group.prompt_logprobs)):
+            e = group.prompt_logprobs[i]
+            dicts.append(None if e is None else self.logprob_dict(ids[i], *e))
+        return list(dicts)
 
     def _beam_completions(self, group: SequenceGroup, finished: bool) -> list[CompletionOutput]:
         """Finished: the n best hypotheses by length-penalized score. Running: the live beams,

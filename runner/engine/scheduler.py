@@ -22,8 +22,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from runner.engine.block_manager import BlockManager
+from runner.engine.block_manager import BlockManager, cdiv
 from runner.engine.config import SchedulerConfig
+from runner.engine.prefix_cache import PromptLogprobStore, extend_block_hashes
 from runner.engine.sequence import Sequence, SequenceGroup, SequenceStatus
 
 
@@ -61,6 +62,13 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        self.logprob_store = PromptLogprobStore(block_manager.block_size)
+        block_manager.on_evict = self.logprob_store.drop
+        # prefix cache hits, in tokens (vLLM's counters): of first admissions, and of
+        # sequences admitted again after a preemption
+        self.prefix_cache_stats = {"prefix_cache_queries": 0, "prefix_cache_hits": 0,
+                                   "prefix_cache_preempted_queries": 0,
+                                   "prefix_cache_preempted_hits": 0}
 
     # --------------------------------------------------------------- requests
     def add_seq_group(self, group: SequenceGroup) -> None:
@@ -123,6 +131,7 @@ class Scheduler:
             self.running.remove(s)
             self.block_manager.free(s)
             s.num_computed_tokens = 0
+            s.num_preemptions += 1
             s.status = SequenceStatus.WAITING
             s.beam_candidates = None          # recomputed with the sequence
             self.waiting.appendleft(s)
@@ -144,10 +153,12 @@ class Scheduler:
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
         bm = self.block_manager
+        bm.begin_step()
+        self.logprob_store.begin_step()
 
         # 1. running sequences, oldest first; preempt from the newest end when blocks run out
         visited: set[int] = set()
-        block_size, ref_counts = bm.block_size, bm.ref_counts
+        block_size, ref_counts, block_hashes = bm.block_size, bm.ref_counts, bm.block_hashes
         running_status = SequenceStatus.RUNNING
         scheduled = out.scheduled
         for seq in list(self.running):
@@ -164,7 +175,8 @@ class Scheduler:
                 # the common decode step: its slot is in a block it already owns alone
                 table = seq.block_table
                 i = pos // block_size
-                if i < len(table) and ref_counts[table[i]] == 1:
+                if i < len(table) and ref_counts[table[i]] == 1 and \
+                        block_hashes[table[i]] is None:
                     scheduled.append(ScheduledSequence(seq, pos, 1))
                     budget -= 1
                     continue
@@ -180,9 +192,15 @@ class Scheduler:
             out.scheduled.append(ScheduledSequence(seq, seq.num_computed_tokens, k))
             budget -= k
 
+        # the blocks the surviving running sequences fill this step are cached from now on
+        # (not earlier: a sequence preempted above computes nothing)
+        for sched in scheduled:
+            self._cache_scheduled(sched)
+
         # 2. admit waiting sequences, unless this step had to preempt (memory is tight)
         if not out.preempted:
             used_slots = sum(self._seq_slots(s) for s in self.running)
+            held: list[Sequence] = []
             while self.waiting and budget > 0:
                 seq = self.waiting[0]
                 if seq.group.beam is not None and seq.group.forked:
@@ -191,22 +209,31 @@ class Scheduler:
                         break
                     used_slots += admitted
                     continue
-                need = seq.num_uncomputed_tokens
+                hit = self._prefix_hit(seq)
+                if hit is None:              # its cached prefix's logprobs come this step
+                    held.append(self.waiting.popleft())
+                    continue
+                blocks, num_hit, served = hit
+                need = seq.num_tokens - num_hit
                 k = min(need, budget)
                 if k < need and not self.config.enable_chunked_prefill:
                     break
                 slots = self._seq_slots(seq)
                 if used_slots + slots > self.config.max_num_seqs:
                     break
-                if not bm.can_append(seq, k):
+                if not bm.can_allocate(blocks, num_hit, k):
                     break
                 self.waiting.popleft()
                 seq.status = SequenceStatus.RUNNING
                 self.running.append(seq)
                 used_slots += slots
+                self._allocate(seq, blocks, num_hit, served)
                 out.blocks_to_copy += bm.append_slots(seq, k)
-                out.scheduled.append(ScheduledSequence(seq, seq.num_computed_tokens, k))
+                sched = ScheduledSequence(seq, seq.num_computed_tokens, k)
+                out.scheduled.append(sched)
+                self._cache_scheduled(sched)
                 budget -= k
+            self.waiting.extendleft(reversed(held))
 
         if out.is_empty and self.waiting and not any(
                 s.num_uncomputed_tokens for s in self.running):
@@ -239,12 +266,114 @@ class Scheduler:
             self.waiting.popleft()
             s.status = SequenceStatus.RUNNING
             self.running.append(s)
+            # (forked beams' prompt logprobs are done: nothing to hold for)
+            blocks, num_hit, _ = self._prefix_hit(s) or ([], 0, None)
+            self._allocate(s, blocks, num_hit, None)
             k = min(s.num_uncomputed_tokens, budget)
             if k > 0:
                 out.blocks_to_copy += bm.append_slots(s, k)
-                out.scheduled.append(ScheduledSequence(s, s.num_computed_tokens, k))
+                sched = ScheduledSequence(s, s.num_computed_tokens, k)
+                out.scheduled.append(sched)
+                self._cache_scheduled(sched)
                 budget -= k
         return len(unit), budget
+
+    # ---------------------------------------------------------- prefix caching
+    def _prefix_hit(self, seq: Sequence):
+        """The cached prefix a waiting sequence reuses: (its blocks, the tokens they stand
+        for, prompt-logprob entries taken from the store), or None to hold the sequence back
+        one step (its hit stops at a block whose prompt logprobs this step computes).
+
+        At least one token is computed (its logits sample). A request that still needs
+        prompt logprobs reuses blocks only as far as their entries reach, minus one token:
+        the logits before its first uncached token are computed fresh. A hit that ends
+        inside a block copies that block (it is cached, hence immutable) unless it is
+        written by this very step."""
+        bm = self.block_manager
+        if not bm.enable_caching or seq.num_computed_tokens or seq.block_table:
+            return [], 0, None
+        bs = bm.block_size
+        extend_block_hashes(seq.block_hashes, seq.token_ids, seq.num_known_tokens, bs)
+        blocks = bm.find_cached_prefix(seq.block_hashes)
+        num_hit = min(len(blocks) * bs, seq.num_tokens - 1)
+        served = None
+        group = seq.group
+        if group.prompt_logprobs is not None and not group.prompt_logprobs_done():
+            k = group.sampling_params.prompt_logprobs
+            store = self.logprob_store
+            avail = len(group.prompt_logprobs)     # entries of tokens [0, avail) are there
+            b = avail // bs
+            served = []
+            while (b < len(blocks) and (b + 1) * bs <= seq.prompt_len
+                   and store.has(seq.block_hashes[b], k)):
+                served += store.get(seq.block_hashes[b], k, avail - b * bs)
+                avail = (b + 1) * bs
+                b += 1
+            if (b < len(blocks) and (b + 1) * bs <= seq.prompt_len
+                    and store.is_pending(seq.block_hashes[b], k)):
+                return None
+            num_hit = min(num_hit, avail - 1)
+        if num_hit % bs and blocks[num_hit // bs] in bm.pending:
+            num_hit -= num_hit % bs
+        return blocks[:cdiv(num_hit, bs)], num_hit, served
+
+    def _allocate(self, seq: Sequence, blocks: list[int], num_hit: int, served) -> None:
+        self.block_manager.allocate(seq, blocks, num_hit)
+        if served:
+            seq.group.prompt_logprobs.extend(served)
+        if self.block_manager.enable_caching:
+            stats = self.prefix_cache_stats
+            key = "prefix_cache_preempted_" if seq.num_preemptions else "prefix_cache_"
+            stats[key + "queries"] += seq.num_tokens
+            stats[key + "hits"] += num_hit
+
+    def _cache_scheduled(self, sched: ScheduledSequence) -> None:
+        """Register the full blocks a scheduled chunk completes, and mark the prompt-logprob
+        entries it completes as coming this step."""
+        bm = self.block_manager
+        if not bm.enable_caching:
+            return
+        seq = sched.seq
+        end = sched.start + sched.num_new_tokens
+        bm.cache_full_blocks(seq, end, pending=True)
+        group = seq.group
+        if group.prompt_logprobs is None or group.prompt_logprobs_done() or seq.index != 0:
+            return
+        bs = bm.block_size
+        # logits up to position end - 1 give the entries of tokens up to `end`
+        upto = min(end + 1, seq.prompt_len) // bs
+        extend_block_hashes(seq.block_hashes, seq.token_ids, upto * bs, bs)
+        k = group.sampling_params.prompt_logprobs
+        for i in range(len(group.prompt_logprobs) // bs, upto):
+            self.logprob_store.mark_pending(seq.block_hashes[i], k)
+
+    def store_prompt_logprobs(self, group: SequenceGroup) -> None:
+        """Keep the prompt-logprob entries of the request's full prompt blocks whose blocks
+        are cached (after its step's entries were added)."""
+        bm = self.block_manager
+        if not bm.enable_caching or not group.seqs:
+            return
+        seq, bs = group.seqs[0], bm.block_size
+        upto = min(len(group.prompt_logprobs), seq.prompt_len) // bs
+        if upto <= group.num_logprob_blocks:
+            return
+        extend_block_hashes(seq.block_hashes, seq.token_ids, upto * bs, bs)
+        k = group.sampling_params.prompt_logprobs
+        entries = group.prompt_logprobs
+        i = group.num_logprob_blocks
+        while i < upto:
+            h = seq.block_hashes[i]
+            if h not in bm.cached:
+                break       # the block fills in a later chunk (its entries are done first)
+            self.logprob_store.put(h, k, entries[i * bs:(i + 1) * bs])
+            i += 1
+        group.num_logprob_blocks = i
+
+    def reset_prefix_cache(self) -> bool:
+        if not self.block_manager.reset_prefix_cache():
+            return False
+        self.logprob_store.clear()
+        return True
 
     # ----------------------------------------------------------------- update
     def update(self, out: SchedulerOutput) -> None:

@@ -59,6 +59,11 @@ class Sequence:
         self.token_ids: list[int] = list(prompt_token_ids)   # prompt + output
         self.num_computed_tokens = 0
         self.block_table: list[int] = []
+        # automatic prefix caching: the hashes of this sequence's full, known blocks, and how
+        # many leading blocks of block_table the block manager has registered or taken cached
+        self.block_hashes: list[bytes] = []
+        self.num_cached_blocks = 0
+        self.num_preemptions = 0
         self.status = SequenceStatus.WAITING
         self.generator = generator
         self.cumulative_logprob = 0.0
@@ -98,6 +103,11 @@ class Sequence:
     @property
     def num_output_tokens(self) -> int:
         return len(self.token_ids) - self.prompt_len
+
+    @property
+    def num_known_tokens(self) -> int:
+        """Tokens whose ids are on the host (all but a trailing placeholder)."""
+        return len(self.token_ids) - (self.pending_row is not None)
 
     @property
     def num_uncomputed_tokens(self) -> int:
@@ -162,8 +172,12 @@ class SequenceGroup:
                                       first_scheduled_time=None, first_token_time=None,
                                       time_in_queue=None, finished_time=None)
         # prompt_logprobs[i] is for prompt token i (None for the first), filled chunk by chunk
+        # (or from the prefix cache) with raw entries (logprob, rank, [(id, logprob)] top-k)
         self.prompt_logprobs: Optional[list] = (
             [None] if sampling_params.prompt_logprobs is not None else None)
+        # of those, the leading full blocks already offered to the prefix cache's store
+        self.num_logprob_blocks = 0
+        self.prompt_logprob_dicts: list = []     # the entries as vLLM's Logprob dicts
 
     @property
     def n(self) -> int:

@@ -210,7 +210,7 @@ def test_missing_model_folder_and_bad_config(tmp_path):
     (dict(tensor_parallel_size=0), ValueError, "tensor_parallel_size must be an integer"),
     (dict(quantization="awq"), NotImplementedError, "quantization='awq'"),
     (dict(cpu_offload_gb=2), NotImplementedError, "cpu_offload_gb"),
-    (dict(enable_prefix_caching=True), NotImplementedError, "enable_prefix_caching"),
+    (dict(enable_prefix_caching="yes"), ValueError, "enable_prefix_caching must be True, False"),
     (dict(kv_cache_dtype="int8"), ValueError, "kv_cache_dtype must be one of.*fp8_e5m2"),
     (dict(not_an_arg=1), TypeError, "not_an_arg"),
 ])
