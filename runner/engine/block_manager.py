@@ -220,7 +220,3 @@ class BlockManager:
         self.block_hashes = [None] * self.num_blocks
         self.pending.clear()
         return True
-
-    def slot(self, seq: Sequence, position: int) -> int:
-        return seq.block_table[position // self.block_size] * self.block_size + \
-            position % self.block_size

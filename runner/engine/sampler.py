@@ -53,6 +53,7 @@ import torch
 
 from runner.engine.device_copy import host_to_device, to_device
 from runner.engine.sampling_params import SamplingParams, SamplingType
+from runner.engine.scheduler_output import SampledToken
 
 
 @dataclass
@@ -64,16 +65,6 @@ class SamplingRequest:
     output_token_ids: list[int]  # tokens this sequence generated before this step
     generator: torch.Generator | None = None  # per-sequence, for seeded requests
     eos_token_ids: tuple[int, ...] = ()  # the model's EOS ids: min_tokens bans them all
-
-
-@dataclass(slots=True)  # one per row per step: slots keep creation cheap
-class SampledToken:
-    """The token drawn for one row, with raw (pre-processing) log-probabilities."""
-
-    token_id: int
-    logprob: float
-    rank: int  # 1-based rank of token_id under the raw distribution
-    top_logprobs: list[tuple[int, float]] | None  # best first; None unless params.logprobs set
 
 
 # What one sampler call returns, one entry per logits row (the DESIGN's "SamplerOutput").

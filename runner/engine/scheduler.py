@@ -1,84 +1,114 @@
-"""The scheduler: every admission, chunking and preemption decision, under one token budget.
+"""The scheduler: every admission, chunking, preemption, stop, fork and free decision.
 
-Each step gets `max_num_batched_tokens` tokens and `max_num_seqs` sequence slots. Running
-sequences go first, oldest first: a decoding sequence takes one token, a sequence still in its
-(chunked) prefill takes as many of its remaining prompt tokens as the budget allows. Then waiting
-sequences are admitted, oldest first, while tokens, slots and KV blocks last; with chunked
-prefill the last one admitted may take only part of its prompt. There are no separate prefill and
-decode phases.
+One step, seen from here:
 
-When a running sequence needs a block and none is free, the newest running sequence is preempted
-by recompute: its blocks are freed and it goes back to the front of the waiting queue with all
-its tokens (prompt and generated) to be computed again. Nothing it generated is lost or changed.
+    schedule() -> SchedulerOutput            (plain data: runner/engine/scheduler_output.py)
+    on_step_launched(out)                    its forward is running: positions count as computed
+    update_from_output(out, ModelRunnerOutput) -> the requests that progressed
+                                             append tokens, stop checks, forks, beams, frees
 
-With async scheduling a sequence may end in a placeholder token (runner/engine/sequence.py): it
-is scheduled like any other, except one whose placeholder surely ends it (`finishing`), which
-gets no step; the engine frees it once the token is read back.
+`schedule` spends one budget, `max_num_batched_tokens` tokens and `max_num_seqs` sequence
+slots. Running sequences go first, oldest first: a decoding sequence takes one token, a
+sequence still in its (chunked) prefill takes as many of its remaining tokens as the budget
+allows. Then waiting sequences are admitted, oldest first, while tokens, slots and KV blocks
+last; each first takes the longest cached prefix it finds (automatic prefix caching:
+runner/engine/kv_cache_manager.py) and prefills only the rest, and with chunked prefill the
+last one admitted may take only part of its prompt. There are no separate prefill and decode
+phases.
 
-This module imports no torch.cuda: it is tested on CPU with fake model outputs.
+When a running sequence needs a block and none is free, the newest running sequence is
+preempted by recompute: its blocks are freed (its computed full blocks stay in the prefix
+cache) and it goes back to the front of the waiting queue with all its tokens (prompt and
+generated) to be computed again. Nothing it generated is lost or changed. The live beams of a
+beam-search request are preempted and readmitted together.
+
+Async scheduling (vLLM's; on unless async_scheduling=False): a step whose samples need no host
+work at once (no fork, beam or prompt logprobs) is marked `async_sample`: its tokens stay on
+the device until after the next step is launched. `on_step_launched` gives each sequence that
+sampled a placeholder token; the next schedule counts it like any token (the model runner
+takes its input id from the device), except that a sequence whose placeholder surely ends it
+(its length limit) gets no step; `update_from_output` fills it in once read back. A sequence
+that the unread token ended has computed one more position, which is dropped.
+
+Stop checks here are the token ones (EOS ids, stop_token_ids, max_tokens, max_model_len); a
+stop string is found by the output processor, which then calls `stop_seq`.
+
+This module imports no torch.cuda: it is tested on CPU with fake ModelRunnerOutputs.
 """
 from __future__ import annotations
 
+import itertools
+import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from runner.engine.block_manager import BlockManager, cdiv
+from runner.engine.beam_search import advance_beams
+from runner.engine.block_manager import BlockManager
 from runner.engine.config import SchedulerConfig
-from runner.engine.prefix_cache import PromptLogprobStore, extend_block_hashes
+from runner.engine.kv_cache_manager import HOLD, KVCacheManager
+from runner.engine.scheduler_output import (BeamSpec, ModelRunnerOutput, PromptLogprobSpec,
+                                            SampledToken, SampleSpec, ScheduledSeq,
+                                            SchedulerOutput)
 from runner.engine.sequence import Sequence, SequenceGroup, SequenceStatus
 
 
+def needs_history(p) -> bool:
+    """Whether sampling reads the sequence's output tokens (penalties, min_tokens, logits
+    processors): only then are they copied into the step."""
+    return bool(p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0
+                or p.min_tokens or p.logits_processors)
+
+
 @dataclass(slots=True)
-class ScheduledSequence:
+class _Chunk:
     seq: Sequence
     start: int              # seq.num_computed_tokens when scheduled
     num_new_tokens: int     # this step computes tokens [start, start + num_new_tokens)
 
-    @property
-    def do_sample(self) -> bool:
-        """True when this chunk reaches the end of the sequence, so its last logits sample."""
-        return self.start + self.num_new_tokens == self.seq.num_tokens
-
-
-@dataclass
-class SchedulerOutput:
-    scheduled: list[ScheduledSequence] = field(default_factory=list)
-    blocks_to_copy: list[tuple[int, int]] = field(default_factory=list)
-    preempted: list[Sequence] = field(default_factory=list)
-
-    @property
-    def num_batched_tokens(self) -> int:
-        return sum(s.num_new_tokens for s in self.scheduled)
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.scheduled
-
 
 class Scheduler:
-    def __init__(self, scheduler_config: SchedulerConfig, block_manager: BlockManager):
+    def __init__(self, scheduler_config: SchedulerConfig, block_manager: BlockManager,
+                 eos_token_ids: tuple[int, ...] = (), async_scheduling: bool = False):
         self.config = scheduler_config
         self.block_manager = block_manager
+        self.kv_cache = KVCacheManager(block_manager)
+        self.eos_token_ids = tuple(eos_token_ids)
+        self.eos_token_id = self.eos_token_ids[0] if self.eos_token_ids else None
+        self.async_scheduling = async_scheduling
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.seqs: dict[int, Sequence] = {}       # every live sequence, by id
+        self.preempted: list[Sequence] = []       # by the last schedule()
         self.num_preemptions = 0
-        self.logprob_store = PromptLogprobStore(block_manager.block_size)
-        block_manager.on_evict = self.logprob_store.drop
-        # prefix cache hits, in tokens (vLLM's counters): of first admissions, and of
-        # sequences admitted again after a preemption
-        self.prefix_cache_stats = {"prefix_cache_queries": 0, "prefix_cache_hits": 0,
-                                   "prefix_cache_preempted_queries": 0,
-                                   "prefix_cache_preempted_hits": 0}
+        self.num_prompt_tokens = 0                # computed, chunk by chunk
+        self.num_generation_tokens = 0
+        self._ids = itertools.count(1)
+        self._step_ids = itertools.count(1)
+        self._finished_req_ids: list[str] = []    # for the model runner's next step
+
+    @property
+    def prefix_cache_stats(self) -> dict:
+        return self.kv_cache.stats
 
     # --------------------------------------------------------------- requests
+    def _new_id(self) -> int:
+        seq_id = next(self._ids)
+        while seq_id in self.seqs:
+            seq_id = next(self._ids)
+        return seq_id
+
     def add_seq_group(self, group: SequenceGroup) -> None:
+        """Queue a request (its first sequence is made here unless it has one)."""
         width = group.beam.beam_width if group.beam is not None else group.num_seqs
         if width > self.config.max_num_seqs:
             raise ValueError(f"the request needs {width} sequences at once (n, best_of or beam "
                              f"width), more than max_num_seqs={self.config.max_num_seqs}; raise "
                              "max_num_seqs or lower it.")
+        if not group.seqs:
+            group.seqs.append(Sequence(self._new_id(), group, group.prompt_token_ids))
         for seq in group.seqs:
             seq.status = SequenceStatus.WAITING
+            self.seqs[seq.seq_id] = seq
             self.waiting.append(seq)
 
     def has_unfinished_seqs(self) -> bool:
@@ -92,14 +122,23 @@ class Scheduler:
                 self.waiting.remove(seq)
             if seq in self.running:
                 self.running.remove(seq)
-            self.block_manager.free(seq)
             seq.status = SequenceStatus.FINISHED_ABORTED
+            self._release(seq)
 
-    def fork(self, parent: Sequence, child: Sequence) -> None:
-        """Register `child` (a fork of running `parent`) as running right after it."""
-        self.block_manager.fork(parent, child)
-        child.status = SequenceStatus.RUNNING
-        self.running.insert(self.running.index(parent) + 1, child)
+    def stop_seq(self, seq: Sequence, stop_reason: str) -> None:
+        """A stop string ended `seq` (found by the output processor): it stops now, whatever
+        its tokens decided (a stop string beats the length limit)."""
+        seq.status = SequenceStatus.FINISHED_STOPPED
+        seq.stop_reason = stop_reason
+        if seq.seq_id in self.seqs:
+            if seq in self.running:
+                self.running.remove(seq)
+            else:
+                self.waiting.remove(seq)
+            self._release(seq)
+
+    def reset_prefix_cache(self) -> bool:
+        return self.kv_cache.reset_prefix_cache()
 
     # --------------------------------------------------------------- schedule
     def _seq_slots(self, seq: Sequence) -> int:
@@ -118,15 +157,15 @@ class Scheduler:
             return [seq]
         return [s for s in seq.group.seqs if not s.is_finished()]
 
-    def _preempt_unit(self, seq: Sequence, out: SchedulerOutput) -> int:
+    def _preempt_unit(self, seq: Sequence, chunks: list[_Chunk]) -> int:
         """Preempt `seq`'s unit by recompute; returns the tokens it gives back to the budget."""
         refund = 0
         unit = [s for s in self._unit(seq) if s.status == SequenceStatus.RUNNING]
         for s in reversed(unit):              # appendleft in reverse keeps their order
-            for j, sched in enumerate(out.scheduled):
-                if sched.seq is s:
-                    refund += sched.num_new_tokens
-                    del out.scheduled[j]
+            for j, c in enumerate(chunks):
+                if c.seq is s:
+                    refund += c.num_new_tokens
+                    del chunks[j]
                     break
             self.running.remove(s)
             self.block_manager.free(s)
@@ -135,7 +174,7 @@ class Scheduler:
             s.status = SequenceStatus.WAITING
             s.beam_candidates = None          # recomputed with the sequence
             self.waiting.appendleft(s)
-            out.preempted.append(s)
+            self.preempted.append(s)
             self.num_preemptions += 1
         return refund
 
@@ -150,17 +189,19 @@ class Scheduler:
         return None
 
     def schedule(self) -> SchedulerOutput:
-        out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
-        bm = self.block_manager
-        bm.begin_step()
-        self.logprob_store.begin_step()
+        bm, kv = self.block_manager, self.kv_cache
+        kv.begin_step()
+        out = SchedulerOutput(step_id=next(self._step_ids),
+                              finished_req_ids=self._finished_req_ids)
+        self._finished_req_ids = []
+        self.preempted = []
+        chunks: list[_Chunk] = []
 
         # 1. running sequences, oldest first; preempt from the newest end when blocks run out
         visited: set[int] = set()
         block_size, ref_counts, block_hashes = bm.block_size, bm.ref_counts, bm.block_hashes
         running_status = SequenceStatus.RUNNING
-        scheduled = out.scheduled
         for seq in list(self.running):
             if budget <= 0:
                 break
@@ -177,75 +218,86 @@ class Scheduler:
                 i = pos // block_size
                 if i < len(table) and ref_counts[table[i]] == 1 and \
                         block_hashes[table[i]] is None:
-                    scheduled.append(ScheduledSequence(seq, pos, 1))
+                    chunks.append(_Chunk(seq, pos, 1))
                     budget -= 1
                     continue
             while not bm.can_append(seq, k):
                 victim = self._newest_victim(seq, visited)
                 if victim is None:            # seq's unit is the newest: it goes back
-                    budget += self._preempt_unit(seq, out)
+                    budget += self._preempt_unit(seq, chunks)
                     break
-                budget += self._preempt_unit(victim, out)
+                budget += self._preempt_unit(victim, chunks)
             if seq.status != SequenceStatus.RUNNING:
                 continue
             out.blocks_to_copy += bm.append_slots(seq, k)
-            out.scheduled.append(ScheduledSequence(seq, seq.num_computed_tokens, k))
+            chunks.append(_Chunk(seq, seq.num_computed_tokens, k))
             budget -= k
-
         # the blocks the surviving running sequences fill this step are cached from now on
         # (not earlier: a sequence preempted above computes nothing)
-        for sched in scheduled:
-            self._cache_scheduled(sched)
+        for c in chunks:
+            kv.cache_scheduled(c.seq, c.start + c.num_new_tokens)
 
         # 2. admit waiting sequences, unless this step had to preempt (memory is tight)
-        if not out.preempted:
-            used_slots = sum(self._seq_slots(s) for s in self.running)
-            held: list[Sequence] = []
-            while self.waiting and budget > 0:
-                seq = self.waiting[0]
-                if seq.group.beam is not None and seq.group.forked:
-                    admitted, budget = self._admit_beam_unit(seq, out, budget, used_slots)
-                    if not admitted:
-                        break
-                    used_slots += admitted
-                    continue
-                hit = self._prefix_hit(seq)
-                if hit is None:              # its cached prefix's logprobs come this step
-                    held.append(self.waiting.popleft())
-                    continue
-                blocks, num_hit, served = hit
-                need = seq.num_tokens - num_hit
-                k = min(need, budget)
-                if k < need and not self.config.enable_chunked_prefill:
-                    break
-                slots = self._seq_slots(seq)
-                if used_slots + slots > self.config.max_num_seqs:
-                    break
-                if not bm.can_allocate(blocks, num_hit, k):
-                    break
-                self.waiting.popleft()
-                seq.status = SequenceStatus.RUNNING
-                self.running.append(seq)
-                used_slots += slots
-                self._allocate(seq, blocks, num_hit, served)
-                out.blocks_to_copy += bm.append_slots(seq, k)
-                sched = ScheduledSequence(seq, seq.num_computed_tokens, k)
-                out.scheduled.append(sched)
-                self._cache_scheduled(sched)
-                budget -= k
-            self.waiting.extendleft(reversed(held))
+        if not self.preempted:
+            self._admit(chunks, out, budget)
 
-        if out.is_empty and self.waiting and not any(
+        if not chunks and self.waiting and not any(
                 s.num_uncomputed_tokens for s in self.running):
             seq = self.waiting[0]
             raise RuntimeError(
                 f"cannot schedule {seq}: it needs {bm.num_blocks_needed(seq, 1)} KV blocks and "
                 f"the cache has {bm.num_blocks} in all; raise num_gpu_blocks_override / "
                 "gpu_memory_utilization or lower max_model_len.")
+        now = time.time()
+        out.scheduled = [self._plain(c, now) for c in chunks]
+        out.async_sample = self.async_scheduling and all(
+            s.prompt_logprobs is None and (s.sample is None or (
+                s.sample.beam is None and len(s.sample.indices) == 1)) for s in out.scheduled)
         return out
 
-    def _admit_beam_unit(self, seq: Sequence, out: SchedulerOutput, budget: int,
-                         used_slots: int) -> tuple[int, int]:
+    def _admit(self, chunks: list[_Chunk], out: SchedulerOutput, budget: int) -> None:
+        kv = self.kv_cache
+        used_slots = sum(self._seq_slots(s) for s in self.running)
+        held: list[Sequence] = []
+        while self.waiting and budget > 0:
+            seq = self.waiting[0]
+            if seq.group.beam is not None and seq.group.forked:
+                admitted, budget = self._admit_beam_unit(seq, chunks, out, budget, used_slots)
+                if not admitted:
+                    break
+                used_slots += admitted
+                continue
+            hit = kv.get_computed_blocks(seq)
+            if hit is HOLD:                   # its cached prefix's logprobs come this step
+                held.append(self.waiting.popleft())
+                continue
+            need = seq.num_tokens - hit[1]
+            k = min(need, budget)
+            if k < need and not self.config.enable_chunked_prefill:
+                break
+            slots = self._seq_slots(seq)
+            if used_slots + slots > self.config.max_num_seqs:
+                break
+            if not kv.can_allocate(hit, k):
+                break
+            self.waiting.popleft()
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            used_slots += slots
+            kv.allocate(seq, hit)
+            budget -= self._take(seq, k, chunks, out)
+        self.waiting.extendleft(reversed(held))
+
+    def _take(self, seq: Sequence, k: int, chunks: list[_Chunk], out: SchedulerOutput) -> int:
+        """Slots for an admitted sequence's next k tokens; returns k."""
+        if k > 0:
+            out.blocks_to_copy += self.block_manager.append_slots(seq, k)
+            chunks.append(_Chunk(seq, seq.num_computed_tokens, k))
+            self.kv_cache.cache_scheduled(seq, seq.num_computed_tokens + k)
+        return k
+
+    def _admit_beam_unit(self, seq: Sequence, chunks: list[_Chunk], out: SchedulerOutput,
+                         budget: int, used_slots: int) -> tuple[int, int]:
         """Readmit a preempted beam-search request: all its beams or none. Returns (slots
         taken, budget left); (0, budget) when it does not fit yet."""
         bm = self.block_manager
@@ -262,136 +314,182 @@ class Scheduler:
                 "num_gpu_blocks_override / gpu_memory_utilization or lower the beam width.")
         if blocks > bm.num_free_blocks or used_slots + len(unit) > self.config.max_num_seqs:
             return 0, budget
+        bs = bm.block_size
         for s in unit:
             self.waiting.popleft()
             s.status = SequenceStatus.RUNNING
             self.running.append(s)
-            # (forked beams' prompt logprobs are done: nothing to hold for)
-            blocks, num_hit, _ = self._prefix_hit(s) or ([], 0, None)
-            self._allocate(s, blocks, num_hit, None)
-            k = min(s.num_uncomputed_tokens, budget)
-            if k > 0:
-                out.blocks_to_copy += bm.append_slots(s, k)
-                sched = ScheduledSequence(s, s.num_computed_tokens, k)
-                out.scheduled.append(sched)
-                self._cache_scheduled(sched)
-                budget -= k
+            # a cached prefix in whole blocks only: no beam copies a block, so the unit takes
+            # at most `blocks` (forked beams' prompt logprobs are done: nothing to hold for)
+            hits, num_hit, _ = self.kv_cache.get_computed_blocks(s) or ([], 0, None)
+            num_hit -= num_hit % bs
+            self.kv_cache.allocate(s, (hits[:num_hit // bs], num_hit, None))
+            budget -= self._take(s, min(s.num_uncomputed_tokens, budget), chunks, out)
         return len(unit), budget
 
-    # ---------------------------------------------------------- prefix caching
-    def _prefix_hit(self, seq: Sequence):
-        """The cached prefix a waiting sequence reuses: (its blocks, the tokens they stand
-        for, prompt-logprob entries taken from the store), or None to hold the sequence back
-        one step (its hit stops at a block whose prompt logprobs this step computes).
+    # ------------------------------------------------------------ plain output
+    def _plain(self, c: _Chunk, now: float) -> ScheduledSeq:
+        seq, group = c.seq, c.seq.group
+        group.maybe_set_first_scheduled(now)
+        end = c.start + c.num_new_tokens
+        if c.start < seq.prompt_len:
+            self.num_prompt_tokens += c.num_new_tokens
+        sample = self._sample_spec(seq) if end == seq.num_tokens else None
+        placeholder = seq.placeholder_step if sample is not None and \
+            seq.placeholder_step is not None else -1
+        return ScheduledSeq(seq.seq_id, group.request_id, c.start, seq.token_ids[c.start:end],
+                            list(seq.block_table), placeholder, sample,
+                            self._prompt_logprob_spec(seq, c.start, end))
 
-        At least one token is computed (its logits sample). A request that still needs
-        prompt logprobs reuses blocks only as far as their entries reach, minus one token:
-        the logits before its first uncached token are computed fresh. A hit that ends
-        inside a block copies that block (it is cached, hence immutable) unless it is
-        written by this very step."""
-        bm = self.block_manager
-        if not bm.enable_caching or seq.num_computed_tokens or seq.block_table:
-            return [], 0, None
-        bs = bm.block_size
-        extend_block_hashes(seq.block_hashes, seq.token_ids, seq.num_known_tokens, bs)
-        blocks = bm.find_cached_prefix(seq.block_hashes)
-        num_hit = min(len(blocks) * bs, seq.num_tokens - 1)
-        served = None
+    def _sample_spec(self, seq: Sequence) -> SampleSpec:
         group = seq.group
-        if group.prompt_logprobs is not None and not group.prompt_logprobs_done():
-            k = group.sampling_params.prompt_logprobs
-            store = self.logprob_store
-            avail = len(group.prompt_logprobs)     # entries of tokens [0, avail) are there
-            b = avail // bs
-            served = []
-            while (b < len(blocks) and (b + 1) * bs <= seq.prompt_len
-                   and store.has(seq.block_hashes[b], k)):
-                served += store.get(seq.block_hashes[b], k, avail - b * bs)
-                avail = (b + 1) * bs
-                b += 1
-            if (b < len(blocks) and (b + 1) * bs <= seq.prompt_len
-                    and store.is_pending(seq.block_hashes[b], k)):
-                return None
-            num_hit = min(num_hit, avail - 1)
-        if num_hit % bs and blocks[num_hit // bs] in bm.pending:
-            num_hit -= num_hit % bs
-        return blocks[:cdiv(num_hit, bs)], num_hit, served
+        p = group.sampling_params
+        if group.beam is not None:
+            masked = group.beam.eos_token_ids if seq.num_output_tokens < p.min_tokens else ()
+            beam = BeamSpec(max(group.beam_temperature, 0.0) or 1.0,
+                            max(group.beam.num_candidates, p.logprobs or 0), tuple(masked))
+            return SampleSpec(p, (seq.index,), group.prompt_token_ids, None, beam)
+        fork = not group.forked and group.num_seqs > 1
+        indices = tuple(range(group.num_seqs)) if fork else (seq.index,)
+        # copying the generated tokens costs O(length) per step: only when a rule reads them
+        history = seq.token_ids[seq.prompt_len:seq.num_known_tokens] if needs_history(p) \
+            else None
+        return SampleSpec(p, indices, group.prompt_token_ids, history)
 
-    def _allocate(self, seq: Sequence, blocks: list[int], num_hit: int, served) -> None:
-        self.block_manager.allocate(seq, blocks, num_hit)
-        if served:
-            seq.group.prompt_logprobs.extend(served)
-        if self.block_manager.enable_caching:
-            stats = self.prefix_cache_stats
-            key = "prefix_cache_preempted_" if seq.num_preemptions else "prefix_cache_"
-            stats[key + "queries"] += seq.num_tokens
-            stats[key + "hits"] += num_hit
-
-    def _cache_scheduled(self, sched: ScheduledSequence) -> None:
-        """Register the full blocks a scheduled chunk completes, and mark the prompt-logprob
-        entries it completes as coming this step."""
-        bm = self.block_manager
-        if not bm.enable_caching:
-            return
-        seq = sched.seq
-        end = sched.start + sched.num_new_tokens
-        bm.cache_full_blocks(seq, end, pending=True)
+    @staticmethod
+    def _prompt_logprob_spec(seq: Sequence, start: int, end: int):
+        """The positions of a chunk whose logits score the prompt's next tokens."""
         group = seq.group
         if group.prompt_logprobs is None or group.prompt_logprobs_done() or seq.index != 0:
-            return
-        bs = bm.block_size
-        # logits up to position end - 1 give the entries of tokens up to `end`
-        upto = min(end + 1, seq.prompt_len) // bs
-        extend_block_hashes(seq.block_hashes, seq.token_ids, upto * bs, bs)
-        k = group.sampling_params.prompt_logprobs
-        for i in range(len(group.prompt_logprobs) // bs, upto):
-            self.logprob_store.mark_pending(seq.block_hashes[i], k)
-
-    def store_prompt_logprobs(self, group: SequenceGroup) -> None:
-        """Keep the prompt-logprob entries of the request's full prompt blocks whose blocks
-        are cached (after its step's entries were added)."""
-        bm = self.block_manager
-        if not bm.enable_caching or not group.seqs:
-            return
-        seq, bs = group.seqs[0], bm.block_size
-        upto = min(len(group.prompt_logprobs), seq.prompt_len) // bs
-        if upto <= group.num_logprob_blocks:
-            return
-        extend_block_hashes(seq.block_hashes, seq.token_ids, upto * bs, bs)
-        k = group.sampling_params.prompt_logprobs
-        entries = group.prompt_logprobs
-        i = group.num_logprob_blocks
-        while i < upto:
-            h = seq.block_hashes[i]
-            if h not in bm.cached:
-                break       # the block fills in a later chunk (its entries are done first)
-            self.logprob_store.put(h, k, entries[i * bs:(i + 1) * bs])
-            i += 1
-        group.num_logprob_blocks = i
-
-    def reset_prefix_cache(self) -> bool:
-        if not self.block_manager.reset_prefix_cache():
-            return False
-        self.logprob_store.clear()
-        return True
+            return None
+        first = max(start, len(group.prompt_logprobs) - 1)
+        last = min(end, seq.prompt_len - 1)
+        if last <= first:
+            return None
+        return PromptLogprobSpec(first, seq.token_ids[first + 1:last + 1],
+                                 group.sampling_params.prompt_logprobs)
 
     # ----------------------------------------------------------------- update
-    def update(self, out: SchedulerOutput) -> None:
-        """The step's forward ran: its tokens are now in the KV cache."""
+    def on_step_launched(self, out: SchedulerOutput) -> None:
+        """The step's forward pass is running: its positions count as computed, and with
+        async_sample each sequence that samples gets a placeholder for its token."""
+        max_len = self.config.max_model_len
         for s in out.scheduled:
-            s.seq.num_computed_tokens = s.start + s.num_new_tokens
+            seq = self.seqs.get(s.seq_id)
+            if seq is None:                   # ended by the step before, read meanwhile
+                continue
+            seq.num_computed_tokens = s.start + s.num_new_tokens
+            if out.async_sample and s.sample is not None and not seq.is_finished():
+                max_tokens = seq.sampling_params.max_tokens
+                limit = max_len if max_tokens is None else min(max_len,
+                                                               seq.prompt_len + max_tokens)
+                seq.append_placeholder(out.step_id, limit)
 
-    def drop_waiting(self, seqs: list[Sequence]) -> None:
-        """Async scheduling: sequences preempted while their last token was in flight, which
-        that token ended, leave the waiting queue."""
-        gone = {id(s) for s in seqs}
-        self.waiting = deque(s for s in self.waiting if id(s) not in gone)
+    def update_from_output(self, out: SchedulerOutput,
+                           runner_out: ModelRunnerOutput) -> list[SequenceGroup]:
+        """Apply a step's results: prompt logprobs, tokens (forking n > 1 requests at their
+        first sample), stop checks, beam steps, frees. Returns the requests that progressed,
+        in schedule order."""
+        progressed: dict[str, SequenceGroup] = {}
+        beam_groups: dict[str, SequenceGroup] = {}
+        ended_waiting = []
+        now = time.time()
+        for s in out.scheduled:
+            seq = self.seqs.get(s.seq_id)
+            if seq is None or seq.is_finished():      # aborted while its step was in flight
+                continue
+            group = seq.group
+            entries = runner_out.prompt_logprobs.get(s.seq_id)
+            if entries:
+                group.prompt_logprobs.extend(entries)
+                self.kv_cache.store_prompt_logprobs(group)
+            cands = runner_out.beam_candidates.get(s.seq_id)
+            if cands is not None:
+                seq.beam_candidates = cands
+                beam_groups[group.request_id] = group
+                continue
+            tokens = runner_out.sampled.get(s.seq_id)
+            if not tokens:
+                continue
+            progressed[group.request_id] = group
+            if group.metrics.first_token_time is None:
+                group.metrics.first_token_time = now
+            group.metrics.last_token_time = now
+            was_waiting = seq.status == SequenceStatus.WAITING   # preempted while in flight
+            if len(s.sample.indices) > 1:
+                group.forked = True
+                for idx, tok in zip(s.sample.indices[1:], tokens[1:]):
+                    self._append(self._fork(seq, idx, into_group=True), tok)
+            self._append(seq, tokens[0])
+            if was_waiting and seq.is_finished():
+                ended_waiting.append(seq)
+        for group in beam_groups.values():
+            live = [q for q in group.seqs if not q.is_finished()]
+            if all(q.beam_candidates is not None for q in live):
+                if group.metrics.first_token_time is None:
+                    group.metrics.first_token_time = now
+                group.metrics.last_token_time = now
+                self.num_generation_tokens += len(live)
+                advance_beams(group, live, lambda parent: self._fork(parent, 0, False))
+                progressed[group.request_id] = group
+        for seq in ended_waiting:
+            self.waiting.remove(seq)
+            self._release(seq)
+        self._free_finished()
+        return list(progressed.values())
 
-    def free_finished(self) -> None:
+    def _fork(self, parent: Sequence, index: int, into_group: bool) -> Sequence:
+        """A running child of running `parent`, sharing its blocks, right after it."""
+        child = parent.fork(self._new_id(), index)
+        if into_group:
+            parent.group.seqs.append(child)
+        self.block_manager.fork(parent, child)
+        child.status = SequenceStatus.RUNNING
+        self.running.insert(self.running.index(parent) + 1, child)
+        self.seqs[child.seq_id] = child
+        return child
+
+    def _append(self, seq: Sequence, tok: SampledToken) -> None:
+        if seq.placeholder_step is not None:
+            seq.fill_placeholder(tok.token_id, tok.logprob)
+        else:
+            seq.append_token(tok.token_id, tok.logprob)
+        self.num_generation_tokens += 1
+        if seq.sampling_params.logprobs is not None:
+            seq.sampled_logprobs.append(tok)
+        self._check_stop(seq, tok.token_id)
+
+    def _check_stop(self, seq: Sequence, token_id: int) -> None:
+        p = seq.sampling_params
+        if seq.num_output_tokens >= p.min_tokens:
+            if token_id in self.eos_token_ids and not p.ignore_eos:
+                seq.status = SequenceStatus.FINISHED_STOPPED
+                if token_id != self.eos_token_id:      # a generation_config EOS id
+                    seq.stop_reason = token_id
+                return
+            if p.stop_token_ids and token_id in p.stop_token_ids:
+                seq.status = SequenceStatus.FINISHED_STOPPED
+                seq.stop_reason = token_id
+                return
+        if p.max_tokens is not None and seq.num_output_tokens >= p.max_tokens:
+            seq.status = SequenceStatus.FINISHED_LENGTH_CAPPED
+        elif seq.num_tokens >= self.config.max_model_len:
+            seq.status = SequenceStatus.FINISHED_LENGTH_CAPPED
+
+    def _free_finished(self) -> None:
         keep = []
         for seq in self.running:
             if seq.is_finished():
-                self.block_manager.free(seq)
+                self._release(seq)
             else:
                 keep.append(seq)
         self.running = keep
+
+    def _release(self, seq: Sequence) -> None:
+        """A finished sequence gives its blocks back; its request, once every sequence of it
+        is done, is reported to the model runner with the next step."""
+        self.block_manager.free(seq)
+        self.seqs.pop(seq.seq_id, None)
+        group = seq.group
+        if group.is_finished() and not any(s.seq_id in self.seqs for s in group.seqs):
+            self._finished_req_ids.append(group.request_id)

@@ -150,5 +150,5 @@ def test_bin_weights_and_dummy_load(tiny_model_factory, hf_cache):
                        use_tqdm=False)[0]
     assert out.outputs[0].token_ids == hf_greedy(model, tok, "Hello", 8)
     dummy = LLM(path, load_format="dummy", max_model_len=64)
-    w = dummy.llm_engine.model_runner.model.model.layers[0].mlp.down_proj.weight
+    w = dummy.llm_engine.executor.model_runner.model.model.layers[0].mlp.down_proj.weight
     assert w.abs().max() <= 1e-3 and w.abs().max() > 0

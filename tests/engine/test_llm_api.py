@@ -245,5 +245,5 @@ def test_sampling_params_rules_surface_as_value_errors():
 def test_dtype_auto_is_float32_on_cpu_and_explicit_dtype_honoured(tiny_llama):
     assert LLM(tiny_llama, max_model_len=32).llm_engine.model_config.dtype == torch.float32
     llm = LLM(tiny_llama, dtype="bfloat16", max_model_len=32)
-    assert llm.llm_engine.model_runner.kv_caches[0].dtype == torch.bfloat16
+    assert llm.llm_engine.executor.model_runner.kv_caches[0].dtype == torch.bfloat16
     assert os.path.isdir(llm.llm_engine.model_config.model_path)

@@ -19,6 +19,7 @@ from runner.engine.block_manager import BlockManager
 from runner.engine.config import SchedulerConfig
 from runner.engine.prefix_cache import ROOT_HASH, extend_block_hashes, hash_block
 from runner.engine.scheduler import Scheduler
+from runner.engine.scheduler_output import ModelRunnerOutput, SampledToken
 from runner.engine.sequence import Sequence, SequenceGroup, SequenceStatus
 
 ATOL = 1e-5
@@ -162,21 +163,19 @@ def _add(sched, rid, tokens, **params):
 
 
 def _step(sched, out, prompt_logprob_value=-1.0):
-    """A fake forward: computed positions, prompt-logprob entries, one sampled token."""
-    sched.update(out)
+    """A fake forward: prompt-logprob entries (token i's logprob: value * i) and a token for
+    every sequence that samples; the scheduler does the rest."""
+    result = ModelRunnerOutput()
     for s in out.scheduled:
-        group = s.seq.group
-        if group.prompt_logprobs is not None and not group.prompt_logprobs_done():
-            upto = min(s.start + s.num_new_tokens + 1, s.seq.prompt_len)
-            while len(group.prompt_logprobs) < upto:
-                i = len(group.prompt_logprobs)
-                group.prompt_logprobs.append((prompt_logprob_value * i, 1, [(7, -0.5)]))
-            sched.store_prompt_logprobs(group)
-        if s.do_sample:
-            s.seq.append_token(7, 0.0)
-            if s.seq.num_output_tokens >= 2:
-                s.seq.status = SequenceStatus.FINISHED_LENGTH_CAPPED
-    sched.free_finished()
+        spec = s.prompt_logprobs
+        if spec is not None:
+            result.prompt_logprobs[s.seq_id] = [
+                (prompt_logprob_value * (spec.first + 1 + j), 1, [(7, -0.5)])
+                for j in range(len(spec.targets))]
+        if s.sample is not None:
+            result.sampled[s.seq_id] = [SampledToken(7, 0.0, 1, None)]
+    sched.on_step_launched(out)
+    sched.update_from_output(out, result)
 
 
 def test_a_cached_prefix_is_not_prefilled_again():
@@ -189,7 +188,7 @@ def test_a_cached_prefix_is_not_prefilled_again():
     _add(sched, 2, shared + [50, 51])
     _add(sched, 3, shared)                       # all cached: its last token is computed
     out = sched.schedule()
-    starts = {s.seq.request_id: (s.start, s.num_new_tokens) for s in out.scheduled}
+    starts = {s.request_id: (s.start, s.num_new_tokens) for s in out.scheduled}
     assert starts["2"] == (20, 2)
     assert starts["3"] == (19, 1)                 # into a copy of the cached last block
     assert len(out.blocks_to_copy) == 1
@@ -208,7 +207,7 @@ def test_requests_of_one_step_share_blocks_but_copy_none_of_them():
     out = sched.schedule()
     assert [(s.start, s.num_new_tokens) for s in out.scheduled] == [(0, 8), (4, 4)]
     assert out.blocks_to_copy == []
-    assert out.scheduled[1].seq.block_table[0] == out.scheduled[0].seq.block_table[0]
+    assert out.scheduled[1].block_table[0] == out.scheduled[0].block_table[0]
 
 
 def test_prompt_logprob_requests_take_stored_entries_or_wait_a_step_for_them():
@@ -218,10 +217,10 @@ def test_prompt_logprob_requests_take_stored_entries_or_wait_a_step_for_them():
     second = _add(sched, 2, ctx + [70, 71, 72, 73], prompt_logprobs=1)
     out = sched.schedule()
     # the second's context logprobs are computed by the first in this step: it waits
-    assert [s.seq.request_id for s in out.scheduled] == ["1"]
+    assert [s.request_id for s in out.scheduled] == ["1"]
     _step(sched, out)
     out = sched.schedule()
-    assert [(s.seq.request_id, s.start, s.num_new_tokens) for s in out.scheduled] == [
+    assert [(s.request_id, s.start, s.num_new_tokens) for s in out.scheduled] == [
         ("1", 36, 1), ("2", 31, 5)]               # one token back into the last hit block
     assert len(out.blocks_to_copy) == 1
     assert second.prompt_logprobs[1:32] == first.prompt_logprobs[1:32]
@@ -230,13 +229,13 @@ def test_prompt_logprob_requests_take_stored_entries_or_wait_a_step_for_them():
     # a request wanting more alternatives than were stored recomputes them
     _add(sched, 3, ctx + [80], prompt_logprobs=3)
     out = sched.schedule()
-    assert [(s.start, s.num_new_tokens) for s in out.scheduled if s.seq.request_id == "3"] \
+    assert [(s.start, s.num_new_tokens) for s in out.scheduled if s.request_id == "3"] \
         == [(0, 33)]
     _step(sched, out)
     # ... and one wanting fewer takes them, its top lists cut to its k
     fourth = _add(sched, 4, ctx + [90], prompt_logprobs=0)
     out = sched.schedule()
-    assert [(s.start, s.num_new_tokens) for s in out.scheduled if s.seq.request_id == "4"] \
+    assert [(s.start, s.num_new_tokens) for s in out.scheduled if s.request_id == "4"] \
         == [(31, 2)]
     assert fourth.prompt_logprobs[5] == (-5.0, 1, [])
 
@@ -248,11 +247,11 @@ def test_evicting_a_block_drops_its_prompt_logprobs():
     out = sched.schedule()
     _step(sched, out)
     _step(sched, sched.schedule())
-    assert len(sched.logprob_store) == 4
+    assert len(sched.kv_cache.logprob_store) == 4
     old = list(bm.cached)
     _add(sched, 2, list(range(100, 147)))        # 12 blocks: every cached one is evicted
     sched.schedule()
-    assert len(sched.logprob_store) == 0 and not set(old) & set(bm.cached)
+    assert len(sched.kv_cache.logprob_store) == 0 and not set(old) & set(bm.cached)
 
 
 # ------------------------------------------------------------------- the engine vs HF
