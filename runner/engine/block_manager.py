@@ -17,6 +17,12 @@ tail first, so the shared heads of prefixes outlive their tails. `find_cached_pr
 new request the longest run of cached blocks matching its leading block hashes; `allocate`
 takes them (off the free queue if nobody held them).
 
+Swap books (preemption_mode "swap"): a second BlockManager, with caching off, holds the CPU
+swap space's blocks. `swap_out` gives a preempted group's sequences CPU blocks for their GPU
+blocks (one CPU block per distinct GPU block, shared as the GPU ones were) and frees the GPU
+ones; `swap_in` does the reverse. The (src, dst) pairs go to the model runner, which copies
+swap-outs first, then swap-ins, then copy-on-write pairs, then runs the forward.
+
 Blocks registered while a step is being scheduled are `pending`: their keys and values are
 written by that step's forward pass. Another sequence of the same step may attend to them (each
 layer writes every token's keys and values before any attention reads them), but no block copy
@@ -202,6 +208,54 @@ class BlockManager:
             self._release(block)
         seq.block_table = []
         seq.num_cached_blocks = 0
+
+    # ------------------------------------------------------------------ swapping
+    @staticmethod
+    def num_distinct_blocks(seqs: list[Sequence]) -> int:
+        return len({b for seq in seqs for b in seq.block_table})
+
+    def swap_out(self, seqs: list[Sequence], cpu: "BlockManager",
+                 redirect: dict[int, int]) -> list[tuple[int, int]]:
+        """Move `seqs` (one group, sharing blocks) to CPU blocks of `cpu`; returns the (gpu,
+        cpu) copies. `redirect[gpu] = src`: a block the step's copy-on-write would fill from
+        src, which this step no longer runs, is swapped out from src."""
+        mapping: dict[int, int] = {}
+        pairs = []
+        for seq in seqs:
+            self.cache_full_blocks(seq, seq.num_computed_tokens)
+            table = []
+            for b in seq.block_table:
+                c = mapping.get(b)
+                if c is None:
+                    c = mapping[b] = cpu._take()
+                    pairs.append((redirect.get(b, b), c))
+                else:
+                    cpu.ref_counts[c] += 1
+                table.append(c)
+            for b in reversed(seq.block_table):
+                self._release(b)
+            seq.block_table = table
+            seq.num_cached_blocks = 0
+        return pairs
+
+    def swap_in(self, seqs: list[Sequence], cpu: "BlockManager") -> list[tuple[int, int]]:
+        """Move swapped-out `seqs` back to fresh GPU blocks; returns the (cpu, gpu) copies."""
+        mapping: dict[int, int] = {}
+        pairs = []
+        for seq in seqs:
+            table = []
+            for c in seq.block_table:
+                g = mapping.get(c)
+                if g is None:
+                    g = mapping[c] = self._take()
+                    pairs.append((c, g))
+                else:
+                    self.ref_counts[g] += 1
+                table.append(g)
+            for c in seq.block_table:
+                cpu._release(c)
+            seq.block_table = table
+        return pairs
 
     def begin_step(self) -> None:
         """A new schedule(): the blocks registered for the last step are written by now (its

@@ -79,6 +79,7 @@ class CacheConfig:
     num_gpu_blocks_override: Optional[int]
     enable_prefix_caching: bool
     num_gpu_blocks: Optional[int] = None   # set by the model runner after sizing
+    num_cpu_blocks: int = 0                # swap space per rank, in blocks (set with it)
     cache_dtype: Optional[torch.dtype] = None   # the KV cache's dtype (None: the model's)
     kv_cache_dtype: str = "auto"                # as the user gave it
 
@@ -89,6 +90,10 @@ class SchedulerConfig:
     max_num_seqs: int
     max_model_len: int
     enable_chunked_prefill: bool
+    # how a sequence group with several sequences (best_of > 1, beams) is preempted: its KV
+    # blocks swapped to CPU memory ("swap", and None: the default) or dropped and computed
+    # again ("recompute"); a single sequence is always recomputed
+    preemption_mode: Optional[str] = None
 
 
 @dataclass
@@ -155,6 +160,7 @@ class EngineArgs:
     num_gpu_blocks_override: Optional[int] = None
     enable_chunked_prefill: Optional[bool] = None
     enable_prefix_caching: Optional[bool] = True    # vLLM v1: on; None means on too
+    preemption_mode: Optional[str] = None   # 'swap' | 'recompute' (None: swap groups)
     kv_cache_dtype: str = "auto"
     max_logprobs: int = 20
     download_dir: Optional[str] = None
@@ -230,9 +236,31 @@ class EngineArgs:
         if not float(self.distributed_timeout_s) > 0:
             raise ValueError("distributed_timeout_s must be > 0, got "
                              f"{self.distributed_timeout_s}.")
+        self._check_swap_space()
+        if self.preemption_mode not in (None, "swap", "recompute"):
+            raise ValueError(f"preemption_mode must be 'swap', 'recompute' or None, got "
+                             f"{self.preemption_mode!r}.")
         if self.max_seq_len_to_capture < 1:
             raise ValueError("max_seq_len_to_capture must be >= 1, got "
                              f"{self.max_seq_len_to_capture}.")
+
+    def _check_swap_space(self) -> None:
+        """swap_space: GiB of CPU memory per GPU (per tensor-parallel rank) for swapped-out
+        sequence groups; all ranks' together must fit in the machine's memory."""
+        if isinstance(self.swap_space, bool) or not isinstance(self.swap_space, (int, float)) \
+                or self.swap_space < 0:
+            raise ValueError(f"swap_space must be a number of GiB >= 0, got "
+                             f"{self.swap_space!r}.")
+        total = total_cpu_memory()
+        want = float(self.swap_space) * 2**30 * max(1, int(self.tensor_parallel_size))
+        if total and want > total:
+            raise ValueError(
+                f"swap_space={self.swap_space} GiB per GPU x {self.tensor_parallel_size} "
+                f"= {want / 2**30:.1f} GiB is more than this machine's memory "
+                f"({total / 2**30:.1f} GiB); lower swap_space.")
+        if total and want > 0.4 * total:
+            logger.warning("swap_space takes %.1f GiB of the machine's %.1f GiB of memory",
+                           want / 2**30, total / 2**30)
 
     # ------------------------------------------------------------ resolution
     def create_configs(self) -> EngineConfig:
@@ -293,7 +321,8 @@ class EngineArgs:
                 kv_cache_dtype=self.kv_cache_dtype),
             scheduler_config=SchedulerConfig(
                 max_num_batched_tokens=max_batched, max_num_seqs=self.max_num_seqs,
-                max_model_len=max_model_len, enable_chunked_prefill=chunked),
+                max_model_len=max_model_len, enable_chunked_prefill=chunked,
+                preemption_mode=self.preemption_mode),
             device_config=DeviceConfig(device),
             parallel_config=ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size,
                                            self.disable_custom_all_reduce,
@@ -400,6 +429,14 @@ def weight_files_in(folder: str, load_format: str) -> list:
               "pt": "*.bin"}[load_format]
     raise ValueError(f"no weight files ({wanted}) in model folder {folder!r} for "
                      f"load_format={load_format!r}; use load_format='dummy' for random weights.")
+
+
+def total_cpu_memory() -> int:
+    """The machine's physical memory in bytes (0 when it cannot be told)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def _read_json(path: str) -> dict:

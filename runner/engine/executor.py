@@ -257,7 +257,8 @@ class Executor:
         self.procs: Optional[WorkerProcesses] = None
         tp_size = config.parallel_config.tensor_parallel_size
         if tp_size > 1:
-            procs = self.procs = WorkerProcesses(config, config.parallel_config.distributed_timeout_s)
+            timeout = config.parallel_config.distributed_timeout_s
+            procs = self.procs = WorkerProcesses(config, timeout)
             try:
                 procs.wait_for("alive")
                 tp = init_tensor_parallel(0, tp_size, procs.init_file, rank_device(config, 0),
@@ -279,6 +280,7 @@ class Executor:
             self.driver_worker = Worker(config, eos_token_ids=eos_token_ids)
         self.model_runner = self.driver_worker.model_runner
         self.num_blocks = self.driver_worker.num_blocks
+        self.num_cpu_blocks = self.driver_worker.num_cpu_blocks
         self._overlap_error: Optional[BaseException] = None
 
     @property

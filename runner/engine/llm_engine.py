@@ -61,14 +61,19 @@ class LLMEngine:
         self.eos_token_ids = self._eos_token_ids()
         self.eos_token_id = self.eos_token_ids[0] if self.eos_token_ids else None
         self.executor = Executor(config, self.eos_token_ids)
-        num_blocks = self.executor.num_blocks
+        num_blocks, num_cpu_blocks = self.executor.num_blocks, self.executor.num_cpu_blocks
         config.cache_config.num_gpu_blocks = num_blocks
-        self.block_manager = BlockManager(num_blocks, self.cache_config.block_size,
-                                          self.cache_config.enable_prefix_caching)
+        config.cache_config.num_cpu_blocks = num_cpu_blocks
+        bs = self.cache_config.block_size
+        self.block_manager = BlockManager(num_blocks, bs, self.cache_config.enable_prefix_caching)
+        # the swap space's books (preemption by swap: groups of several sequences)
+        self.cpu_block_manager = BlockManager(num_cpu_blocks, bs, enable_caching=False) \
+            if num_cpu_blocks > 0 else None
         self.async_scheduling = config.async_scheduling
         self.async_output_proc = not config.disable_async_output_proc
         self.scheduler = Scheduler(self.scheduler_config, self.block_manager,
-                                   self.eos_token_ids, self.async_scheduling)
+                                   self.eos_token_ids, self.async_scheduling,
+                                   self.cpu_block_manager)
         self.output_processor = OutputProcessor(self.tokenizer, self.scheduler,
                                                 self.async_output_proc)
         self.requests: dict[str, SequenceGroup] = {}
@@ -274,6 +279,8 @@ class LLMEngine:
             "num_prompt_tokens": sched.num_prompt_tokens,
             "num_generation_tokens": sched.num_generation_tokens,
             "num_preemptions": sched.num_preemptions,
+            "num_swapped_out": sched.num_swapped_out, "num_swapped_in": sched.num_swapped_in,
+            "num_cpu_blocks": self.cache_config.num_cpu_blocks,
             "num_gpu_blocks": mr.num_blocks,
             "block_size": bs,
             "kv_cache_token_capacity": mr.num_blocks * bs,

@@ -122,10 +122,13 @@ class ModelRunner:
         return (2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim
                 * self.cache_dtype.itemsize)
 
-    def initialize_kv_cache(self, num_blocks: int) -> None:
-        """Allocate the cache, the input staging buffers, and capture the CUDA graphs."""
+    def initialize_kv_cache(self, num_blocks: int, num_cpu_blocks: int = 0) -> None:
+        """Allocate the cache, the input staging buffers, and capture the CUDA graphs. The
+        swap space (num_cpu_blocks, in host memory) is allocated when first used."""
         config, sched = self.config, self.config.scheduler_config
         self.num_blocks = num_blocks
+        self.num_cpu_blocks = num_cpu_blocks
+        self.swap_caches: list[torch.Tensor] = []
         # one tensor per layer: [2 (k, v), num_blocks, block_size, num_kv_heads, head_dim]. On
         # CPU it is left uninitialized: the OS commits pages only as blocks are written (a 4 GiB
         # memset took seconds at start-up), and attention masks every unwritten slot
@@ -164,16 +167,23 @@ class ModelRunner:
         for rid in out.finished_req_ids:
             self._generators.pop(rid, None)
         inputs = self.inputs
-        shape = inputs.stage(out)
-        qsl = inputs.query_start_loc(shape[1])
-        rows, sample_rows, prompt_rows = self._logit_rows(out, qsl)
-        fill = self._placeholder_fill(out, qsl, shape[0])
+        if out.scheduled:
+            shape = inputs.stage(out)
+            qsl = inputs.query_start_loc(shape[1])
+            rows, sample_rows, prompt_rows = self._logit_rows(out, qsl)
+            fill = self._placeholder_fill(out, qsl, shape[0])
+        else:                   # a step of swap-outs only
+            shape, rows, sample_rows, prompt_rows, fill = (0, 0, 0), [], [], [], None
+
+        def pairs(blocks):
+            return np.asarray(blocks, np.int64) if blocks else None
         # rows ascend within [0, num_tokens): as many as tokens means every row, in order
-        step = StepInput(*shape, rows=None if len(rows) == shape[0]
+        step = StepInput(*shape, rows=None if len(rows) == shape[0] and rows
                          else np.asarray(rows, np.int64),
-                         blocks_to_copy=np.asarray(out.blocks_to_copy, np.int64)
-                         if out.blocks_to_copy else None,
-                         broadcast_input_ids=fill is not None and send is not None)
+                         blocks_to_copy=pairs(out.blocks_to_copy),
+                         broadcast_input_ids=fill is not None and send is not None,
+                         blocks_to_swap_out=pairs(out.blocks_to_swap_out),
+                         blocks_to_swap_in=pairs(out.blocks_to_swap_in))
         self.times["stage_s"] += time.perf_counter() - t0
         if send is not None:
             send(step, inputs.pack(*shape))
@@ -355,6 +365,8 @@ class ModelRunner:
         input row index[0, j] takes the token sampled in row index[1, j] of the step before,
         which was not read back; with tensor parallelism the driver then broadcasts the input
         ids (step.broadcast_input_ids) and the other ranks receive them here."""
+        if step.blocks_to_swap_out is not None or step.blocks_to_swap_in is not None:
+            self._swap(step.blocks_to_swap_out, step.blocks_to_swap_in)
         if step.blocks_to_copy is not None and len(step.blocks_to_copy):
             # copy-on-write (forks, a partly reused cached block): one batched copy per layer,
             # not one per block (beam search forks hundreds of blocks a step). The sources are
@@ -364,6 +376,8 @@ class ModelRunner:
                 # on the raw bytes: indexed copies are not defined for every dtype (fp8)
                 raw = cache.view(torch.uint8)
                 raw[:, dst] = raw[:, src]
+        if not step.num_seqs:
+            return None
         t0 = time.perf_counter()
         input_ids, positions, meta = self.inputs.load(step.num_tokens, step.num_seqs,
                                                       step.width)
@@ -391,6 +405,25 @@ class ModelRunner:
                 return None
             hidden = hidden[numpy_to_device(step.rows, hidden.device)]
         return self.logits(hidden).float()                                  # [R, V]
+
+    def _swap(self, out_pairs: Optional[np.ndarray], in_pairs: Optional[np.ndarray]) -> None:
+        """Swap-outs (gpu -> cpu blocks), then swap-ins (cpu -> gpu), on the raw bytes of
+        each layer's cache. Preemption is rare: the copies wait for the GPU."""
+        if not self.swap_caches:
+            if self.num_cpu_blocks < 1:
+                raise RuntimeError("a block swap without swap space (swap_space=0)")
+            pin = self.device.type == "cuda"
+            self.swap_caches = [torch.empty(2, self.num_cpu_blocks, *c.shape[2:],
+                                            dtype=c.dtype, pin_memory=pin)
+                                for c in self.kv_caches]
+        for gpu, cpu in zip(self.kv_caches, self.swap_caches):
+            g, c = gpu.view(torch.uint8), cpu.view(torch.uint8)
+            if out_pairs is not None:
+                src = numpy_to_device(out_pairs[:, 0], self.device)
+                c[:, torch.from_numpy(out_pairs[:, 1])] = g[:, src].cpu()
+            if in_pairs is not None:
+                dst = numpy_to_device(in_pairs[:, 1], self.device)
+                g[:, dst] = c[:, torch.from_numpy(in_pairs[:, 0])].to(self.device)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.model.compute_logits(hidden)          # [R, V] or this rank's [R, V/N]

@@ -17,10 +17,14 @@ last one admitted may take only part of its prompt. There are no separate prefil
 phases.
 
 When a running sequence needs a block and none is free, the newest running sequence is
-preempted by recompute: its blocks are freed (its computed full blocks stay in the prefix
-cache) and it goes back to the front of the waiting queue with all its tokens (prompt and
-generated) to be computed again. Nothing it generated is lost or changed. The live beams of a
-beam-search request are preempted and readmitted together.
+preempted, with the rest of its unit (the live beams of a beam search, or the sequences of a
+best_of / n > 1 request that swaps). A unit of several sequences is swapped out (vLLM's
+preemption_mode "swap", the default for them; not with "recompute", nor when the swap space
+is full): its KV blocks go to the CPU swap space and it waits in the swapped queue, to come
+back with its blocks before any waiting request is admitted. Otherwise it is preempted by
+recompute: its blocks are freed (its computed full blocks stay in the prefix cache) and it
+goes back to the front of the waiting queue with all its tokens (prompt and generated) to be
+computed again. Either way nothing it generated is lost or changed.
 
 Async scheduling (vLLM's; on unless async_scheduling=False): a step whose samples need no host
 work at once (no fork, beam or prompt logprobs) is marked `async_sample`: its tokens stay on
@@ -41,22 +45,16 @@ import itertools
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Optional
 
 from runner.engine.beam_search import advance_beams
 from runner.engine.block_manager import BlockManager
 from runner.engine.config import SchedulerConfig
 from runner.engine.kv_cache_manager import HOLD, KVCacheManager
-from runner.engine.scheduler_output import (BeamSpec, ModelRunnerOutput, PromptLogprobSpec,
-                                            SampledToken, SampleSpec, ScheduledSeq,
+from runner.engine.sched_utils import check_stop, scheduled_seq
+from runner.engine.scheduler_output import (ModelRunnerOutput, SampledToken, ScheduledSeq,
                                             SchedulerOutput)
 from runner.engine.sequence import Sequence, SequenceGroup, SequenceStatus
-
-
-def needs_history(p) -> bool:
-    """Whether sampling reads the sequence's output tokens (penalties, min_tokens, logits
-    processors): only then are they copied into the step."""
-    return bool(p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0
-                or p.min_tokens or p.logits_processors)
 
 
 @dataclass(slots=True)
@@ -68,16 +66,19 @@ class _Chunk:
 
 class Scheduler:
     def __init__(self, scheduler_config: SchedulerConfig, block_manager: BlockManager,
-                 eos_token_ids: tuple[int, ...] = (), async_scheduling: bool = False):
+                 eos_token_ids: tuple[int, ...] = (), async_scheduling: bool = False,
+                 cpu_block_manager: Optional[BlockManager] = None):
         self.config = scheduler_config
         self.block_manager = block_manager
+        self.cpu_block_manager = cpu_block_manager        # the swap space's books
         self.kv_cache = KVCacheManager(block_manager)
         self.eos_token_ids = tuple(eos_token_ids)
-        self.eos_token_id = self.eos_token_ids[0] if self.eos_token_ids else None
         self.async_scheduling = async_scheduling
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.swapped: deque[list[Sequence]] = deque()    # preempted units, blocks on CPU
         self.seqs: dict[int, Sequence] = {}       # every live sequence, by id
+        self.num_swapped_out = self.num_swapped_in = 0    # sequences
         self.preempted: list[Sequence] = []       # by the last schedule()
         self.num_preemptions = 0
         self.num_prompt_tokens = 0                # computed, chunk by chunk
@@ -112,30 +113,42 @@ class Scheduler:
             self.waiting.append(seq)
 
     def has_unfinished_seqs(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.swapped)
 
     def abort_seq_group(self, group: SequenceGroup) -> None:
         for seq in group.seqs:
             if seq.is_finished():
                 continue
-            if seq in self.waiting:
-                self.waiting.remove(seq)
-            if seq in self.running:
-                self.running.remove(seq)
+            on_cpu = self._dequeue(seq)
             seq.status = SequenceStatus.FINISHED_ABORTED
-            self._release(seq)
+            self._release(seq, on_cpu)
+
+    def _dequeue(self, seq: Sequence) -> bool:
+        """Take `seq` out of whichever queue holds it; returns whether its blocks are in the
+        swap space."""
+        for unit in self.swapped:
+            if seq in unit:
+                unit.remove(seq)
+                if not unit:
+                    self.swapped.remove(unit)
+                return True
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        return False
 
     def stop_seq(self, seq: Sequence, stop_reason: str) -> None:
         """A stop string ended `seq` (found by the output processor): it stops now, whatever
         its tokens decided (a stop string beats the length limit)."""
-        seq.status = SequenceStatus.FINISHED_STOPPED
-        seq.stop_reason = stop_reason
         if seq.seq_id in self.seqs:
-            if seq in self.running:
-                self.running.remove(seq)
-            else:
-                self.waiting.remove(seq)
-            self._release(seq)
+            on_cpu = self._dequeue(seq)
+            seq.status = SequenceStatus.FINISHED_STOPPED
+            seq.stop_reason = stop_reason
+            self._release(seq, on_cpu)
+        else:
+            seq.status = SequenceStatus.FINISHED_STOPPED
+            seq.stop_reason = stop_reason
 
     def reset_prefix_cache(self) -> bool:
         return self.kv_cache.reset_prefix_cache()
@@ -149,34 +162,82 @@ class Scheduler:
             return 1
         return group.beam.beam_width if group.beam is not None else group.num_seqs
 
-    def _unit(self, seq: Sequence) -> list[Sequence]:
-        """What is preempted and admitted together: the live beams of a beam-search request
-        (each step waits for all of them, so a lone beam could never progress), else the
-        sequence alone."""
-        if seq.group.beam is None:
-            return [seq]
-        return [s for s in seq.group.seqs if not s.is_finished()]
+    def _swaps(self, group: SequenceGroup) -> bool:
+        """Whether a preempted unit of this request goes to the swap space: groups of
+        several sequences (best_of > 1, beams), unless preemption_mode='recompute'."""
+        return (self.cpu_block_manager is not None and self.config.preemption_mode != "recompute"
+                and (group.beam is not None or group.num_seqs > 1))
 
-    def _preempt_unit(self, seq: Sequence, chunks: list[_Chunk]) -> int:
-        """Preempt `seq`'s unit by recompute; returns the tokens it gives back to the budget."""
+    def _unit(self, seq: Sequence) -> list[Sequence]:
+        """What is preempted and brought back together: the live beams of a beam-search
+        request (each step waits for all of them, so a lone beam could never progress), the
+        sequences of a request that swaps (they share blocks), else the sequence alone."""
+        group = seq.group
+        if group.beam is None and not (group.forked and self._swaps(group)):
+            return [seq]
+        return [s for s in group.seqs if not s.is_finished()]
+
+    def _preempt_unit(self, seq: Sequence, chunks: list[_Chunk], out: SchedulerOutput,
+                      copies: dict) -> int:
+        """Preempt `seq`'s unit, by swap or by recompute; returns the tokens it gives back to
+        the budget. `copies`: the copy-on-write pairs each sequence took this step (not run
+        for a preempted one)."""
         refund = 0
         unit = [s for s in self._unit(seq) if s.status == SequenceStatus.RUNNING]
-        for s in reversed(unit):              # appendleft in reverse keeps their order
+        redirect = {}
+        for s in unit:
             for j, c in enumerate(chunks):
                 if c.seq is s:
                     refund += c.num_new_tokens
                     del chunks[j]
                     break
+            for src, dst in copies.pop(id(s), ()):
+                out.blocks_to_copy.remove((src, dst))
+                redirect[dst] = src
             self.running.remove(s)
-            self.block_manager.free(s)
-            s.num_computed_tokens = 0
             s.num_preemptions += 1
+            self.preempted.append(s)
+            self.num_preemptions += 1
+        bm, cpu = self.block_manager, self.cpu_block_manager
+        if self._swaps(seq.group) and bm.num_distinct_blocks(unit) <= cpu.num_free_blocks:
+            out.blocks_to_swap_out += bm.swap_out(unit, cpu, redirect)
+            for s in unit:
+                s.status = SequenceStatus.SWAPPED
+            self.swapped.append(unit)
+            self.num_swapped_out += len(unit)
+            return refund
+        for s in reversed(unit):              # appendleft in reverse keeps their order
+            bm.free(s)
+            s.num_computed_tokens = 0
             s.status = SequenceStatus.WAITING
             s.beam_candidates = None          # recomputed with the sequence
             self.waiting.appendleft(s)
-            self.preempted.append(s)
-            self.num_preemptions += 1
         return refund
+
+    def _swap_in(self, chunks: list[_Chunk], out: SchedulerOutput, budget: int) -> int:
+        """Bring swapped-out units back, oldest first, while their blocks (and a block each
+        for the step after) and sequence slots last; they go on from where they stopped.
+        Returns the budget left."""
+        bm, cpu = self.block_manager, self.cpu_block_manager
+        used_slots = sum(self._seq_slots(s) for s in self.running)
+        while self.swapped and budget > 0:
+            unit = self.swapped[0]
+            need = bm.num_distinct_blocks(unit) + len(unit)
+            if need > bm.num_free_blocks or used_slots + len(unit) > self.config.max_num_seqs:
+                break
+            self.swapped.popleft()
+            out.blocks_to_swap_in += bm.swap_in(unit, cpu)
+            self.num_swapped_in += len(unit)
+            for s in unit:
+                s.status = SequenceStatus.RUNNING
+                self.running.append(s)
+                used_slots += 1
+                k = min(s.num_uncomputed_tokens, budget)
+                if k > 0 and bm.can_append(s, k):
+                    out.blocks_to_copy += bm.append_slots(s, k)
+                    chunks.append(_Chunk(s, s.num_computed_tokens, k))
+                    budget -= k
+        return budget
 
     def _newest_victim(self, seq: Sequence, visited: set[int]) -> Sequence | None:
         """The newest running sequence not yet scheduled this step and not in `seq`'s unit."""
@@ -200,6 +261,7 @@ class Scheduler:
 
         # 1. running sequences, oldest first; preempt from the newest end when blocks run out
         visited: set[int] = set()
+        copies: dict[int, list] = {}          # copy-on-write pairs taken, by sequence
         block_size, ref_counts, block_hashes = bm.block_size, bm.ref_counts, bm.block_hashes
         running_status = SequenceStatus.RUNNING
         for seq in list(self.running):
@@ -224,12 +286,15 @@ class Scheduler:
             while not bm.can_append(seq, k):
                 victim = self._newest_victim(seq, visited)
                 if victim is None:            # seq's unit is the newest: it goes back
-                    budget += self._preempt_unit(seq, chunks)
+                    budget += self._preempt_unit(seq, chunks, out, copies)
                     break
-                budget += self._preempt_unit(victim, chunks)
+                budget += self._preempt_unit(victim, chunks, out, copies)
             if seq.status != SequenceStatus.RUNNING:
                 continue
-            out.blocks_to_copy += bm.append_slots(seq, k)
+            taken = bm.append_slots(seq, k)
+            if taken:
+                copies[id(seq)] = taken
+                out.blocks_to_copy += taken
             chunks.append(_Chunk(seq, seq.num_computed_tokens, k))
             budget -= k
         # the blocks the surviving running sequences fill this step are cached from now on
@@ -237,13 +302,18 @@ class Scheduler:
         for c in chunks:
             kv.cache_scheduled(c.seq, c.start + c.num_new_tokens)
 
-        # 2. admit waiting sequences, unless this step had to preempt (memory is tight)
+        # 2. swapped-out units come back, then 3. waiting sequences are admitted; neither
+        # when this step had to preempt (memory is tight), and no admission before every
+        # swapped unit is back (they are older)
         if not self.preempted:
-            self._admit(chunks, out, budget)
+            if self.swapped:
+                budget = self._swap_in(chunks, out, budget)
+            if not self.swapped:
+                self._admit(chunks, out, budget)
 
-        if not chunks and self.waiting and not any(
+        if not chunks and (self.waiting or self.swapped) and not any(
                 s.num_uncomputed_tokens for s in self.running):
-            seq = self.waiting[0]
+            seq = self.waiting[0] if self.waiting else self.swapped[0][0]
             raise RuntimeError(
                 f"cannot schedule {seq}: it needs {bm.num_blocks_needed(seq, 1)} KV blocks and "
                 f"the cache has {bm.num_blocks} in all; raise num_gpu_blocks_override / "
@@ -329,45 +399,11 @@ class Scheduler:
 
     # ------------------------------------------------------------ plain output
     def _plain(self, c: _Chunk, now: float) -> ScheduledSeq:
-        seq, group = c.seq, c.seq.group
-        group.maybe_set_first_scheduled(now)
-        end = c.start + c.num_new_tokens
+        seq = c.seq
+        seq.group.maybe_set_first_scheduled(now)
         if c.start < seq.prompt_len:
             self.num_prompt_tokens += c.num_new_tokens
-        sample = self._sample_spec(seq) if end == seq.num_tokens else None
-        placeholder = seq.placeholder_step if sample is not None and \
-            seq.placeholder_step is not None else -1
-        return ScheduledSeq(seq.seq_id, group.request_id, c.start, seq.token_ids[c.start:end],
-                            list(seq.block_table), placeholder, sample,
-                            self._prompt_logprob_spec(seq, c.start, end))
-
-    def _sample_spec(self, seq: Sequence) -> SampleSpec:
-        group = seq.group
-        p = group.sampling_params
-        if group.beam is not None:
-            masked = group.beam.eos_token_ids if seq.num_output_tokens < p.min_tokens else ()
-            beam = BeamSpec(max(group.beam_temperature, 0.0) or 1.0,
-                            max(group.beam.num_candidates, p.logprobs or 0), tuple(masked))
-            return SampleSpec(p, (seq.index,), group.prompt_token_ids, None, beam)
-        fork = not group.forked and group.num_seqs > 1
-        indices = tuple(range(group.num_seqs)) if fork else (seq.index,)
-        # copying the generated tokens costs O(length) per step: only when a rule reads them
-        history = seq.token_ids[seq.prompt_len:seq.num_known_tokens] if needs_history(p) \
-            else None
-        return SampleSpec(p, indices, group.prompt_token_ids, history)
-
-    @staticmethod
-    def _prompt_logprob_spec(seq: Sequence, start: int, end: int):
-        """The positions of a chunk whose logits score the prompt's next tokens."""
-        group = seq.group
-        if group.prompt_logprobs is None or group.prompt_logprobs_done() or seq.index != 0:
-            return None
-        first = max(start, len(group.prompt_logprobs) - 1)
-        last = min(end, seq.prompt_len - 1)
-        if last <= first:
-            return None
-        return PromptLogprobSpec(first, seq.token_ids[first + 1:last + 1],
-                                 group.sampling_params.prompt_logprobs)
+        return scheduled_seq(seq, c.start, c.num_new_tokens)
 
     # ----------------------------------------------------------------- update
     def on_step_launched(self, out: SchedulerOutput) -> None:
@@ -392,7 +428,7 @@ class Scheduler:
         in schedule order."""
         progressed: dict[str, SequenceGroup] = {}
         beam_groups: dict[str, SequenceGroup] = {}
-        ended_waiting = []
+        ended_preempted = []
         now = time.time()
         for s in out.scheduled:
             seq = self.seqs.get(s.seq_id)
@@ -415,14 +451,15 @@ class Scheduler:
             if group.metrics.first_token_time is None:
                 group.metrics.first_token_time = now
             group.metrics.last_token_time = now
-            was_waiting = seq.status == SequenceStatus.WAITING   # preempted while in flight
+            # (preempted while its token was in flight)
+            was_preempted = seq.status in (SequenceStatus.WAITING, SequenceStatus.SWAPPED)
             if len(s.sample.indices) > 1:
                 group.forked = True
                 for idx, tok in zip(s.sample.indices[1:], tokens[1:]):
                     self._append(self._fork(seq, idx, into_group=True), tok)
             self._append(seq, tokens[0])
-            if was_waiting and seq.is_finished():
-                ended_waiting.append(seq)
+            if was_preempted and seq.is_finished():
+                ended_preempted.append(seq)
         for group in beam_groups.values():
             live = [q for q in group.seqs if not q.is_finished()]
             if all(q.beam_candidates is not None for q in live):
@@ -432,9 +469,8 @@ class Scheduler:
                 self.num_generation_tokens += len(live)
                 advance_beams(group, live, lambda parent: self._fork(parent, 0, False))
                 progressed[group.request_id] = group
-        for seq in ended_waiting:
-            self.waiting.remove(seq)
-            self._release(seq)
+        for seq in ended_preempted:
+            self._release(seq, self._dequeue(seq))
         self._free_finished()
         return list(progressed.values())
 
@@ -457,24 +493,7 @@ class Scheduler:
         self.num_generation_tokens += 1
         if seq.sampling_params.logprobs is not None:
             seq.sampled_logprobs.append(tok)
-        self._check_stop(seq, tok.token_id)
-
-    def _check_stop(self, seq: Sequence, token_id: int) -> None:
-        p = seq.sampling_params
-        if seq.num_output_tokens >= p.min_tokens:
-            if token_id in self.eos_token_ids and not p.ignore_eos:
-                seq.status = SequenceStatus.FINISHED_STOPPED
-                if token_id != self.eos_token_id:      # a generation_config EOS id
-                    seq.stop_reason = token_id
-                return
-            if p.stop_token_ids and token_id in p.stop_token_ids:
-                seq.status = SequenceStatus.FINISHED_STOPPED
-                seq.stop_reason = token_id
-                return
-        if p.max_tokens is not None and seq.num_output_tokens >= p.max_tokens:
-            seq.status = SequenceStatus.FINISHED_LENGTH_CAPPED
-        elif seq.num_tokens >= self.config.max_model_len:
-            seq.status = SequenceStatus.FINISHED_LENGTH_CAPPED
+        check_stop(seq, tok.token_id, self.eos_token_ids, self.config.max_model_len)
 
     def _free_finished(self) -> None:
         keep = []
@@ -485,10 +504,11 @@ class Scheduler:
                 keep.append(seq)
         self.running = keep
 
-    def _release(self, seq: Sequence) -> None:
-        """A finished sequence gives its blocks back; its request, once every sequence of it
-        is done, is reported to the model runner with the next step."""
-        self.block_manager.free(seq)
+    def _release(self, seq: Sequence, on_cpu: bool = False) -> None:
+        """A finished sequence gives its blocks back (to the swap space when they are there);
+        its request, once every sequence of it is done, is reported to the model runner with
+        the next step."""
+        (self.cpu_block_manager if on_cpu else self.block_manager).free(seq)
         self.seqs.pop(seq.seq_id, None)
         group = seq.group
         if group.is_finished() and not any(s.seq_id in self.seqs for s in group.seqs):

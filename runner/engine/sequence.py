@@ -34,9 +34,10 @@ from runner.engine.scheduler_output import PLACEHOLDER_TOKEN_ID, SampledToken
 class SequenceStatus(enum.IntEnum):
     WAITING = 0
     RUNNING = 1
-    FINISHED_STOPPED = 2
-    FINISHED_LENGTH_CAPPED = 3
-    FINISHED_ABORTED = 4
+    SWAPPED = 2               # preempted with its KV blocks in the CPU swap space
+    FINISHED_STOPPED = 3
+    FINISHED_LENGTH_CAPPED = 4
+    FINISHED_ABORTED = 5
 
     @property
     def is_finished(self) -> bool:

@@ -64,12 +64,14 @@ class Worker:
                 f"({self.num_blocks} blocks of {self.block_size}), fewer than max_model_len="
                 f"{max_len}: one sequence could never finish. Raise num_gpu_blocks_override "
                 "or gpu_memory_utilization, or lower max_model_len.")
-        mr.initialize_kv_cache(self.num_blocks)
+        # swap_space: GiB of host memory per rank for swapped-out sequence groups
+        self.num_cpu_blocks = int(config.cache_config.swap_space * 2**30 // mr.block_bytes)
+        mr.initialize_kv_cache(self.num_blocks, self.num_cpu_blocks)
         if rank == 0:
-            logger.info("KV cache (%s): %d blocks x %d tokens = %d tokens (%.1f MiB per rank)",
-                        str(mr.cache_dtype).replace("torch.", ""), self.num_blocks,
-                        self.block_size, self.num_blocks * self.block_size,
-                        self.num_blocks * mr.block_bytes / 2**20)
+            logger.info("KV cache (%s): %d blocks x %d tokens = %d tokens (%.1f MiB per rank); "
+                        "swap space %d blocks", str(mr.cache_dtype).replace("torch.", ""),
+                        self.num_blocks, self.block_size, self.num_blocks * self.block_size,
+                        self.num_blocks * mr.block_bytes / 2**20, self.num_cpu_blocks)
 
     # ---------------------------------------------------------------- KV sizing
     def _determine_num_blocks(self) -> int:

@@ -20,7 +20,7 @@ from runner.engine.config import SchedulerConfig
 from runner.engine.prefix_cache import ROOT_HASH, extend_block_hashes, hash_block
 from runner.engine.scheduler import Scheduler
 from runner.engine.scheduler_output import ModelRunnerOutput, SampledToken
-from runner.engine.sequence import Sequence, SequenceGroup, SequenceStatus
+from runner.engine.sequence import Sequence, SequenceGroup
 
 ATOL = 1e-5
 VOCAB = 384
@@ -375,10 +375,10 @@ def test_preemption_in_the_middle_of_a_shared_prefix(tiny_model_factory, hf_cach
     victims = []
     real = Scheduler._preempt_unit
 
-    def spy(self, seq, out):
+    def spy(self, seq, *args):
         shared = sum(self.block_manager.ref_counts[b] > 1 for b in seq.block_table)
         victims.append((seq.num_computed_tokens, seq.prompt_len, shared))
-        return real(self, seq, out)
+        return real(self, seq, *args)
 
     monkeypatch.setattr(Scheduler, "_preempt_unit", spy)
     prompts = (_prompts(seed=0, n=3, prefix_len=9, own=(6, 9))
