@@ -31,7 +31,19 @@ from runner.engine.model_runner import ModelRunner
 
 logger = logging.getLogger("runner.engine")
 
-_CPU_KV_CACHE_BYTES = 4 << 30   # CPU has no memory profiling: cap the cache at 4 GiB
+
+def cpu_kv_cache_bytes() -> int:
+    """The most a CPU KV cache may take: VLLM_CPU_KVCACHE_SPACE GiB (vLLM's variable; unset,
+    empty or 0: its default, 4 GiB). CPU has no memory profiling to size it by."""
+    value = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "").strip()
+    try:
+        gib = float(value) if value else 0.0
+    except ValueError:
+        raise ValueError(f"VLLM_CPU_KVCACHE_SPACE must be a number of GiB, got {value!r}.") \
+            from None
+    if gib < 0:
+        raise ValueError(f"VLLM_CPU_KVCACHE_SPACE must be >= 0 GiB, got {value!r}.")
+    return int((gib or 4.0) * 2**30)
 
 
 def rank_device(config: EngineConfig, rank: int) -> torch.device:
@@ -63,7 +75,8 @@ class Worker:
                 f"the KV cache holds {self.num_blocks * self.block_size} tokens "
                 f"({self.num_blocks} blocks of {self.block_size}), fewer than max_model_len="
                 f"{max_len}: one sequence could never finish. Raise num_gpu_blocks_override "
-                "or gpu_memory_utilization, or lower max_model_len.")
+                "or gpu_memory_utilization (on CPU: VLLM_CPU_KVCACHE_SPACE, GiB), or lower "
+                "max_model_len.")
         # swap_space: GiB of host memory per rank for swapped-out sequence groups
         self.num_cpu_blocks = int(config.cache_config.swap_space * 2**30 // mr.block_bytes)
         mr.initialize_kv_cache(self.num_blocks, self.num_cpu_blocks)
@@ -80,8 +93,10 @@ class Worker:
             return cache.num_gpu_blocks_override
         sched = self.config.scheduler_config
         if self.device.type != "cuda":
+            # what max_num_seqs sequences of max_model_len tokens fill, within the CPU cap
             wanted = sched.max_num_seqs * cdiv(sched.max_model_len, self.block_size)
-            return max(1, min(wanted, _CPU_KV_CACHE_BYTES // self.model_runner.block_bytes))
+            cap = cpu_kv_cache_bytes() // self.model_runner.block_bytes
+            return max(1, min(wanted, cap))
         return self._profile_num_gpu_blocks()
 
     @torch.inference_mode()

@@ -247,3 +247,28 @@ def test_dtype_auto_is_float32_on_cpu_and_explicit_dtype_honoured(tiny_llama):
     llm = LLM(tiny_llama, dtype="bfloat16", max_model_len=32)
     assert llm.llm_engine.executor.model_runner.kv_caches[0].dtype == torch.bfloat16
     assert os.path.isdir(llm.llm_engine.model_config.model_path)
+
+
+def test_cpu_kv_cache_is_sized_to_the_batch_within_vllm_cpu_kvcache_space(tiny_llama,
+                                                                           monkeypatch):
+    """On CPU the KV cache holds what max_num_seqs sequences of max_model_len tokens fill (not
+    a flat 4 GiB), at most VLLM_CPU_KVCACHE_SPACE GiB (vLLM's variable, default 4)."""
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    engine = LLM(tiny_llama, device="cpu", max_num_seqs=3, max_model_len=100).llm_engine
+    stats = engine.get_stats()
+    assert stats["num_gpu_blocks"] == 3 * 7                 # 3 x ceil(100 / 16)
+    caches = engine.executor.model_runner.kv_caches
+    assert sum(c.numel() * c.element_size() for c in caches) == stats["kv_cache_bytes"]
+    block_bytes = stats["kv_cache_bytes"] // stats["num_gpu_blocks"]
+    # the default run's shape wants more than 4 GiB of a big model: capped at 4 GiB
+    from runner.engine.worker import cpu_kv_cache_bytes
+    assert cpu_kv_cache_bytes() == 4 << 30
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", str(40 * block_bytes / 2**30))
+    engine = LLM(tiny_llama, device="cpu", max_num_seqs=256, max_model_len=100).llm_engine
+    assert engine.get_stats()["num_gpu_blocks"] == 40
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", str(2 * block_bytes / 2**30))
+    with pytest.raises(ValueError, match="VLLM_CPU_KVCACHE_SPACE"):
+        LLM(tiny_llama, device="cpu", max_model_len=100)
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "-1")
+    with pytest.raises(ValueError, match="VLLM_CPU_KVCACHE_SPACE must be >= 0"):
+        LLM(tiny_llama, device="cpu")
