@@ -82,7 +82,11 @@ class KVCacheManager:
         blocks, num_hit, served = hit
         self.block_manager.allocate(seq, blocks, num_hit)
         if served:
-            seq.group.prompt_logprobs.extend(served)
+            group = seq.group
+            group.prompt_logprobs.extend(served)
+            # (taken from the store: they are there already)
+            group.num_logprob_blocks = max(group.num_logprob_blocks,
+                                           len(group.prompt_logprobs) // self.block_size)
         if self.enable_caching:
             key = "prefix_cache_preempted_" if seq.num_preemptions else "prefix_cache_"
             self.stats[key + "queries"] += seq.num_tokens
@@ -102,7 +106,9 @@ class KVCacheManager:
         upto = min(end + 1, seq.prompt_len) // bs
         extend_block_hashes(seq.block_hashes, seq.token_ids, upto * bs, bs)
         k = group.sampling_params.prompt_logprobs
-        for i in range(len(group.prompt_logprobs) // bs, upto):
+        # from the first block not stored yet: its entries may be older than its hash (a
+        # block is registered once full, its entries are complete one token earlier)
+        for i in range(group.num_logprob_blocks, upto):
             self.logprob_store.mark_pending(seq.block_hashes[i], k)
 
     # ---------------------------------------------------------------- after a step

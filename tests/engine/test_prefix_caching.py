@@ -240,6 +240,26 @@ def test_prompt_logprob_requests_take_stored_entries_or_wait_a_step_for_them():
     assert fourth.prompt_logprobs[5] == (-5.0, 1, [])
 
 
+def test_a_hold_also_waits_for_entries_older_than_their_block():
+    """A block's prompt logprobs are complete one token before the block fills: after the
+    first chunk (7 of 10 tokens) block 1's entries exist but its hash is not cached yet; in
+    the step that fills it, a request reusing it still waits for them."""
+    sched, bm = _scheduler(budget=7)
+    ctx = list(range(10, 18))
+    _add(sched, 1, ctx + [60, 61], prompt_logprobs=1)
+    out = sched.schedule()
+    assert [(s.start, s.num_new_tokens) for s in out.scheduled] == [(0, 7)]
+    _step(sched, out)
+    second = _add(sched, 2, ctx + [70, 71], prompt_logprobs=1)
+    out = sched.schedule()
+    assert [(s.request_id, s.start, s.num_new_tokens) for s in out.scheduled] == [("1", 7, 3)]
+    _step(sched, out)
+    out = sched.schedule()
+    assert [(s.request_id, s.start, s.num_new_tokens) for s in out.scheduled
+            if s.request_id == "2"] == [("2", 7, 3)]
+    assert second.prompt_logprobs[5] == (-5.0, 1, [(7, -0.5)])
+
+
 def test_evicting_a_block_drops_its_prompt_logprobs():
     sched, bm = _scheduler(num_blocks=12, budget=64)
     ctx = list(range(10, 26))
@@ -492,3 +512,24 @@ def test_reset_prefix_cache_from_the_llm(tiny_llama):
     assert llm.llm_engine.get_stats()["prefix_cache_hits"] == hits    # nothing to hit
     with pytest.raises(NotImplementedError, match="reset_running_requests"):
         llm.reset_prefix_cache(reset_running_requests=True)
+
+
+# ------------------------------------------------------------------------ on the GPU
+@pytest.mark.gpu
+@pytest.mark.parametrize("kv_cache_dtype", ["auto", "fp8"])
+def test_gpu_caching_on_equals_off(tiny_model_factory, kv_cache_dtype):
+    """Triton kernels, CUDA graphs for the decode steps, async scheduling, and the fp8 cache:
+    the kernels see only block tables and slot mappings, so caching changes nothing but the
+    work (tolerance: the GPU's float32 dots sum in batch-dependent orders)."""
+    path = tiny_model_factory("llama_gqa")
+    kw = dict(device="cuda", kernel_backend="triton", kv_cache_dtype=kv_cache_dtype,
+              num_gpu_blocks_override=512)
+    prompts = _prompts() + _boundary_prompts() + _mc_prompts()
+    params = [GREEDY if i % 3 else SamplingParams(temperature=0, max_tokens=8,
+                                                   ignore_eos=True, logprobs=2)
+              for i in range(len(prompts))]
+    on, stats = _run(path, prompts, params, True, **kw)
+    off, _ = _run(path, prompts, params, False, **kw)
+    assert stats["prefix_cache_hits"] > 0 and stats["cuda_graph_steps"] > 0
+    for a, b in zip(on, off):
+        _assert_same(a, b, atol=2e-3)
