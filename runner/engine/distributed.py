@@ -191,6 +191,9 @@ class StepInput:
     broadcast_input_ids: bool = False
     blocks_to_swap_out: Optional[np.ndarray] = None   # [K, 2] int64 (gpu, cpu)
     blocks_to_swap_in: Optional[np.ndarray] = None    # [K, 2] int64 (cpu, gpu)
+    # the first rows are prompt-logprob rows: their logits come in chunks (every rank's
+    # logits all-gather takes part in each)
+    num_prompt_rows: int = 0
 
 
 class StepChannel:
@@ -208,9 +211,10 @@ class StepChannel:
             rows = step.rows if step.rows is not None else np.zeros(0, np.int64)
             pairs = [np.zeros((0, 2), np.int64) if p is None else p for p in (
                 step.blocks_to_copy, step.blocks_to_swap_out, step.blocks_to_swap_in)]
-            header[1:9] = (step.num_tokens, step.num_seqs, step.width,
-                           -1 if step.rows is None else len(rows), len(pairs[0]),
-                           int(step.broadcast_input_ids), len(pairs[1]), len(pairs[2]))
+            header[1:10] = (step.num_tokens, step.num_seqs, step.width,
+                            -1 if step.rows is None else len(rows), len(pairs[0]),
+                            int(step.broadcast_input_ids), len(pairs[1]), len(pairs[2]),
+                            step.num_prompt_rows)
             parts += [*staged, rows.astype(np.int64),
                       *(p.astype(np.int64).ravel() for p in pairs)]
         buf = np.concatenate(parts)
@@ -224,8 +228,8 @@ def recv_step(conn, inputs) -> tuple[int, Optional[StepInput]]:
     cmd = int(flat[0])
     if cmd != EXECUTE:
         return cmd, None
-    num_tokens, n, width, num_rows, num_copies, broadcast, num_out, num_in = (
-        int(v) for v in flat[1:9])
+    num_tokens, n, width, num_rows, num_copies, broadcast, num_out, num_in, num_prompt = (
+        int(v) for v in flat[1:10])
     at = _HEADER + inputs.unpack(num_tokens, n, width, flat[_HEADER:])
     rows = None
     if num_rows >= 0:
@@ -236,4 +240,4 @@ def recv_step(conn, inputs) -> tuple[int, Optional[StepInput]]:
         pairs.append(flat[at:at + 2 * count].reshape(count, 2).copy() if count else None)
         at += 2 * count
     return cmd, StepInput(num_tokens, n, width, rows, pairs[0], bool(broadcast), pairs[1],
-                          pairs[2])
+                          pairs[2], num_prompt)

@@ -38,8 +38,7 @@ from runner.engine.distributed import StepInput, TensorParallelGroup
 from runner.engine.input_batch import InputBuilder
 from runner.engine.model_loader import get_model
 from runner.engine.parallel import ParallelContext
-from runner.engine.sampler import Sampler, SamplerTensors, SamplingRequest, \
-    compute_prompt_logprobs
+from runner.engine.sampler import PromptLogprobs, Sampler, SamplerTensors, SamplingRequest
 from runner.engine.scheduler_output import ModelRunnerOutput, SchedulerOutput
 
 logger = logging.getLogger("runner.engine")
@@ -56,12 +55,14 @@ def seed_for(seed: int, index: int) -> int:
 
 @dataclass
 class LaunchedStep:
-    """A step whose forward pass is launched: its logits [R, V] (None when no row needs them)
-    and which rows sample / carry prompt logprobs."""
+    """A step whose forward pass is launched: the logits [S, V] of its sampling rows (None
+    when none samples), which sequence each row is, and its prompt logprobs (reduced on the
+    device chunk by chunk) with the first row of each sequence's among them."""
     out: SchedulerOutput
     logits: Optional[torch.Tensor]
-    sample_rows: list          # (scheduled index, logits row)
-    prompt_rows: list          # (scheduled index, first logits row)
+    sample_rows: list                  # (scheduled index, logits row)
+    prompt_rows: list                  # (scheduled index, first prompt-logprob row)
+    prompt_logprobs: Optional[PromptLogprobs] = None
 
 
 @dataclass
@@ -167,46 +168,58 @@ class ModelRunner:
         for rid in out.finished_req_ids:
             self._generators.pop(rid, None)
         inputs = self.inputs
+        acc = None
         if out.scheduled:
             shape = inputs.stage(out)
             qsl = inputs.query_start_loc(shape[1])
-            rows, sample_rows, prompt_rows = self._logit_rows(out, qsl)
+            rows, num_prompt, sample_rows, prompt_rows, targets, k = self._logit_rows(out, qsl)
             fill = self._placeholder_fill(out, qsl, shape[0])
+            if num_prompt:
+                acc = PromptLogprobs(to_device(targets, torch.long, self.device), k)
         else:                   # a step of swap-outs only
-            shape, rows, sample_rows, prompt_rows, fill = (0, 0, 0), [], [], [], None
+            shape, rows, num_prompt, sample_rows, prompt_rows, fill = (0, 0, 0), [], 0, [], [], \
+                None
 
         def pairs(blocks):
             return np.asarray(blocks, np.int64) if blocks else None
-        # rows ascend within [0, num_tokens): as many as tokens means every row, in order
-        step = StepInput(*shape, rows=None if len(rows) == shape[0] and rows
+        # sampling rows ascend within [0, num_tokens): as many as tokens means all, in order
+        step = StepInput(*shape, rows=None if len(rows) == shape[0] and rows and not num_prompt
                          else np.asarray(rows, np.int64),
                          blocks_to_copy=pairs(out.blocks_to_copy),
                          broadcast_input_ids=fill is not None and send is not None,
                          blocks_to_swap_out=pairs(out.blocks_to_swap_out),
-                         blocks_to_swap_in=pairs(out.blocks_to_swap_in))
+                         blocks_to_swap_in=pairs(out.blocks_to_swap_in),
+                         num_prompt_rows=num_prompt)
         self.times["stage_s"] += time.perf_counter() - t0
         if send is not None:
             send(step, inputs.pack(*shape))
-        logits = self.execute(step, fill)     # on CUDA: launched, not finished
-        return LaunchedStep(out, logits, sample_rows, prompt_rows)
+        logits = self.execute(step, fill, acc)    # on CUDA: launched, not finished
+        return LaunchedStep(out, logits, sample_rows, prompt_rows, acc)
 
     @staticmethod
     def _logit_rows(out: SchedulerOutput, qsl: list[int]):
-        """Which hidden rows need logits: prompt positions whose prompt_logprobs were asked
-        for, and the last token of each sequence that samples."""
+        """Which hidden rows need logits: first the prompt positions whose prompt_logprobs
+        were asked for, then the last token of each sequence that samples. Returns (rows,
+        how many are prompt rows, (scheduled index, sampling row), (scheduled index, first
+        prompt row), the prompt rows' target ids, their largest top-k)."""
         rows: list[int] = []
+        samples: list[int] = []
         sample_rows: list[tuple[int, int]] = []
         prompt_rows: list[tuple[int, int]] = []
+        targets: list[int] = []
+        k = 0
         for i, s in enumerate(out.scheduled):
-            base = qsl[i] - s.start           # hidden row of position p: base + p
             spec = s.prompt_logprobs
             if spec is not None:
+                base = qsl[i] - s.start           # hidden row of position p: base + p
                 prompt_rows.append((i, len(rows)))
                 rows += range(base + spec.first, base + spec.first + len(spec.targets))
+                targets += spec.targets
+                k = max(k, spec.k)
             if s.sample is not None:
-                sample_rows.append((i, len(rows)))
-                rows.append(qsl[i + 1] - 1)
-        return rows, sample_rows, prompt_rows
+                sample_rows.append((i, len(samples)))
+                samples.append(qsl[i + 1] - 1)
+        return rows + samples, len(rows), sample_rows, prompt_rows, targets, k
 
     def _lost(self, request_id: str) -> StepLostError:
         return StepLostError(
@@ -240,12 +253,16 @@ class ModelRunner:
         t = time.perf_counter()
         out, logits = step.out, step.logits
         result = ModelRunnerOutput()
-        if logits is not None:
+        if step.prompt_logprobs is not None:
+            entries = step.prompt_logprobs.entries()
             for i, at in step.prompt_rows:
                 s = out.scheduled[i]
                 spec = s.prompt_logprobs
-                result.prompt_logprobs[s.seq_id] = compute_prompt_logprobs(
-                    logits[at:at + len(spec.targets)], spec.targets, spec.k)
+                cut = spec.k < step.prompt_logprobs.k
+                result.prompt_logprobs[s.seq_id] = [
+                    (lp, rank, top[:spec.k]) if cut else (lp, rank, top)
+                    for lp, rank, top in entries[at:at + len(spec.targets)]]
+        if logits is not None:
             beam_rows = [(i, at) for i, at in step.sample_rows
                          if out.scheduled[i].sample.beam is not None]
             if beam_rows:
@@ -356,10 +373,12 @@ class ModelRunner:
 
     # ------------------------------------------------------------ every rank's step
     @torch.inference_mode()
-    def execute(self, step: StepInput, fill: Optional[tuple[torch.Tensor, torch.Tensor]] = None
-                ) -> Optional[torch.Tensor]:
-        """Run a staged step; returns the logits [R, V] of the rows that need them (float32)
-        on every rank, or None when no row does.
+    def execute(self, step: StepInput, fill: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+                prompt_logprobs: Optional[PromptLogprobs] = None) -> Optional[torch.Tensor]:
+        """Run a staged step; returns the logits [S, V] of its sampling rows (float32) on
+        every rank, or None when none samples. The prompt-logprob rows' logits come first,
+        max_num_seqs rows at a time (their float32 [rows, vocab] transients stay within what
+        the memory profile measured), into `prompt_logprobs` on the driver.
 
         `fill` (async scheduling, the driver): (index [2, P], sampled [R]) on the device:
         input row index[0, j] takes the token sampled in row index[1, j] of the step before,
@@ -403,8 +422,15 @@ class ModelRunner:
         if step.rows is not None:
             if not len(step.rows):
                 return None
-            hidden = hidden[numpy_to_device(step.rows, hidden.device)]
-        return self.logits(hidden).float()                                  # [R, V]
+            hidden = hidden[numpy_to_device(step.rows, hidden.device)]      # [R, H]
+        chunk = self.config.scheduler_config.max_num_seqs
+        for at in range(0, step.num_prompt_rows, chunk):
+            logits = self.logits(hidden[at:min(at + chunk, step.num_prompt_rows)])
+            if prompt_logprobs is not None:
+                prompt_logprobs.add(logits)
+        if hidden.shape[0] == step.num_prompt_rows:
+            return None
+        return self.logits(hidden[step.num_prompt_rows:]).float()           # [S, V]
 
     def _swap(self, out_pairs: Optional[np.ndarray], in_pairs: Optional[np.ndarray]) -> None:
         """Swap-outs (gpu -> cpu blocks), then swap-ins (cpu -> gpu), on the raw bytes of
