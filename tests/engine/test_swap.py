@@ -20,7 +20,8 @@ BEAMS = SamplingParams(use_beam_search=True, best_of=3, n=3, temperature=0.0, ma
 
 
 def _run(path, params, **kw):
-    llm = LLM(path, max_model_len=48, block_size=4, dtype="float32", device="cpu", **kw)
+    llm = LLM(path, **{**dict(max_model_len=48, block_size=4, dtype="float32", device="cpu"),
+                       **kw})
     try:
         outs = llm.generate(PROMPTS, params, use_tqdm=False)
         stats = llm.llm_engine.get_stats()
@@ -137,3 +138,13 @@ def test_swap_books_keep_sharing_and_counts():
 def test_bad_swap_arguments(tiny_llama, kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         LLM(tiny_llama, **kwargs)
+
+
+@pytest.mark.gpu
+def test_gpu_swapped_beams_equal_no_preemption(path):
+    """On CUDA the swap space is pinned host memory; Triton kernels and CUDA graphs."""
+    kw = dict(device="cuda", kernel_backend="triton")
+    roomy, _ = _run(path, BEAMS, **kw)
+    outs, stats = _run(path, BEAMS, swap_space=0.01, **TIGHT, **kw)
+    assert stats["num_swapped_out"] > 0
+    _assert_same(outs, roomy, atol=2e-3)
