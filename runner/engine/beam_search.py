@@ -106,7 +106,7 @@ class BeamSearchState:
         hyp = BeamHypothesis(token_ids=[], cumulative_logprob=c.total,
                              score=self._penalize(c.total, gen_len),
                              finish_reason=c.finish_reason)
-        hyp._candidate = c                      # noqa: SLF001 (resolved by the engine)
+        hyp._candidate = c                      # noqa: SLF001 (resolved by advance_beams)
         self.finished.append(hyp)
         self.finished.sort(key=lambda h: -h.score)
         del self.finished[self.beam_width:]

@@ -142,6 +142,7 @@ class BlockManager:
                 del self.free_queue[b]
             self.ref_counts[b] += 1
         seq.block_table = list(hit_blocks)
+        seq.table_snapshot = None
         seq.num_cached_blocks = len(hit_blocks)
         seq.num_computed_tokens = num_computed
 
@@ -153,6 +154,7 @@ class BlockManager:
         """
         if not self.can_append(seq, num_new_tokens):
             raise RuntimeError(f"append_slots without free blocks for {seq}")
+        seq.table_snapshot = None
         copies = []
         if self._needs_cow(seq, num_new_tokens):
             i = seq.num_computed_tokens // self.block_size
@@ -196,6 +198,7 @@ class BlockManager:
 
     def fork(self, parent: Sequence, child: Sequence) -> None:
         child.block_table = list(parent.block_table)
+        child.table_snapshot = parent.table_snapshot
         for block in child.block_table:
             self.ref_counts[block] += 1
         child.block_hashes = list(parent.block_hashes)
@@ -207,6 +210,7 @@ class BlockManager:
         for block in reversed(seq.block_table):
             self._release(block)
         seq.block_table = []
+        seq.table_snapshot = None
         seq.num_cached_blocks = 0
 
     # ------------------------------------------------------------------ swapping
@@ -235,6 +239,7 @@ class BlockManager:
             for b in reversed(seq.block_table):
                 self._release(b)
             seq.block_table = table
+            seq.table_snapshot = None
             seq.num_cached_blocks = 0
         return pairs
 
@@ -255,6 +260,7 @@ class BlockManager:
             for c in seq.block_table:
                 cpu._release(c)
             seq.block_table = table
+            seq.table_snapshot = None
         return pairs
 
     def begin_step(self) -> None:

@@ -22,16 +22,27 @@ def needs_history(p) -> bool:
 
 
 def scheduled_seq(seq: Sequence, start: int, num_new_tokens: int) -> ScheduledSeq:
+    """(Called for every scheduled sequence of every step: the decode case stays cheap.)"""
     end = start + num_new_tokens
-    sample = sample_spec(seq) if end == seq.num_tokens else None
-    placeholder = seq.placeholder_step if sample is not None and \
-        seq.placeholder_step is not None else -1
-    return ScheduledSeq(seq.seq_id, seq.group.request_id, start, seq.token_ids[start:end],
-                        list(seq.block_table), placeholder, sample,
+    token_ids = seq.token_ids
+    if end == len(token_ids):
+        sample = seq.sample_spec or sample_spec(seq)
+        placeholder = -1 if seq.placeholder_step is None else seq.placeholder_step
+    else:
+        sample, placeholder = None, -1
+    group = seq.group
+    table = seq.table_snapshot
+    if table is None:
+        table = seq.table_snapshot = tuple(seq.block_table)
+    return ScheduledSeq(seq.seq_id, group.request_id, start, token_ids[start:end],
+                        table, placeholder, sample,
+                        None if group.prompt_logprobs is None else
                         prompt_logprob_spec(seq, start, end))
 
 
 def sample_spec(seq: Sequence) -> SampleSpec:
+    """What the sample of `seq`'s last row needs; kept on the sequence (`seq.sample_spec`)
+    while it stays the same from step to step (no fork ahead, no beam, no history)."""
     group = seq.group
     p = group.sampling_params
     if group.beam is not None:
@@ -41,9 +52,14 @@ def sample_spec(seq: Sequence) -> SampleSpec:
         return SampleSpec(p, (seq.index,), group.prompt_token_ids, None, beam)
     fork = not group.forked and group.num_seqs > 1
     indices = tuple(range(group.num_seqs)) if fork else (seq.index,)
-    # copying the generated tokens costs O(length) per step: only when a rule reads them
-    history = seq.token_ids[seq.prompt_len:seq.num_known_tokens] if needs_history(p) else None
-    return SampleSpec(p, indices, group.prompt_token_ids, history)
+    if needs_history(p):
+        # copying the generated tokens costs O(length) per step: only when a rule reads them
+        return SampleSpec(p, indices, group.prompt_token_ids,
+                          seq.token_ids[seq.prompt_len:seq.num_known_tokens])
+    spec = SampleSpec(p, indices, group.prompt_token_ids)
+    if not fork:
+        seq.sample_spec = spec
+    return spec
 
 
 def prompt_logprob_spec(seq: Sequence, start: int, end: int):

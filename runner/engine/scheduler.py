@@ -299,8 +299,10 @@ class Scheduler:
             budget -= k
         # the blocks the surviving running sequences fill this step are cached from now on
         # (not earlier: a sequence preempted above computes nothing)
-        for c in chunks:
-            kv.cache_scheduled(c.seq, c.start + c.num_new_tokens)
+        if kv.enable_caching:
+            for c in chunks:
+                if (c.start + c.num_new_tokens) // block_size > c.seq.num_cached_blocks:
+                    kv.cache_scheduled(c.seq, c.start + c.num_new_tokens)
 
         # 2. swapped-out units come back, then 3. waiting sequences are admitted; neither
         # when this step had to preempt (memory is tight), and no admission before every
@@ -400,7 +402,8 @@ class Scheduler:
     # ------------------------------------------------------------ plain output
     def _plain(self, c: _Chunk, now: float) -> ScheduledSeq:
         seq = c.seq
-        seq.group.maybe_set_first_scheduled(now)
+        if seq.group.metrics.first_scheduled_time is None:
+            seq.group.maybe_set_first_scheduled(now)
         if c.start < seq.prompt_len:
             self.num_prompt_tokens += c.num_new_tokens
         return scheduled_seq(seq, c.start, c.num_new_tokens)

@@ -4,8 +4,8 @@
                                                        -> Scheduler.update_from_output()
 
 No live Sequence crosses: a scheduled sequence is its id, the input ids of the positions it
-computes, a copy of its block table and, when its chunk reaches its end, what its sample needs
-(SampleSpec). The model runner keeps no request state but the random generators of seeded
+computes, its block table (an immutable snapshot) and, when its chunk reaches its end, what its
+sample needs (SampleSpec). The model runner keeps no request state but the random generators of seeded
 requests and the device copy of the last step it sampled without reading back (async
 scheduling: an input id of PLACEHOLDER_TOKEN_ID is that step's token for the same sequence).
 Everything here is read-only once built; lists such as `prompt_token_ids` are the request's own
@@ -64,7 +64,7 @@ class ScheduledSeq:
     request_id: str
     start: int                       # this step computes positions [start, start + len)
     token_ids: list[int]             # their input ids
-    block_table: list[int]
+    block_table: tuple[int, ...]
     placeholder_step: int = -1       # >= 0: its last input id is that step's unread sample
     sample: Optional[SampleSpec] = None
     prompt_logprobs: Optional[PromptLogprobSpec] = None

@@ -60,6 +60,9 @@ class Sequence:
         self.token_ids: list[int] = list(prompt_token_ids)   # prompt + output
         self.num_computed_tokens = 0
         self.block_table: list[int] = []
+        # an immutable copy for the step's plain output, made again only after the block
+        # manager changed the table (it resets this)
+        self.table_snapshot: Optional[tuple[int, ...]] = None
         # automatic prefix caching: the hashes of this sequence's full, known blocks, and how
         # many leading blocks of block_table the block manager has registered or taken cached
         self.block_hashes: list[bytes] = []
@@ -76,6 +79,7 @@ class Sequence:
         # whether that token surely ends it (its length limit), so it gets no further step
         self.placeholder_step: Optional[int] = None
         self.finishing = False
+        self.sample_spec = None                 # the scheduler's, while it does not change
         # the output processor's
         self.output_logprobs: list[dict[int, Logprob]] = []
         self.output_text = ""
