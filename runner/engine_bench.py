@@ -13,14 +13,6 @@
     python -m runner.engine_bench --model llama3_8b --workload mc --num-prompts 1000 \
         [--context-len 512 --choice-len 16 --num-choices 4] [--no-prefix-caching]
 
-Models are real shapes with random weights (load_format='dummy'): a named shape from
-MODEL_SHAPES or a local model folder. Prompts are random token ids with fixed input/output
-lengths and ignore_eos, as in vLLM's benchmark_throughput/benchmark_latency. The result goes to
-outputs/bench/<run-id>/benchmark.json with the device, the command, the engine's KV-cache
-numbers, peak memory, the measured matmul and copy ceilings and the ratios against them (and
-against HF transformers generate when asked). The runner's `mode=bench` (runner/bench_mode.py)
-runs the same workloads from the composed Hydra config into a versioned run folder.
-
 Evaluation's shapes, for automatic prefix caching (on unless --no-prefix-caching):
 - prefix: an evaluation set, one few-shot prefix of --prefix-len tokens before each prompt's
   own --input-len tokens, --output-len tokens out. Prompts are built exactly as
@@ -32,6 +24,14 @@ Evaluation's shapes, for automatic prefix caching (on unless --no-prefix-caching
   every choice one request with prompt_logprobs=1, max_tokens=1, temperature 0 (lm-eval's
   vLLM parameters). Same random source and warm-up / reset order (16 warm-up items).
 Both record the timed run's prefix-cache queries and hits (tokens, vLLM's counters).
+
+Models are real shapes with random weights (load_format='dummy'): a named shape from
+MODEL_SHAPES or a local model folder. Prompts are random token ids with fixed input/output
+lengths and ignore_eos, as in vLLM's benchmark_throughput/benchmark_latency. The result goes to
+outputs/bench/<run-id>/benchmark.json with the device, the command, the engine's KV-cache
+numbers, peak memory, the measured matmul and copy ceilings and the ratios against them (and
+against HF transformers generate when asked). The runner's `mode=bench` (runner/bench_mode.py)
+runs the same workloads from the composed Hydra config into a versioned run folder.
 """
 from __future__ import annotations
 
