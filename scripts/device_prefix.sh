@@ -9,8 +9,9 @@
 #             max_num_seqs 512, max_num_batched_tokens 8192)
 #     mc      1000 items of a 512-token context and 4 choices of 16 tokens, prompt_logprobs=1,
 #             max_tokens 1 (lm-eval's loglikelihood requests)
-#   bash scripts/device_prefix.sh tests    the tests only
-#   bash scripts/device_prefix.sh bench    the benchmarks only
+#   bash scripts/device_prefix.sh tests    the tests only        } the two halves, for two calls
+#   bash scripts/device_prefix.sh bench    the benchmarks only   } if one call's limit is tight
+# (the per-command timeouts add up to about ten minutes; expected: ~2 min tests, ~6 min bench)
 # Each benchmark's log goes to $OUT/<name>.log (benchmark.json under outputs/bench as usual);
 # `show` prints the figures and the prefix-cache counters (queries / hits, in tokens).
 # vLLM's side of the prefix workload, in the same lease (see ../shared/peers/README.md):
@@ -32,17 +33,16 @@ MC="--workload mc --num-prompts 1000 --context-len 512 --choice-len 16 --num-cho
 if [ "$mode" = all ] || [ "$mode" = tests ]; then
   # the GPU tests of the files touched: prefix caching and swap on Triton + CUDA graphs (+ fp8),
   # and the GPU path (graphs, memory profiling) through the restructured step
-  timeout 170 python3 -m pytest -q -p no:cacheprovider -m gpu tests/engine/test_prefix_caching.py \
+  timeout 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/engine/test_prefix_caching.py \
       tests/engine/test_swap.py tests/engine/test_gpu_path.py 2>&1 | tee "$OUT/tests_gpu.log" | tail -10
-  # the CPU tests of the new step, on the GPU machine (the engine picks CUDA and Triton where
-  # a test does not name the device)
-  timeout 110 python3 -m pytest -q -p no:cacheprovider tests/engine/test_scheduler.py \
-      tests/engine/test_async_scheduling.py tests/engine/test_triton_backend.py 2>&1 \
-      | tee "$OUT/tests_cpu_on_gpu.log" | tail -6
+  # the step's own tests and the Triton backend's, on the GPU machine (the engine picks CUDA
+  # and Triton where a test does not name the device)
+  timeout 40 python3 -m pytest -q -p no:cacheprovider tests/engine/test_scheduler.py \
+      tests/engine/test_triton_backend.py 2>&1 | tee "$OUT/tests_cpu_on_gpu.log" | tail -6
 fi
 if [ "$mode" = all ] || [ "$mode" = bench ]; then
-  runp prefix_on 110 --model llama3_8b $PREFIX
-  runp prefix_off 130 --model llama3_8b $PREFIX --no-prefix-caching
-  runp mc_on 80 --model llama3_8b $MC
-  runp mc_off 110 --model llama3_8b $MC --no-prefix-caching
+  runp prefix_on 100 --model llama3_8b $PREFIX
+  runp prefix_off 135 --model llama3_8b $PREFIX --no-prefix-caching
+  runp mc_on 70 --model llama3_8b $MC
+  runp mc_off 115 --model llama3_8b $MC --no-prefix-caching
 fi
