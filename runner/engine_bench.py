@@ -9,12 +9,29 @@
     python -m runner.engine_bench --model llama2_13b --tensor-parallel-size 2 ...
     python -m runner.engine_bench --model llama3_8b --quantization fp8 ...   (awq, gptq too)
     python -m runner.engine_bench --model llama3_8b --cpu-offload-gb 8 ...
+    python -m runner.engine_bench --model llama3_8b --workload prefix --num-prompts 2000 \
+        --prefix-len 1024 --input-len 256 --output-len 64 --max-num-seqs 512 \
+        --max-num-batched-tokens 8192 [--no-prefix-caching]
+    python -m runner.engine_bench --model llama3_8b --workload mc --num-prompts 1000 \
+        [--context-len 512 --choice-len 16 --num-choices 4] [--no-prefix-caching]
+
+Evaluation's shapes, for automatic prefix caching (on unless --no-prefix-caching):
+- prefix: an evaluation set, one few-shot prefix of --prefix-len tokens before each prompt's
+  own --input-len tokens, --output-len tokens out. Prompts are built exactly as
+  ../shared/peers/vllm_peer.py builds them (random.Random(seed): the shared prefix first, then a
+  64-prompt warm-up, then the timed prompts; ids in [10, vocab - 10)), the warm-up fills the
+  cache and reset_prefix_cache() empties it before the timed run, so the figures compare.
+- mc: a multiple-choice evaluation (lm-eval's loglikelihood requests): --num-prompts items,
+  each a --context-len token context followed by --num-choices choices of --choice-len tokens,
+  every choice one request with prompt_logprobs=1, max_tokens=1, temperature 0 (lm-eval's
+  vLLM parameters). Same random source and warm-up / reset order (16 warm-up items).
+Both record the timed run's prefix-cache queries and hits (tokens, vLLM's counters).
 
 Models are real shapes with random weights (load_format='dummy'): a named shape from
 MODEL_SHAPES or a local model folder. With --quantization awq / gptq the named shape's
 config.json carries that method's quantization_config (4 bits, groups of 128), so the dummy
-weights are valid packed int4 tensors; fp8 quantizes the dummy 16-bit weights at load. Prompts are random token ids with fixed input/output
-lengths and ignore_eos, as in vLLM's benchmark_throughput/benchmark_latency. The result goes to
+weights are valid packed int4 tensors; fp8 quantizes the dummy 16-bit weights at load.
+Prompts are random token ids with fixed input/output lengths and ignore_eos, as in vLLM's benchmark_throughput/benchmark_latency. The result goes to
 outputs/bench/<run-id>/benchmark.json with the device, the command, the engine's KV-cache
 numbers, peak memory, the measured matmul and copy ceilings and the ratios against them (and
 against HF transformers generate when asked). The runner's `mode=bench`
@@ -198,6 +215,93 @@ def run_latency(llm, batch_size: int, input_len: int, output_len: int, warmup: i
             "latencies_s": times, "output_tokens_per_s": batch_size * output_len / med}
 
 
+def peer_rng_prompts(rng: random.Random, n: int, input_len: int, vocab: int) -> list[list[int]]:
+    """vllm_peer.py's random prompts: ids in [10, vocab - 10)."""
+    return [[rng.randrange(10, vocab - 10) for _ in range(input_len)] for _ in range(n)]
+
+
+def _prefix_stats(llm) -> dict:
+    stats = llm.llm_engine.get_stats()
+    return {k: stats[k] for k in ("prefix_cache_queries", "prefix_cache_hits",
+                                  "num_prompt_tokens", "num_steps")}
+
+
+def _timed_generate(llm, prompts: list, sp) -> tuple[list, float, dict]:
+    """generate() timed, with the prefix-cache counters and computed prompt tokens of just
+    this run."""
+    before = _prefix_stats(llm)
+    _sync()
+    start = time.perf_counter()
+    outs = llm.generate(prompts, sp, use_tqdm=False)
+    _sync()
+    elapsed = time.perf_counter() - start
+    after = _prefix_stats(llm)
+    delta = {k: after[k] - before[k] for k in after}
+    delta["computed_prompt_tokens"] = delta.pop("num_prompt_tokens")
+    delta["prefix_cache_hit_rate"] = (delta["prefix_cache_hits"] / delta["prefix_cache_queries"]
+                                      if delta["prefix_cache_queries"] else 0.0)
+    return outs, elapsed, delta
+
+
+def run_prefix(llm, prefix_len: int, input_len: int, output_len: int, num_prompts: int,
+               vocab: int, seed: int) -> dict:
+    """The shared-prefix workload, prompts as vllm_peer.py's `prefix` builds them."""
+    from runner.engine import SamplingParams
+    sp = SamplingParams(temperature=1.0, top_p=1.0, ignore_eos=True, max_tokens=output_len,
+                        detokenize=False)
+    rng = random.Random(seed)
+    shared = [rng.randrange(10, vocab - 10) for _ in range(prefix_len)]
+
+    def own(n):
+        return [{"prompt_token_ids": shared + p}
+                for p in peer_rng_prompts(rng, n, input_len, vocab)]
+
+    llm.generate(own(min(64, num_prompts)), sp, use_tqdm=False)   # warm-up (caches the prefix)
+    llm.reset_prefix_cache()
+    outs, elapsed, cache = _timed_generate(llm, own(num_prompts), sp)
+    gen = sum(len(o.outputs[0].token_ids) for o in outs)
+    n_in = num_prompts * (prefix_len + input_len)
+    return {"elapsed_s": elapsed, "num_requests": num_prompts, "prefix_len": prefix_len,
+            "input_len": input_len, "prompt_tokens": n_in, "output_tokens": gen,
+            "total_tokens_per_s": (n_in + gen) / elapsed,
+            "requests_per_s": num_prompts / elapsed, **cache}
+
+
+def mc_prompts(rng: random.Random, num_items: int, context_len: int, choice_len: int,
+               num_choices: int, vocab: int) -> list[dict]:
+    """num_items items of one context and num_choices continuations each, flattened: item i's
+    choices are prompts i * num_choices ... (i + 1) * num_choices - 1."""
+    prompts = []
+    for _ in range(num_items):
+        ctx = [rng.randrange(10, vocab - 10) for _ in range(context_len)]
+        prompts += [{"prompt_token_ids": ctx + [rng.randrange(10, vocab - 10)
+                                                for _ in range(choice_len)]}
+                    for _ in range(num_choices)]
+    return prompts
+
+
+def run_mc(llm, num_items: int, context_len: int, choice_len: int, num_choices: int,
+           vocab: int, seed: int) -> dict:
+    """The multiple-choice workload: every choice's prompt logprobs, one token out."""
+    from runner.engine import SamplingParams
+    sp = SamplingParams(temperature=0, prompt_logprobs=1, max_tokens=1, detokenize=False)
+    rng = random.Random(seed)
+    shape = (context_len, choice_len, num_choices, vocab)
+    llm.generate(mc_prompts(rng, min(16, num_items), *shape), sp, use_tqdm=False)   # warm-up
+    llm.reset_prefix_cache()
+    prompts = mc_prompts(rng, num_items, *shape)
+    outs, elapsed, cache = _timed_generate(llm, prompts, sp)
+    n_in = sum(len(p["prompt_token_ids"]) for p in prompts)
+    if any(len(o.prompt_logprobs) != len(p["prompt_token_ids"]) for o, p in zip(outs, prompts)):
+        raise RuntimeError("a request came back without a logprob for every prompt token")
+    n_out = sum(len(o.outputs[0].token_ids) for o in outs)
+    return {"elapsed_s": elapsed, "num_items": num_items, "num_requests": len(prompts),
+            "context_len": context_len, "choice_len": choice_len, "num_choices": num_choices,
+            "prompt_tokens": n_in, "output_tokens": n_out,
+            "total_tokens_per_s": (n_in + n_out) / elapsed, "items_per_s": num_items / elapsed,
+            "requests_per_s": len(prompts) / elapsed, **cache}
+
+
 def run_hf_throughput(folder: str, prompts: list, output_len: int, batch_size: int,
                       dtype: torch.dtype, device: torch.device) -> dict:
     """HF transformers generate on the same shapes (its own random weights), batch by batch."""
@@ -269,14 +373,29 @@ def build_llm(folder: str, args, enforce_eager: bool):
               disable_custom_all_reduce=getattr(args, "disable_custom_all_reduce", False),
               distributed_timeout_s=getattr(args, "distributed_timeout_s", 600.0),
               quantization=getattr(args, "quantization", None),
-              cpu_offload_gb=getattr(args, "cpu_offload_gb", 0))
+              cpu_offload_gb=getattr(args, "cpu_offload_gb", 0),
+              enable_prefix_caching=not getattr(args, "no_prefix_caching", False))
     if args.max_num_batched_tokens:
         kw["max_num_batched_tokens"] = args.max_num_batched_tokens
     if args.max_model_len:
         kw["max_model_len"] = args.max_model_len
+    elif args.workload in ("prefix", "mc"):
+        # vllm_peer.py's max_model_len, so that both engines capture and schedule alike (a
+        # small model's own limit below it stays)
+        from transformers import AutoConfig
+        limit = getattr(AutoConfig.from_pretrained(folder), "max_position_embeddings", None)
+        want = max(2048, _workload_len(args))
+        if not limit or want <= limit:
+            kw["max_model_len"] = want
     if args.kernel_backend:
         kw["kernel_backend"] = args.kernel_backend
     return LLM(folder, **kw)
+
+
+def _workload_len(args) -> int:
+    if args.workload == "mc":
+        return args.context_len + args.choice_len + 1
+    return args.prefix_len + args.input_len + args.output_len
 
 
 def engine_facts(llm) -> dict:
@@ -296,9 +415,11 @@ def engine_facts(llm) -> dict:
     facts["custom_all_reduce"] = stats["custom_all_reduce"]
     # the method the engine resolved (a checkpoint's config.json may name it)
     facts["quantization"] = llm.llm_engine.model_config.quantization
-    offloader = getattr(getattr(llm.llm_engine.model_runner, "model", None), "cpu_offloader",
-                        None)
+    model = getattr(llm.llm_engine.executor.model_runner, "model", None)
+    offloader = getattr(model, "cpu_offloader", None)
     facts["cpu_offloaded_bytes"] = offloader.offloaded_bytes if offloader is not None else 0
+    facts["enable_prefix_caching"] = stats["enable_prefix_caching"]
+    facts["num_swapped_out"] = stats["num_swapped_out"]
     if torch.cuda.is_available():
         total = torch.cuda.get_device_properties(0).total_memory
         peak = torch.cuda.max_memory_allocated()
@@ -353,6 +474,19 @@ def run(args) -> dict:
                                    args.hf_batch_size, getattr(torch, args.dtype), device)
             result["hf_transformers"] = hf
             result["speedup_vs_hf"] = res["total_tokens_per_s"] / hf["total_tokens_per_s"]
+    elif args.workload in ("prefix", "mc"):
+        llm = build_llm(folder, args, args.enforce_eager)
+        if args.workload == "prefix":
+            res = run_prefix(llm, args.prefix_len, args.input_len, args.output_len,
+                             args.num_prompts, vocab, args.seed)
+        else:
+            res = run_mc(llm, args.num_prompts, args.context_len, args.choice_len,
+                         args.num_choices, vocab, args.seed)
+        res.update(engine_facts(llm))
+        result["engine"] = res
+        _close(llm, res)
+        del llm
+        _free()
     elif args.workload == "beam":
         prompts = random_prompts(args.num_prompts, args.input_len, vocab, args.seed)
         llm = build_llm(folder, args, args.enforce_eager)
@@ -413,9 +547,17 @@ def parse_args(argv: Optional[list] = None):
     ap = argparse.ArgumentParser(prog="python -m runner.engine_bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="llama3_8b")
-    ap.add_argument("--workload", choices=["throughput", "latency", "beam"], default="throughput")
+    ap.add_argument("--workload", choices=["throughput", "latency", "beam", "prefix", "mc"],
+                    default="throughput")
+    ap.add_argument("--prefix-len", type=int, default=1024,
+                    help="prefix: shared tokens before each prompt's own --input-len")
+    ap.add_argument("--context-len", type=int, default=512, help="mc: each item's context")
+    ap.add_argument("--choice-len", type=int, default=16, help="mc: tokens of each choice")
+    ap.add_argument("--num-choices", type=int, default=4, help="mc: choices per item")
+    ap.add_argument("--no-prefix-caching", action="store_true",
+                    help="enable_prefix_caching=False (it is on by default, as in vLLM)")
     ap.add_argument("--beam-width", type=int, default=4)
-    ap.add_argument("--num-prompts", type=int, default=1000)
+    ap.add_argument("--num-prompts", type=int, default=1000, help="(mc: items)")
     ap.add_argument("--input-len", type=int, default=256)
     ap.add_argument("--output-len", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=1)

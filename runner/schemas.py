@@ -71,7 +71,9 @@ class EngineConfig:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
-    swap_space: float = 4
+    swap_space: float = 4  # GiB of CPU memory per GPU for swapped-out groups (n > 1, beams)
+    # swap | recompute; null: groups of several sequences swap, single ones recompute
+    preemption_mode: Optional[str] = None
     cpu_offload_gb: float = 0
     enforce_eager: Optional[bool] = None
     max_seq_len_to_capture: int = 8192
@@ -85,7 +87,7 @@ class EngineConfig:
     device: str = "auto"
     num_gpu_blocks_override: Optional[int] = None
     enable_chunked_prefill: Optional[bool] = None
-    enable_prefix_caching: bool = False
+    enable_prefix_caching: bool = True  # automatic prefix caching, on as in vLLM v1
     kv_cache_dtype: str = "auto"  # auto (the model's dtype) | fp8 | fp8_e4m3 | fp8_e5m2
     kernel_backend: str = "auto"  # auto (Triton on CUDA) | triton | torch (reference ops)
     distributed_timeout_s: float = 600.0  # tensor parallelism: a hung worker's error after this

@@ -21,7 +21,7 @@ llm = LLM(model_folder(args.model), load_format="dummy", dtype="bfloat16",
           skip_tokenizer_init=True, max_num_seqs=512,
           max_num_batched_tokens=args.max_num_batched_tokens,
           kv_cache_dtype=args.kv_cache_dtype, gpu_memory_utilization=0.9)
-sampler = llm.llm_engine.model_runner.sampler
+sampler = llm.llm_engine.executor.model_runner.sampler
 prompts = random_prompts(1000, 256, 128000, 0)
 run_throughput(llm, prompts[:64], 32)                     # warm-up: compiles both paths' kernels
 sampler.use_triton = False

@@ -2,9 +2,11 @@
 
 The engine runs a request's beams as ordinary sequences of one group (they fork their parent's
 KV blocks and decode in the same batches as everything else). After each step the model runner
-hands over, for every live beam, its best candidate tokens with their log-probabilities; `step()`
-decides the next beams and the finished hypotheses. The rules are HF transformers' beam search,
-so that results match it token for token:
+hands over, for every live beam, its best candidate tokens with their log-probabilities; once
+every live beam has them, the scheduler calls `advance_beams`, whose `BeamSearchState.step()`
+decides the next beams and the finished hypotheses; the parents are forked for the extra
+children and the beams that died end. The rules are HF transformers' beam search, so that
+results match it token for token:
 
 - candidates are scored by the beam's cumulative logprob plus the token's; the best
   K = max(2, 1 + number of EOS tokens) * beam_width across all beams are considered, best first;
@@ -19,7 +21,9 @@ so that results match it token for token:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Callable, Optional, Union
+
+from runner.engine.scheduler_output import SampledToken
 
 _NEG = -1.0e9
 
@@ -102,7 +106,7 @@ class BeamSearchState:
         hyp = BeamHypothesis(token_ids=[], cumulative_logprob=c.total,
                              score=self._penalize(c.total, gen_len),
                              finish_reason=c.finish_reason)
-        hyp._candidate = c                      # noqa: SLF001 (resolved by the engine)
+        hyp._candidate = c                      # noqa: SLF001 (resolved by advance_beams)
         self.finished.append(hyp)
         self.finished.sort(key=lambda h: -h.score)
         del self.finished[self.beam_width:]
@@ -132,3 +136,63 @@ class BeamSearchState:
                                            "length", lps))
         hyps.sort(key=lambda h: -h.score)
         return hyps[:n]
+
+
+def advance_beams(group, live: list, fork: Callable) -> None:
+    """One beam-search step of request `group` whose `live` beams (Sequences) all hold their
+    candidates: next beams (`fork(parent)` makes a new running beam sharing the parent's
+    blocks), finished hypotheses, and the dead beams marked finished (freed by the scheduler).
+    Log-probabilities are kept raw (SampledToken); the output builder makes their dicts."""
+    from runner.engine.sequence import SequenceStatus
+    state = group.beam
+    want_lps = group.sampling_params.logprobs
+    cands = [list(zip(*q.beam_candidates)) for q in live]
+    running = state.step([q.cumulative_logprob for q in live], cands, live[0].num_output_tokens)
+    for hyp in state.finished:
+        c = getattr(hyp, "_candidate", None)
+        if c is None:
+            continue
+        parent = live[c.parent]
+        hyp.token_ids = parent.output_token_ids + [c.token_id]
+        if want_lps is not None:
+            hyp.logprobs = parent.sampled_logprobs + [_raw_logprob(parent, c)]
+        del hyp._candidate
+    new_beams = []
+    if not state.done:
+        # first decide who continues each candidate: the parent itself for its best child, a
+        # fork of the (still unchanged) parent for any further child
+        assigned, used = [], set()
+        for c in running:
+            parent = live[c.parent]
+            if c.parent in used:
+                beam = fork(parent)
+            else:
+                used.add(c.parent)
+                beam = parent
+            assigned.append((beam, c))
+        for beam, c in assigned:
+            if want_lps is not None:
+                beam.sampled_logprobs.append(_raw_logprob(live[c.parent], c))
+            beam.append_token(c.token_id, c.logprob)
+            new_beams.append(beam)
+        group.forked = True
+    for q in live:
+        q.beam_candidates = None
+        if state.done or q not in new_beams:
+            q.status = SequenceStatus.FINISHED_STOPPED
+    if state.done:
+        beams = [(q.output_token_ids, q.cumulative_logprob,
+                  q.sampled_logprobs if want_lps is not None else None) for q in live]
+        group.beam_results = state.final(beams, group.sampling_params.n)
+        group.seqs = live
+    else:
+        for i, beam in enumerate(new_beams):
+            beam.index = i
+        group.seqs = new_beams
+
+
+def _raw_logprob(parent, c: BeamCandidate) -> SampledToken:
+    ids, lps = parent.beam_candidates
+    k = parent.sampling_params.logprobs or 0
+    rank = ids.index(c.token_id) + 1 if c.token_id in ids else None
+    return SampledToken(c.token_id, c.logprob, rank, list(zip(ids[:k], lps[:k])))

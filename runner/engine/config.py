@@ -58,6 +58,20 @@ class ModelConfig:
         archs = getattr(self.hf_config, "architectures", None) or []
         return archs[0] if archs else "<none in config.json>"
 
+    def eos_token_ids(self) -> list[int]:
+        """Every EOS id the model lists, in order: config.json's eos_token_id, then those of
+        generation_config.json (HF generate's source; Llama-3 Instruct lists <|eot_id|>
+        there), each an int or a list. Empty when neither lists one."""
+        ids: list[int] = []
+        sources = [getattr(self.hf_config, "eos_token_id", None),
+                   _read_json(os.path.join(self.model_path, "generation_config.json")).get(
+                       "eos_token_id")]
+        for value in sources:
+            for t in (value if isinstance(value, (list, tuple)) else [value]):
+                if isinstance(t, int) and not isinstance(t, bool) and t not in ids:
+                    ids.append(t)
+        return ids
+
 
 @dataclass
 class CacheConfig:
@@ -67,6 +81,7 @@ class CacheConfig:
     num_gpu_blocks_override: Optional[int]
     enable_prefix_caching: bool
     num_gpu_blocks: Optional[int] = None   # set by the model runner after sizing
+    num_cpu_blocks: int = 0                # swap space per rank, in blocks (set with it)
     cache_dtype: Optional[torch.dtype] = None   # the KV cache's dtype (None: the model's)
     kv_cache_dtype: str = "auto"                # as the user gave it
 
@@ -77,6 +92,10 @@ class SchedulerConfig:
     max_num_seqs: int
     max_model_len: int
     enable_chunked_prefill: bool
+    # how a sequence group with several sequences (best_of > 1, beams) is preempted: its KV
+    # blocks swapped to CPU memory ("swap", and None: the default) or dropped and computed
+    # again ("recompute"); a single sequence is always recomputed
+    preemption_mode: Optional[str] = None
 
 
 @dataclass
@@ -142,7 +161,8 @@ class EngineArgs:
     device: str = "auto"
     num_gpu_blocks_override: Optional[int] = None
     enable_chunked_prefill: Optional[bool] = None
-    enable_prefix_caching: bool = False
+    enable_prefix_caching: Optional[bool] = True    # vLLM v1: on; None means on too
+    preemption_mode: Optional[str] = None   # 'swap' | 'recompute' (None: swap groups)
     kv_cache_dtype: str = "auto"
     max_logprobs: int = 20
     download_dir: Optional[str] = None
@@ -169,9 +189,9 @@ class EngineArgs:
             raise NotImplementedError(
                 f"pipeline_parallel_size={self.pipeline_parallel_size} is not supported "
                 "(only 1).")
-        if self.enable_prefix_caching:
-            raise NotImplementedError(
-                "enable_prefix_caching=True is not supported yet; use False.")
+        if self.enable_prefix_caching not in (None, True, False):
+            raise ValueError(f"enable_prefix_caching must be True, False or None (on), got "
+                             f"{self.enable_prefix_caching!r}.")
         if self.tokenizer_mode not in ("auto", "slow"):
             raise NotImplementedError(
                 f"tokenizer_mode={self.tokenizer_mode!r} is not supported; use 'auto' or 'slow'.")
@@ -215,9 +235,31 @@ class EngineArgs:
                 self.cpu_offload_gb, (int, float)) or self.cpu_offload_gb < 0:
             raise ValueError(f"cpu_offload_gb must be a number >= 0, got "
                              f"{self.cpu_offload_gb!r}.")
+        self._check_swap_space()
+        if self.preemption_mode not in (None, "swap", "recompute"):
+            raise ValueError(f"preemption_mode must be 'swap', 'recompute' or None, got "
+                             f"{self.preemption_mode!r}.")
         if self.max_seq_len_to_capture < 1:
             raise ValueError("max_seq_len_to_capture must be >= 1, got "
                              f"{self.max_seq_len_to_capture}.")
+
+    def _check_swap_space(self) -> None:
+        """swap_space: GiB of CPU memory per GPU (per tensor-parallel rank) for swapped-out
+        sequence groups; all ranks' together must fit in the machine's memory."""
+        if isinstance(self.swap_space, bool) or not isinstance(self.swap_space, (int, float)) \
+                or self.swap_space < 0:
+            raise ValueError(f"swap_space must be a number of GiB >= 0, got "
+                             f"{self.swap_space!r}.")
+        total = total_cpu_memory()
+        want = float(self.swap_space) * 2**30 * max(1, int(self.tensor_parallel_size))
+        if total and want > total:
+            raise ValueError(
+                f"swap_space={self.swap_space} GiB per GPU x {self.tensor_parallel_size} "
+                f"= {want / 2**30:.1f} GiB is more than this machine's memory "
+                f"({total / 2**30:.1f} GiB); lower swap_space.")
+        if total and want > 0.4 * total:
+            logger.warning("swap_space takes %.1f GiB of the machine's %.1f GiB of memory",
+                           want / 2**30, total / 2**30)
 
     # ------------------------------------------------------------ resolution
     def create_configs(self) -> EngineConfig:
@@ -285,11 +327,13 @@ class EngineArgs:
             cache_config=CacheConfig(
                 block_size=self.block_size, gpu_memory_utilization=self.gpu_memory_utilization,
                 swap_space=self.swap_space, num_gpu_blocks_override=self.num_gpu_blocks_override,
-                enable_prefix_caching=self.enable_prefix_caching, cache_dtype=cache_dtype,
+                enable_prefix_caching=self.enable_prefix_caching is not False,
+                cache_dtype=cache_dtype,
                 kv_cache_dtype=self.kv_cache_dtype),
             scheduler_config=SchedulerConfig(
                 max_num_batched_tokens=max_batched, max_num_seqs=self.max_num_seqs,
-                max_model_len=max_model_len, enable_chunked_prefill=chunked),
+                max_model_len=max_model_len, enable_chunked_prefill=chunked,
+                preemption_mode=self.preemption_mode),
             device_config=DeviceConfig(device),
             parallel_config=ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size,
                                            self.disable_custom_all_reduce,
@@ -396,6 +440,26 @@ def weight_files_in(folder: str, load_format: str) -> list:
               "pt": "*.bin"}[load_format]
     raise ValueError(f"no weight files ({wanted}) in model folder {folder!r} for "
                      f"load_format={load_format!r}; use load_format='dummy' for random weights.")
+
+
+def total_cpu_memory() -> int:
+    """The machine's physical memory in bytes (0 when it cannot be told)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _read_json(path: str) -> dict:
+    if not os.path.isfile(path):
+        return {}
+    import json
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read {path!r}: {exc}") from None
+    return data if isinstance(data, dict) else {}
 
 
 def load_hf_config(folder: str, trust_remote_code: bool):

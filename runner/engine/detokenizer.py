@@ -2,7 +2,7 @@ r"""Incremental detokenization and stop-string search for sequences that grow on
 
 Each running sequence owns an `IncrementalDetokenizer`. After every engine step the new token ids
 are appended; the detokenizer decodes only a small window of ids around them and returns the text
-they added, which the engine appends to `CompletionOutput.text` and then searches for stop
+they added, which the output processor appends to `CompletionOutput.text` and searches for stop
 strings with `find_stop_string` (tail only).
 
 Why a window: decoding a token alone is wrong for most tokenizers. Byte-level BPE tokens may hold

@@ -9,8 +9,9 @@ Rank 0 is the driver (the engine's own process); ranks 1..N-1 are worker process
   all-reduces take the custom one-shot path (runner/engine/custom_all_reduce.py);
 - the step's inputs, driver -> workers: `StepChannel`, one pipe per worker carrying one flat
   int64 array per step (header, the staged input arrays, the rows that need logits, the blocks
-  to copy). With async scheduling, input ids the driver sampled on its GPU and has not read
-  back follow on the device group (a broadcast from rank 0 before the forward). No tensor is
+  to swap out, swap in and copy: every rank moves its own shard of them). With async
+  scheduling, input ids the driver sampled on its GPU and has not read back follow on the
+  device group (a broadcast from rank 0 before the forward). No tensor is
   pickled per step; a worker waits on its pipe with no timeout while the engine is idle, and
   sees the driver's death as end-of-file.
 """
@@ -27,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 EXECUTE, SHUTDOWN = 1, 2
-_HEADER = 8
+_HEADER = 10
 
 
 def verify_tensor_parallel(tp_size: int, hf_config, device: torch.device,
@@ -188,6 +189,11 @@ class StepInput:
     # async scheduling: some input ids are tokens the driver sampled on its GPU and has not
     # read back; it broadcasts the step's input ids to the other ranks
     broadcast_input_ids: bool = False
+    blocks_to_swap_out: Optional[np.ndarray] = None   # [K, 2] int64 (gpu, cpu)
+    blocks_to_swap_in: Optional[np.ndarray] = None    # [K, 2] int64 (cpu, gpu)
+    # the first rows are prompt-logprob rows: their logits come in chunks (every rank's
+    # logits all-gather takes part in each)
+    num_prompt_rows: int = 0
 
 
 class StepChannel:
@@ -203,12 +209,14 @@ class StepChannel:
         parts = [header]
         if step is not None:
             rows = step.rows if step.rows is not None else np.zeros(0, np.int64)
-            copies = (step.blocks_to_copy if step.blocks_to_copy is not None
-                      else np.zeros((0, 2), np.int64))
-            header[1:7] = (step.num_tokens, step.num_seqs, step.width,
-                           -1 if step.rows is None else len(rows), len(copies),
-                           int(step.broadcast_input_ids))
-            parts += [*staged, rows.astype(np.int64), copies.astype(np.int64).ravel()]
+            pairs = [np.zeros((0, 2), np.int64) if p is None else p for p in (
+                step.blocks_to_copy, step.blocks_to_swap_out, step.blocks_to_swap_in)]
+            header[1:10] = (step.num_tokens, step.num_seqs, step.width,
+                            -1 if step.rows is None else len(rows), len(pairs[0]),
+                            int(step.broadcast_input_ids), len(pairs[1]), len(pairs[2]),
+                            step.num_prompt_rows)
+            parts += [*staged, rows.astype(np.int64),
+                      *(p.astype(np.int64).ravel() for p in pairs)]
         buf = np.concatenate(parts)
         for conn in self.conns:
             conn.send_bytes(buf)
@@ -220,11 +228,16 @@ def recv_step(conn, inputs) -> tuple[int, Optional[StepInput]]:
     cmd = int(flat[0])
     if cmd != EXECUTE:
         return cmd, None
-    num_tokens, n, width, num_rows, num_copies, broadcast = (int(v) for v in flat[1:7])
+    num_tokens, n, width, num_rows, num_copies, broadcast, num_out, num_in, num_prompt = (
+        int(v) for v in flat[1:10])
     at = _HEADER + inputs.unpack(num_tokens, n, width, flat[_HEADER:])
     rows = None
     if num_rows >= 0:
         rows = flat[at:at + num_rows].copy()
         at += num_rows
-    copies = flat[at:at + 2 * num_copies].reshape(num_copies, 2).copy() if num_copies else None
-    return cmd, StepInput(num_tokens, n, width, rows, copies, bool(broadcast))
+    pairs = []
+    for count in (num_copies, num_out, num_in):
+        pairs.append(flat[at:at + 2 * count].reshape(count, 2).copy() if count else None)
+        at += 2 * count
+    return cmd, StepInput(num_tokens, n, width, rows, pairs[0], bool(broadcast), pairs[1],
+                          pairs[2], num_prompt)

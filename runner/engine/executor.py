@@ -1,17 +1,30 @@
-"""Worker processes for tensor parallelism: start ranks 1..N-1, watch them, stop them.
+"""The executor: runs each step on the Worker(s) (vLLM's owner of the workers).
 
-The driver (rank 0, the engine's process) spawns one process per other rank (`spawn`, as CUDA
-needs), each with a duplex pipe: steps go down it (distributed.StepChannel), and status comes
-up it ("alive" once imports are done, "ready" once its Worker is built, or the traceback of the
-exception that killed it). A monitor thread waits on the processes' sentinels: when a worker
-dies it records why, kills the others and aborts the device group, so the driver's pending
-collective fails at once instead of hanging, and the engine raises a RuntimeError that names
-the rank, its exit code and its traceback. A worker that hangs makes the driver's collectives
-time out after `distributed_timeout_s`. Workers leave when the driver says so, when their pipe
-reaches end-of-file, or when their parent process is gone: no orphans.
+    Executor.execute_model(SchedulerOutput, overlap) -> ModelRunnerOutput
+                                                     | AsyncModelRunnerOutput (.get_output())
+
+With tensor_parallel_size=1 it owns one Worker in this process; with N > 1 the driver's Worker
+(rank 0) in this process and N-1 worker processes (`WorkerProcesses`). A step: the driver's
+ModelRunner stages the inputs and launches the forward pass, the executor sending the staged
+arrays to the other ranks first; then `overlap`, CPU work of the engine's that hides behind the
+GPU's (the previous step's output processing); then the sample. An `async_sample` step is
+sampled on the device and returned unread, as an AsyncModelRunnerOutput that the engine reads
+after launching the next step. An error of `overlap` is its own, not a worker failure: it is
+raised as it was once the step's collectives are done.
+
+Worker processes: the driver spawns one process per other rank (`spawn`, as CUDA needs), each
+with a duplex pipe: steps go down it (distributed.StepChannel), and status comes up it ("alive"
+once imports are done, "ready" once its Worker is built, or the traceback of the exception that
+killed it). A monitor thread waits on the processes' sentinels: when a worker dies it records
+why, kills the others and aborts the device group, so the driver's pending collective fails at
+once instead of hanging, and the engine raises a WorkerFailure that names the rank, its exit
+code and its traceback. A worker that hangs makes the driver's collectives time out after
+`distributed_timeout_s`. Workers leave when the driver says so, when their pipe reaches
+end-of-file, or when their parent process is gone: no orphans.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import multiprocessing.connection
@@ -20,10 +33,13 @@ import tempfile
 import threading
 import time
 import weakref
-from typing import Optional
+from typing import Callable, Optional
 
 from runner.engine.config import EngineConfig
-from runner.engine.distributed import SHUTDOWN, StepChannel, TensorParallelGroup
+from runner.engine.distributed import (EXECUTE, SHUTDOWN, StepChannel, TensorParallelGroup,
+                                       init_tensor_parallel)
+from runner.engine.model_runner import StepLostError
+from runner.engine.scheduler_output import ModelRunnerOutput, SchedulerOutput
 
 logger = logging.getLogger("runner.engine")
 
@@ -92,7 +108,7 @@ def _watch(executor_ref, sentinels: dict, wake, holder: dict) -> None:
         del executor
 
 
-class MultiprocExecutor:
+class WorkerProcesses:
     def __init__(self, config: EngineConfig, timeout_s: float):
         from runner.engine.worker import worker_main
 
@@ -220,3 +236,124 @@ class MultiprocExecutor:
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
+
+
+class AsyncModelRunnerOutput:
+    """An async_sample step's results, still on the device: `get_output()` waits for them."""
+
+    def __init__(self, executor: "Executor", pending):
+        self._executor = executor
+        self._pending = pending
+
+    def get_output(self) -> ModelRunnerOutput:
+        with self._executor.guard():
+            return self._executor.model_runner.finish(self._pending)
+
+
+class Executor:
+    def __init__(self, config: EngineConfig, eos_token_ids: tuple = ()):
+        from runner.engine.worker import Worker, rank_device
+
+        self.procs: Optional[WorkerProcesses] = None
+        tp_size = config.parallel_config.tensor_parallel_size
+        if tp_size > 1:
+            timeout = config.parallel_config.distributed_timeout_s
+            procs = self.procs = WorkerProcesses(config, timeout)
+            try:
+                procs.wait_for("alive")
+                tp = init_tensor_parallel(0, tp_size, procs.init_file, rank_device(config, 0),
+                                          procs.timeout_s)
+                procs.attach(tp)
+                self.driver_worker = Worker(config, 0, tp, eos_token_ids)
+                procs.attach(tp, release_graphs=self.driver_worker.model_runner.release_graphs)
+                procs.wait_for("ready")
+            except WorkerFailure:
+                procs.shutdown()
+                raise
+            except Exception as exc:
+                err = procs.explain(exc) if procs.failure is None or \
+                    isinstance(exc, RuntimeError) else WorkerFailure(procs.failure)
+                procs.shutdown()
+                raise err from exc
+            logger.info("tensor parallel: %d ranks (%s)", tp_size, tp.backend)
+        else:
+            self.driver_worker = Worker(config, eos_token_ids=eos_token_ids)
+        self.model_runner = self.driver_worker.model_runner
+        self.num_blocks = self.driver_worker.num_blocks
+        self.num_cpu_blocks = self.driver_worker.num_cpu_blocks
+        self._overlap_error: Optional[BaseException] = None
+
+    @property
+    def failure(self) -> Optional[str]:
+        return None if self.procs is None else self.procs.failure
+
+    @property
+    def pids(self) -> list[int]:
+        return [] if self.procs is None else self.procs.pids
+
+    @property
+    def custom_all_reduce(self) -> bool:
+        """Whether small all-reduces take the custom one-shot path (tensor parallel GPUs)."""
+        tp = self.driver_worker.tp
+        return tp is not None and tp.custom_all_reduce is not None
+
+    def shutdown(self) -> None:
+        """Stop the worker processes (also done when the engine is garbage collected or the
+        interpreter exits)."""
+        if self.procs is not None:
+            self.procs.shutdown()
+
+    # -------------------------------------------------------------------- step
+    def execute_model(self, out: SchedulerOutput, overlap: Optional[Callable] = None):
+        """Run one step. `overlap()` runs once the forward pass is launched and before its
+        results are read; it returns the ids of sequences it finished (no token is drawn for
+        them)."""
+        runner = self.model_runner
+        with self.guard():
+            launched = runner.launch(out, self._send if self.procs is not None else None)
+        ended = self._overlap(overlap)
+        with self.guard():
+            if out.async_sample:
+                result = AsyncModelRunnerOutput(self, runner.sample_async(launched, ended))
+            else:
+                result = runner.sample(launched, ended)
+        if self._overlap_error is not None:
+            exc, self._overlap_error = self._overlap_error, None
+            raise exc
+        return result
+
+    def _send(self, step, staged) -> None:
+        self.procs.channel.send(EXECUTE, step, staged)
+
+    def _overlap(self, work: Optional[Callable]):
+        """CPU work while the launched step computes; its error is kept for later (the step
+        itself goes on: every rank is in it)."""
+        self._overlap_error = None
+        if work is None:
+            return ()
+        try:
+            return work() or ()
+        except Exception as exc:
+            self._overlap_error = exc
+            return ()
+
+    @contextlib.contextmanager
+    def guard(self):
+        """Around every call that waits on the other ranks: a hung one fails the step after
+        distributed_timeout_s; a failed collective is explained as the worker failure."""
+        procs = self.procs
+        if procs is None:
+            yield
+            return
+        procs.check()
+        procs.step_started = time.monotonic()
+        try:
+            yield
+        except (WorkerFailure, StepLostError):
+            raise
+        except (RuntimeError, OSError) as exc:
+            raise procs.explain(exc) from exc
+        finally:
+            procs.step_started = None
+        # an aborted collective can return instead of raising: never hand on such a step
+        procs.check()

@@ -1,6 +1,7 @@
 """Step inputs: a SchedulerOutput -> flat token batch tensors and AttentionMetadata.
 
-Every scheduled sequence contributes tokens [start, start + num_new_tokens). Positions, slot
+Every scheduled sequence contributes its input ids for positions [start, start +
+num_new_tokens) and its block table (plain data: runner/engine/scheduler_output.py). Positions, slot
 mapping and the padded block table are computed with numpy (no per-token Python loops), staged in
 pinned host buffers on CUDA and copied with non_blocking=True, so the copies overlap with the
 rest of input preparation. The pinned buffers are reused every step: before they are
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from runner.engine.attention import AttentionMetadata
-from runner.engine.scheduler import SchedulerOutput
+from runner.engine.scheduler_output import SchedulerOutput
 
 
 class InputBuilder:
@@ -43,9 +44,6 @@ class InputBuilder:
     def _to_device(self, host: torch.Tensor) -> torch.Tensor:
         return host.to(self.device, non_blocking=self.pinned)
 
-    def build(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
-        return self.load(*self.stage(out))
-
     def stage(self, out: SchedulerOutput) -> tuple[int, int, int]:
         """Fill the host staging buffers for a step; returns (num_tokens, num_seqs, width), the
         extent of what was written (what `load` reads and `pack` sends to other ranks)."""
@@ -54,27 +52,27 @@ class InputBuilder:
         bs = self.block_size
         self._wait_for_copies()
         starts = np.fromiter((s.start for s in scheduled), np.int64, n)
-        qlens = np.fromiter((s.num_new_tokens for s in scheduled), np.int64, n)
+        qlens = np.fromiter((len(s.token_ids) for s in scheduled), np.int64, n)
         qsl = np.zeros(n + 1, np.int64)
         np.cumsum(qlens, out=qsl[1:])
         num_tokens = int(qsl[-1])
         seq_lens = starts + qlens
-        width = max(len(s.seq.block_table) for s in scheduled)
+        width = max(len(s.block_table) for s in scheduled)
         self._ensure(num_tokens, n, width)
         tables = self._tables.numpy()[:n, :width]
         tables.fill(0)
         for b, s in enumerate(scheduled):
-            bt = s.seq.block_table
+            bt = s.block_table
             tables[b, :len(bt)] = bt
         seq_of_token = np.repeat(np.arange(n), qlens)
         positions = np.arange(num_tokens) - np.repeat(qsl[:-1] - starts, qlens)
         slots = tables[seq_of_token, positions // bs].astype(np.int64) * bs + positions % bs
         i64 = self._i64.numpy()
         if n == num_tokens:        # decode-only: one token per sequence
-            i64[0, :n] = [s.seq.token_ids[s.start] for s in scheduled]
+            i64[0, :n] = [s.token_ids[0] for s in scheduled]
         else:
             i64[0, :num_tokens] = list(itertools.chain.from_iterable(
-                s.seq.token_ids[s.start:s.start + s.num_new_tokens] for s in scheduled))
+                s.token_ids for s in scheduled))
         i64[1, :num_tokens] = positions
         i64[2, :num_tokens] = slots
         i32 = self._i32.numpy()

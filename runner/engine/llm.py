@@ -174,13 +174,13 @@ class LLM:
         ids = self._add_requests(prompts, [sp] * len(prompts), beam_params=params)
         outputs = self._run_engine(ids, use_tqdm)
         tok = self.get_tokenizer()
-        eos = self.llm_engine.eos_token_id
+        eos = self.llm_engine.eos_token_ids
         results = []
         for out in outputs:
             seqs = []
             for c in out.outputs:
                 gen = list(c.token_ids)
-                if gen and gen[-1] == eos and c.finish_reason == "stop" and \
+                if gen and gen[-1] in eos and c.finish_reason == "stop" and \
                         not params.include_stop_str_in_output:
                     gen = gen[:-1]
                 tokens = list(out.prompt_token_ids) + gen
@@ -190,6 +190,17 @@ class LLM:
                                                finish_reason=c.finish_reason))
             results.append(BeamSearchOutput(sequences=seqs))
         return results
+
+    def reset_prefix_cache(self, reset_running_requests: bool = False,
+                           reset_connector: bool = False) -> bool:
+        """Forget every cached prefix (vLLM's): returns whether it was done, which needs that
+        no request holds KV blocks (it is meant for between generate() calls)."""
+        self._check_generative("reset_prefix_cache")
+        if reset_running_requests or reset_connector:
+            raise NotImplementedError(
+                "reset_prefix_cache(reset_running_requests=True / reset_connector=True) is not "
+                "supported: call it with no request running (there is no KV connector).")
+        return self.llm_engine.reset_prefix_cache()
 
     # ---------------------------------------------------------------------- chat
     def chat(self, messages, sampling_params: Optional[Union[SamplingParams,

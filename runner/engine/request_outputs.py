@@ -1,6 +1,8 @@
 """RequestOutputs from the engine's sequences: the completions of a request as it stands (best_of
 and beam search choose theirs when it finishes), and the logprob dictionaries of vLLM's API
-(the sampled token and the top alternatives, each with its rank and decoded text)."""
+(the sampled token and the top alternatives, each with its rank and decoded text), made from
+the raw logprobs the scheduler keeps. Used by the output processor
+(runner/engine/output_processor.py)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -39,15 +41,26 @@ class RequestOutputBuilder:
                     text = text[:-p.output_text_buffer_length] or ""
                 completions.append(CompletionOutput(
                     index=i if finished else seq.index, text=text,
-                    token_ids=seq.output_token_ids, cumulative_logprob=seq.cumulative_logprob,
+                    token_ids=seq.token_ids[seq.prompt_len:seq.num_known_tokens],
+                    cumulative_logprob=seq.cumulative_logprob,
                     logprobs=list(seq.output_logprobs) if p.logprobs is not None else None,
                     finish_reason=seq.status.finish_reason, stop_reason=seq.stop_reason))
         return RequestOutput(
             request_id=group.request_id, prompt=group.prompt,
             prompt_token_ids=group.prompt_token_ids,
-            prompt_logprobs=list(group.prompt_logprobs) if group.prompt_logprobs is not None
-            else None,
+            prompt_logprobs=self._prompt_logprobs(group),
             outputs=completions, finished=finished, metrics=group.metrics)
+
+    def _prompt_logprobs(self, group: SequenceGroup) -> Optional[list]:
+        """The request's raw prompt-logprob entries as dicts (built once each)."""
+        if group.prompt_logprobs is None:
+            return None
+        dicts = group.prompt_logprob_dicts
+        ids = group.prompt_token_ids
+        for i in range(len(dicts), len(group.prompt_logprobs)):
+            e = group.prompt_logprobs[i]
+            dicts.append(None if e is None else self.logprob_dict(ids[i], *e))
+        return list(dicts)
 
     def _beam_completions(self, group: SequenceGroup, finished: bool) -> list[CompletionOutput]:
         """Finished: the n best hypotheses by length-penalized score. Running: the live beams,
@@ -58,10 +71,12 @@ class RequestOutputBuilder:
                      for h in group.beam_results]
         else:
             items = [(q.output_token_ids, q.cumulative_logprob,
-                      list(q.output_logprobs) if p.logprobs is not None else None, None)
+                      q.sampled_logprobs if p.logprobs is not None else None, None)
                      for q in group.seqs[:p.n]]
         out = []
-        for i, (tokens, cum, lps, reason) in enumerate(items):
+        for i, (tokens, cum, raw, reason) in enumerate(items):
+            lps = None if raw is None else [
+                self.logprob_dict(t.token_id, t.logprob, t.rank, t.top_logprobs) for t in raw]
             text = "" if self.tokenizer is None or not p.detokenize else self.tokenizer.decode(
                 tokens, skip_special_tokens=p.skip_special_tokens)
             out.append(CompletionOutput(index=i, text=text, token_ids=list(tokens),

@@ -8,8 +8,8 @@ goes through, in this order:
      what `SampledToken.logprob`, `.rank` and `.top_logprobs` report, like vLLM v1's default
      ("raw_logprobs"): they do not depend on penalties, temperature or filters.
   2. logits processors (params.logits_processors), in list order, row by row;
-  3. min_tokens: while fewer than min_tokens tokens were generated, eos and the stop token ids
-     are set to -inf so that the sequence cannot end;
+  3. min_tokens: while fewer than min_tokens tokens were generated, every EOS id and the stop
+     token ids are set to -inf so that the sequence cannot end;
   4. repetition penalty over tokens seen in the prompt or the output (positive logits divided by
      the penalty, others multiplied), then frequency and presence penalties over output tokens:
      logit -= frequency_penalty * count + presence_penalty * (count > 0);
@@ -40,8 +40,9 @@ them back. Nothing before that read waits for the GPU (small index and parameter
 through runner/engine/device_copy.py), so with async scheduling the model runner queues the
 sampler, starts the next step, and reads the tokens only then.
 
-`compute_prompt_logprobs` serves prompt_logprobs: the raw log-probability and rank of each
-prompt token given the positions before it, plus the top few alternatives.
+`PromptLogprobs` (and `compute_prompt_logprobs`, one chunk) serves prompt_logprobs: the raw
+log-probability and rank of each prompt token given the positions before it, plus the top few
+alternatives, from logits that come chunk by chunk.
 """
 from __future__ import annotations
 
@@ -53,6 +54,7 @@ import torch
 
 from runner.engine.device_copy import host_to_device, to_device
 from runner.engine.sampling_params import SamplingParams, SamplingType
+from runner.engine.scheduler_output import SampledToken
 
 
 @dataclass
@@ -63,17 +65,7 @@ class SamplingRequest:
     prompt_token_ids: list[int]
     output_token_ids: list[int]  # tokens this sequence generated before this step
     generator: torch.Generator | None = None  # per-sequence, for seeded requests
-    eos_token_id: int | None = None
-
-
-@dataclass(slots=True)  # one per row per step: slots keep creation cheap
-class SampledToken:
-    """The token drawn for one row, with raw (pre-processing) log-probabilities."""
-
-    token_id: int
-    logprob: float
-    rank: int  # 1-based rank of token_id under the raw distribution
-    top_logprobs: list[tuple[int, float]] | None  # best first; None unless params.logprobs set
+    eos_token_ids: tuple[int, ...] = ()  # the model's EOS ids: min_tokens bans them all
 
 
 # What one sampler call returns, one entry per logits row (the DESIGN's "SamplerOutput").
@@ -254,6 +246,44 @@ class Sampler:
         return (probs / q).argmax(dim=-1)
 
 
+class PromptLogprobs:
+    """Raw log-probabilities of prompt tokens from logits that come in chunks of rows (the
+    model runner bounds the [rows, vocab] float32 transients this way).
+
+    targets [P] on the logits' device: row i scores targets[i]; `add` takes the next rows'
+    logits [n, vocab]; `entries` reads everything back at once: per row (logprob of the
+    target, its 1-based rank, the k best (id, logprob), best first)."""
+
+    def __init__(self, targets: torch.Tensor, k: int):
+        self.targets = targets
+        self.k = k
+        self._at = 0
+        self._parts: list = []
+
+    def add(self, logits: torch.Tensor) -> None:
+        n = logits.shape[0]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)  # [n, V]
+        target_lp = logprobs.gather(1, self.targets[self._at:self._at + n, None])  # [n, 1]
+        ranks = (logprobs > target_lp).sum(dim=-1) + 1  # [n]
+        k = min(self.k, logprobs.shape[1])
+        top = logprobs.topk(k, dim=-1) if k > 0 else None  # [n, k] each
+        self._parts.append((target_lp.squeeze(1), ranks, top))
+        self._at += n
+
+    def entries(self) -> list[tuple[float, int, list[tuple[int, float]]]]:
+        if not self._parts:
+            return []
+        lps = torch.cat([p[0] for p in self._parts]).tolist()
+        ranks = torch.cat([p[1] for p in self._parts]).tolist()
+        if self._parts[0][2] is not None:
+            vals = torch.cat([p[2].values for p in self._parts]).tolist()
+            ids = torch.cat([p[2].indices for p in self._parts]).tolist()
+            tops = [list(zip(i, v)) for i, v in zip(ids, vals)]
+        else:
+            tops = [[] for _ in lps]
+        return list(zip(lps, ranks, tops))
+
+
 def compute_prompt_logprobs(
     logits: torch.Tensor, target_token_ids: list[int], num_logprobs: int,
 ) -> list[tuple[float, int, list[tuple[int, float]]]]:
@@ -266,20 +296,11 @@ def compute_prompt_logprobs(
         raise ValueError(
             f"logits must be [T, vocab] with one row per target token, got shape "
             f"{tuple(logits.shape)} for {len(target_token_ids)} targets.")
-    if logits.shape[0] == 0:
-        return []
-    logprobs = torch.log_softmax(logits.float(), dim=-1)  # [T, V]
-    targets = torch.tensor(target_token_ids, dtype=torch.long, device=logits.device)  # [T]
-    target_lp = logprobs.gather(1, targets[:, None])  # [T, 1]
-    ranks = (logprobs > target_lp).sum(dim=-1) + 1  # [T]
-    k = min(num_logprobs, logprobs.shape[1])
-    if k > 0:
-        top_vals, top_ids = logprobs.topk(k, dim=-1)  # [T, k] each
-        tops = [list(zip(ids, vals)) for ids, vals in zip(top_ids.tolist(), top_vals.tolist())]
-    else:
-        tops = [[] for _ in target_token_ids]
-    return [(lp, rank, top) for lp, rank, top
-            in zip(target_lp.squeeze(1).tolist(), ranks.tolist(), tops)]
+    acc = PromptLogprobs(torch.tensor(target_token_ids, dtype=torch.long, device=logits.device),
+                         num_logprobs)
+    if logits.shape[0]:
+        acc.add(logits)
+    return acc.entries()
 
 
 # ---------------------------------------------------------------------- processing steps
@@ -332,9 +353,7 @@ def _apply_min_tokens(x: torch.Tensor, requests: list[SamplingRequest]) -> None:
         p = req.params
         if len(req.output_token_ids) >= p.min_tokens:
             continue
-        banned = set(p.stop_token_ids)
-        if req.eos_token_id is not None:
-            banned.add(req.eos_token_id)
+        banned = set(p.stop_token_ids) | set(req.eos_token_ids)
         for t in banned:
             if 0 <= t < vocab_size:
                 rows.append(i)

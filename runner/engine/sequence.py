@@ -1,4 +1,4 @@
-"""Sequences and requests: the token state the scheduler and the engine share.
+"""Sequences and requests: the token state the scheduler owns and the output processor reads.
 
 A `Sequence` is one stream of tokens (prompt + generated) with its block table and the count of
 tokens whose KV is already in the cache (`num_computed_tokens`). Every step the scheduler gives
@@ -10,11 +10,16 @@ A `SequenceGroup` is one request: its sampling params, its n sequences (forked f
 when the prompt's first token is sampled) and the request-level outputs (prompt logprobs,
 timing metrics).
 
-With async scheduling (runner/engine/llm_engine.py) a sequence's newest token can be a
-placeholder: the step that samples it is still on the GPU when the next step is scheduled.
-`append_placeholder` stands in for it (the scheduler only counts tokens), the next step takes
-its input id from the GPU (`pending_row`: the row of the sampler's output that holds it), and
-`fill_placeholder` writes the real token once it is read back.
+Who writes what: the scheduler (runner/engine/scheduler.py) its tokens, blocks, status and raw
+logprobs (`sampled_logprobs`, the request's `prompt_logprobs`); the output processor
+(runner/engine/output_processor.py) its text, its detokenizer and the logprob dicts of vLLM's
+API (`output_logprobs`, `prompt_logprob_dicts`).
+
+With async scheduling a sequence's newest token can be a placeholder: the step that samples it
+is still on the GPU when the next step is scheduled. `append_placeholder` stands in for it
+(`placeholder_step`: the step that holds it; the model runner takes the next step's input id
+from that step's tokens on the device) and `fill_placeholder` writes the real token once it is
+read back.
 """
 from __future__ import annotations
 
@@ -22,21 +27,17 @@ import enum
 import time
 from typing import Optional
 
-import torch
-
 from runner.engine.outputs import Logprob, RequestMetrics
 from runner.engine.sampling_params import SamplingParams
-
-
-PLACEHOLDER_TOKEN_ID = -1
-
+from runner.engine.scheduler_output import PLACEHOLDER_TOKEN_ID, SampledToken
 
 class SequenceStatus(enum.IntEnum):
     WAITING = 0
     RUNNING = 1
-    FINISHED_STOPPED = 2
-    FINISHED_LENGTH_CAPPED = 3
-    FINISHED_ABORTED = 4
+    SWAPPED = 2               # preempted with its KV blocks in the CPU swap space
+    FINISHED_STOPPED = 3
+    FINISHED_LENGTH_CAPPED = 4
+    FINISHED_ABORTED = 5
 
     @property
     def is_finished(self) -> bool:
@@ -51,7 +52,7 @@ class SequenceStatus(enum.IntEnum):
 
 class Sequence:
     def __init__(self, seq_id: int, group: "SequenceGroup", prompt_token_ids: list[int],
-                 index: int = 0, generator: Optional[torch.Generator] = None):
+                 index: int = 0):
         self.seq_id = seq_id
         self.group = group
         self.index = index                      # position among the request's n outputs
@@ -59,21 +60,31 @@ class Sequence:
         self.token_ids: list[int] = list(prompt_token_ids)   # prompt + output
         self.num_computed_tokens = 0
         self.block_table: list[int] = []
+        # an immutable copy for the step's plain output, made again only after the block
+        # manager changed the table (it resets this)
+        self.table_snapshot: Optional[tuple[int, ...]] = None
+        # automatic prefix caching: the hashes of this sequence's full, known blocks, and how
+        # many leading blocks of block_table the block manager has registered or taken cached
+        self.block_hashes: list[bytes] = []
+        self.num_cached_blocks = 0
+        self.num_preemptions = 0
         self.status = SequenceStatus.WAITING
-        self.generator = generator
         self.cumulative_logprob = 0.0
-        self.output_logprobs: list[dict[int, Logprob]] = []
-        self.output_text = ""
-        self.detokenizer = None                 # IncrementalDetokenizer, set by the engine
+        self.sampled_logprobs: list[SampledToken] = []        # when params.logprobs is set
         self.stop_reason: Optional[int | str] = None
         # beam search: this beam's best (token ids, logprobs) after its last forward, held until
         # every live beam of the request has its own
         self.beam_candidates: Optional[tuple[list[int], list[float]]] = None
-        # async scheduling: the row of the in-flight step's sampled tokens that holds this
-        # sequence's placeholder token, and whether that token surely ends it (its length
-        # limit), so that the scheduler gives it no further step
-        self.pending_row: Optional[int] = None
+        # async scheduling: the step whose unread sample is this sequence's last token, and
+        # whether that token surely ends it (its length limit), so it gets no further step
+        self.placeholder_step: Optional[int] = None
         self.finishing = False
+        self.sample_spec = None                 # the scheduler's, while it does not change
+        # the output processor's
+        self.output_logprobs: list[dict[int, Logprob]] = []
+        self.output_text = ""
+        self.detokenizer = None                 # IncrementalDetokenizer
+        self.num_detokenized = 0                # output tokens whose text is in output_text
 
     @property
     def request_id(self) -> str:
@@ -100,6 +111,11 @@ class Sequence:
         return len(self.token_ids) - self.prompt_len
 
     @property
+    def num_known_tokens(self) -> int:
+        """Tokens whose ids are on the host (all but a trailing placeholder)."""
+        return len(self.token_ids) - (self.placeholder_step is not None)
+
+    @property
     def num_uncomputed_tokens(self) -> int:
         return len(self.token_ids) - self.num_computed_tokens
 
@@ -110,27 +126,27 @@ class Sequence:
         self.token_ids.append(token_id)
         self.cumulative_logprob += logprob
 
-    def append_placeholder(self, row: int, length_limit: int) -> None:
-        """The token sampled in row `row` of a step still in flight; `length_limit` is the most
+    def append_placeholder(self, step_id: int, length_limit: int) -> None:
+        """The token that step `step_id`, still in flight, sampled; `length_limit` is the most
         tokens (prompt + output) this sequence may reach."""
         self.token_ids.append(PLACEHOLDER_TOKEN_ID)
-        self.pending_row = row
+        self.placeholder_step = step_id
         self.finishing = len(self.token_ids) >= length_limit
 
     def fill_placeholder(self, token_id: int, logprob: float) -> None:
         self.token_ids[-1] = token_id
         self.cumulative_logprob += logprob
-        self.pending_row = None
+        self.placeholder_step = None
 
-    def fork(self, seq_id: int, index: int, generator: Optional[torch.Generator]) -> "Sequence":
+    def fork(self, seq_id: int, index: int) -> "Sequence":
         """A child that shares everything computed so far (the block table is shared by the
         block manager's reference counts, not here)."""
-        child = Sequence(seq_id, self.group, self.token_ids[:self.prompt_len], index, generator)
+        child = Sequence(seq_id, self.group, self.token_ids[:self.prompt_len], index)
         child.token_ids = list(self.token_ids)
         child.num_computed_tokens = self.num_computed_tokens
         child.status = self.status
         child.cumulative_logprob = self.cumulative_logprob
-        child.output_logprobs = list(self.output_logprobs)
+        child.sampled_logprobs = list(self.sampled_logprobs)
         return child
 
     def __repr__(self) -> str:
@@ -152,7 +168,6 @@ class SequenceGroup:
         # sequences forked from the prompt's first sample: best_of (>= n) for random sampling
         self.num_seqs = sampling_params.best_of or sampling_params.n
         self.forked = False
-        self.generators: list = []
         self.beam = None                  # BeamSearchState for beam-search requests
         self.beam_temperature = 0.0
         self.beam_include_eos = True
@@ -162,8 +177,12 @@ class SequenceGroup:
                                       first_scheduled_time=None, first_token_time=None,
                                       time_in_queue=None, finished_time=None)
         # prompt_logprobs[i] is for prompt token i (None for the first), filled chunk by chunk
+        # (or from the prefix cache) with raw entries (logprob, rank, [(id, logprob)] top-k)
         self.prompt_logprobs: Optional[list] = (
             [None] if sampling_params.prompt_logprobs is not None else None)
+        # of those, the leading full blocks already offered to the prefix cache's store
+        self.num_logprob_blocks = 0
+        self.prompt_logprob_dicts: list = []     # the entries as vLLM's Logprob dicts
 
     @property
     def n(self) -> int:

@@ -1,14 +1,14 @@
-"""One tensor-parallel rank's part of the model runner: the model (or its shard), its paged KV
-cache, its CUDA graphs, and the forward pass of a staged step up to the logits.
+"""The Worker: one tensor-parallel rank's device, process group and ModelRunner (vLLM's owners).
 
-With tensor_parallel_size=1 the ModelRunner owns one Worker in its own process. With N > 1 the
-driver's Worker is rank 0 and ranks 1..N-1 run `worker_main` in processes of their own. Every
-rank builds its Worker the same way, so the collectives of start-up line up: load the weight
-shard, set up the custom all-reduce (GPUs), profile memory, agree on the smallest KV block
-count of all ranks, allocate the cache, capture CUDA graphs (whose forward holds all_reduce
-calls). Each step the driver stages the inputs, sends them (distributed.StepChannel) and runs
-`execute` like every worker; the logits shards are gathered on every rank and only the driver
-samples.
+With tensor_parallel_size=1 the executor owns one Worker in the engine's process. With N > 1
+the driver's Worker is rank 0 and ranks 1..N-1 run `worker_main` in processes of their own
+(started by runner/engine/executor.py). Every rank builds its Worker the same way, so the
+collectives of start-up line up: load the weight shard (the ModelRunner), set up the custom
+all-reduce (GPUs), size the KV cache (memory profiling on CUDA), agree on the smallest block
+count of all ranks, allocate the cache and capture CUDA graphs (whose forward holds all_reduce
+calls). Each step the driver's ModelRunner stages the inputs, the executor sends them
+(distributed.StepChannel) and every rank runs `ModelRunner.execute`; the logits shards are
+gathered on every rank and only the driver samples.
 """
 from __future__ import annotations
 
@@ -24,18 +24,26 @@ import torch
 from runner.engine.attention import AttentionMetadata
 from runner.engine.block_manager import cdiv
 from runner.engine.config import EngineConfig
-from runner.engine.cuda_graphs import CUDAGraphRunner, capture_batch_sizes, decode_num_splits
 from runner.engine.custom_all_reduce import MAX_BYTES
-from runner.engine.device_copy import numpy_to_device
-from runner.engine.distributed import (EXECUTE, StepInput, TensorParallelGroup,
-                                       init_tensor_parallel, recv_step)
-from runner.engine.input_batch import InputBuilder
-from runner.engine.model_loader import get_model
-from runner.engine.parallel import ParallelContext
+from runner.engine.distributed import (EXECUTE, TensorParallelGroup, init_tensor_parallel,
+                                       recv_step)
+from runner.engine.model_runner import ModelRunner
 
 logger = logging.getLogger("runner.engine")
 
-_CPU_KV_CACHE_BYTES = 4 << 30   # CPU has no memory profiling: cap the cache at 4 GiB
+
+def cpu_kv_cache_bytes() -> int:
+    """The most a CPU KV cache may take: VLLM_CPU_KVCACHE_SPACE GiB (vLLM's variable; unset,
+    empty or 0: its default, 4 GiB). CPU has no memory profiling to size it by."""
+    value = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "").strip()
+    try:
+        gib = float(value) if value else 0.0
+    except ValueError:
+        raise ValueError(f"VLLM_CPU_KVCACHE_SPACE must be a number of GiB, got {value!r}.") \
+            from None
+    if gib < 0:
+        raise ValueError(f"VLLM_CPU_KVCACHE_SPACE must be >= 0 GiB, got {value!r}.")
+    return int((gib or 4.0) * 2**30)
 
 
 def rank_device(config: EngineConfig, rank: int) -> torch.device:
@@ -47,31 +55,18 @@ def rank_device(config: EngineConfig, rank: int) -> torch.device:
 
 class Worker:
     def __init__(self, config: EngineConfig, rank: int = 0,
-                 tp: Optional[TensorParallelGroup] = None):
+                 tp: Optional[TensorParallelGroup] = None, eos_token_ids: tuple = ()):
         self.config = config
         self.rank, self.tp = rank, tp
         self.device = rank_device(config, rank)
         self.block_size = config.cache_config.block_size
-        self.use_triton = config.kernel_backend == "triton"
-        self.vocab_size = config.model_config.hf_config.vocab_size
-        pc = ParallelContext(use_triton=self.use_triton) if tp is None else ParallelContext(
-            rank, tp.world_size, tp.all_reduce, use_triton=self.use_triton)
-        t0 = time.perf_counter()
-        self.model = get_model(config.model_config, self.device, pc)
-        self.load_seconds = time.perf_counter() - t0
+        self.model_runner = mr = ModelRunner(config, rank, tp, self.device, eos_token_ids)
         if tp is not None and not config.parallel_config.disable_custom_all_reduce:
             # decode's all-reduces are [num_seqs, hidden]: size the buffer for the largest
             hidden = config.model_config.hf_config.hidden_size
             elem = torch.empty((), dtype=config.model_config.dtype).element_size()
             tp.init_custom_all_reduce(config.model_config.dtype, min(
                 MAX_BYTES, config.scheduler_config.max_num_seqs * hidden * elem))
-        # the model says what its paged KV cache looks like (per tensor-parallel rank)
-        self.num_layers = self.model.num_layers
-        self.num_kv_heads = self.model.num_kv_heads
-        self.head_dim = self.model.head_dim
-        self.dtype = config.model_config.dtype
-        # kv_cache_dtype: fp8 caches hold 1-byte entries (twice the tokens in the same memory)
-        self.cache_dtype = config.cache_config.cache_dtype or self.dtype
         num_blocks = self._determine_num_blocks()
         self.num_blocks = tp.min_int(num_blocks) if tp else num_blocks
         max_len = config.scheduler_config.max_model_len
@@ -80,74 +75,42 @@ class Worker:
                 f"the KV cache holds {self.num_blocks * self.block_size} tokens "
                 f"({self.num_blocks} blocks of {self.block_size}), fewer than max_model_len="
                 f"{max_len}: one sequence could never finish. Raise num_gpu_blocks_override "
-                "or gpu_memory_utilization, or lower max_model_len.")
-        # one tensor per layer: [2 (k, v), num_blocks, block_size, num_kv_heads, head_dim]. On
-        # CPU it is left uninitialized: the OS commits pages only as blocks are written (a 4 GiB
-        # memset took seconds at start-up), and attention masks every unwritten slot
-        alloc = torch.empty if self.device.type == "cpu" else torch.zeros
-        self.kv_caches = [alloc(2, self.num_blocks, self.block_size, self.num_kv_heads,
-                                self.head_dim, dtype=self.cache_dtype, device=self.device)
-                          for _ in range(self.num_layers)]
+                "or gpu_memory_utilization (on CPU: VLLM_CPU_KVCACHE_SPACE, GiB), or lower "
+                "max_model_len.")
+        # swap_space: GiB of host memory per rank for swapped-out sequence groups
+        self.num_cpu_blocks = int(config.cache_config.swap_space * 2**30 // mr.block_bytes)
+        mr.initialize_kv_cache(self.num_blocks, self.num_cpu_blocks)
         if rank == 0:
-            logger.info("KV cache (%s): %d blocks x %d tokens = %d tokens (%.1f MiB per rank)",
-                        str(self.cache_dtype).replace("torch.", ""), self.num_blocks,
-                        self.block_size, self.num_blocks * self.block_size,
-                        self.num_blocks * self.block_bytes / 2**20)
-        sched = config.scheduler_config
-        self.inputs = InputBuilder(self.block_size, self.device, sched.max_num_batched_tokens,
-                                   sched.max_num_seqs, sched.max_model_len,
-                                   for_torch_reference=not self.use_triton)
-        self.capture_len = min(config.max_seq_len_to_capture, sched.max_model_len)
-        self.capture_sizes = capture_batch_sizes(sched.max_num_seqs)
-        self.graph_runner = None
-        if self.device.type == "cuda" and not config.enforce_eager:
-            if self.use_triton:
-                self.graph_runner = CUDAGraphRunner(
-                    self.model, self.kv_caches, sched.max_num_seqs, self.capture_len,
-                    self.block_size, self.device)
-                self.graph_runner.capture()
-            elif rank == 0:
-                logger.info("CUDA graphs need kernel_backend='triton': running eager.")
-        self.num_graph_steps = 0
-        # prepare_s: host-to-device input copies; forward_s: launching the forward
-        # (asynchronous on CUDA)
-        self.times = {"prepare_s": 0.0, "forward_s": 0.0}
-
-    def release_graphs(self) -> None:
-        """Destroy the CUDA graphs before leaving the process group (see
-        CUDAGraphRunner.release); later steps, if any, run eager."""
-        if self.graph_runner is not None:
-            self.graph_runner.release()
-            self.graph_runner = None
+            logger.info("KV cache (%s): %d blocks x %d tokens = %d tokens (%.1f MiB per rank); "
+                        "swap space %d blocks", str(mr.cache_dtype).replace("torch.", ""),
+                        self.num_blocks, self.block_size, self.num_blocks * self.block_size,
+                        self.num_blocks * mr.block_bytes / 2**20, self.num_cpu_blocks)
 
     # ---------------------------------------------------------------- KV sizing
-    @property
-    def block_bytes(self) -> int:
-        return (2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim
-                * self.cache_dtype.itemsize)
-
     def _determine_num_blocks(self) -> int:
         cache = self.config.cache_config
         if cache.num_gpu_blocks_override is not None:
             return cache.num_gpu_blocks_override
         sched = self.config.scheduler_config
         if self.device.type != "cuda":
+            # what max_num_seqs sequences of max_model_len tokens fill, within the CPU cap
             wanted = sched.max_num_seqs * cdiv(sched.max_model_len, self.block_size)
-            return max(1, min(wanted, _CPU_KV_CACHE_BYTES // self.block_bytes))
+            cap = cpu_kv_cache_bytes() // self.model_runner.block_bytes
+            return max(1, min(wanted, cap))
         return self._profile_num_gpu_blocks()
 
     @torch.inference_mode()
     def _profile_num_gpu_blocks(self) -> int:
         """Peak memory of a forward pass at max_num_batched_tokens, then what is left of the
         gpu_memory_utilization fraction of the card goes to the KV cache."""
-        sched = self.config.scheduler_config
+        sched, mr = self.config.scheduler_config, self.model_runner
         num_tokens = sched.max_num_batched_tokens
         seq_len = min(sched.max_model_len, num_tokens)
         num_seqs = cdiv(num_tokens, seq_len)
         tmp_blocks = num_seqs * cdiv(seq_len, self.block_size)
-        tmp_caches = [torch.zeros(2, tmp_blocks, self.block_size, self.num_kv_heads,
-                                  self.head_dim, dtype=self.cache_dtype, device=self.device)
-                      for _ in range(self.num_layers)]
+        tmp_caches = [torch.zeros(2, tmp_blocks, self.block_size, mr.num_kv_heads,
+                                  mr.head_dim, dtype=mr.cache_dtype, device=self.device)
+                      for _ in range(mr.num_layers)]
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         lens = [seq_len] * (num_tokens // seq_len) + ([num_tokens % seq_len]
@@ -163,9 +126,9 @@ class Worker:
             qsl.append(qsl[-1] + n)
             tables.append(blocks)
         meta = self._profile_metadata(slots, qsl, lens, tables)
-        hidden = self.model(torch.tensor(ids, device=self.device),
-                            torch.tensor(pos, device=self.device), tmp_caches, meta)
-        logits = self._logits(hidden[-min(len(hidden), sched.max_num_seqs):])
+        hidden = mr.model(torch.tensor(ids, device=self.device),
+                          torch.tensor(pos, device=self.device), tmp_caches, meta)
+        logits = mr.logits(hidden[-min(len(hidden), sched.max_num_seqs):])
         # the sampler's largest transient: a sorted softmax over every row (top-p / top-k)
         logits.float().softmax(dim=-1).sort(dim=-1)
         torch.cuda.synchronize()
@@ -180,7 +143,7 @@ class Worker:
         # the custom all-reduce's buffer lives outside PyTorch's allocator statistics
         ca = self.tp.custom_all_reduce if self.tp is not None else None
         available = budget - (peak - tmp_bytes) - graph_reserve - (ca.max_bytes if ca else 0)
-        num_blocks = int(available // self.block_bytes)
+        num_blocks = int(available // mr.block_bytes)
         logger.info("memory profile: peak %.2f GiB without cache, CUDA-graph reserve %.2f GiB, "
                     "budget %.2f GiB -> %d blocks", (peak - tmp_bytes) / 2**30,
                     graph_reserve / 2**30, budget / 2**30, num_blocks)
@@ -196,7 +159,8 @@ class Worker:
     def _profile_graph_pool(self, tmp_caches: list[torch.Tensor]) -> int:
         """CUDA graphs keep their largest decode batch's activations in a private pool that
         outlives the profile: measure a decode-shaped forward at max_num_seqs and reserve it."""
-        if self.config.enforce_eager or not self.use_triton:
+        mr = self.model_runner
+        if self.config.enforce_eager or not mr.use_triton:
             return 0
         n = min(self.config.scheduler_config.max_num_seqs, tmp_caches[0].shape[1])
         torch.cuda.synchronize()
@@ -204,14 +168,13 @@ class Worker:
         torch.cuda.reset_peak_memory_stats()
         meta = self._profile_metadata(list(range(0, n * self.block_size, self.block_size)),
                                       list(range(n + 1)), [1] * n, [[b] for b in range(n)])
-        hidden = self.model(torch.zeros(n, dtype=torch.long, device=self.device),
-                            torch.zeros(n, dtype=torch.long, device=self.device), tmp_caches,
-                            meta)
-        self._logits(hidden).float().softmax(dim=-1).sort(dim=-1)
+        hidden = mr.model(torch.zeros(n, dtype=torch.long, device=self.device),
+                          torch.zeros(n, dtype=torch.long, device=self.device), tmp_caches,
+                          meta)
+        mr.logits(hidden).float().softmax(dim=-1).sort(dim=-1)
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
 
-    # ------------------------------------------------------------ inputs
     def _profile_metadata(self, slots, qsl, seq_lens, tables) -> AttentionMetadata:
         """Metadata for the memory-profiling pass: prefill-only sequences (no decode rows)."""
         dev = self.device
@@ -224,61 +187,6 @@ class Worker:
             seq_lens_t=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
             decode_idx=torch.zeros(0, dtype=torch.long, device=dev),
             prefill_idx=tuple(range(len(seq_lens))))
-
-
-    # ------------------------------------------------------------ step
-    @torch.inference_mode()
-    def execute(self, step: StepInput, fill: Optional[tuple[torch.Tensor, torch.Tensor]] = None
-                ) -> Optional[torch.Tensor]:
-        """Run a staged step; returns the logits [R, V] of the rows that need them (float32)
-        on every rank, or None when no row does.
-
-        `fill` (async scheduling, the driver): (index [2, P], sampled [R]) on the device:
-        input row index[0, j] takes the token sampled in row index[1, j] of the step before,
-        which was not read back; with tensor parallelism the driver then broadcasts the input
-        ids (step.broadcast_input_ids) and the other ranks receive them here."""
-        if step.blocks_to_copy is not None and len(step.blocks_to_copy):
-            # copy-on-write for forked sequences: one batched copy per layer, not one per block
-            # (beam search forks hundreds of blocks a step). A destination is always a fresh
-            # block and a source a still-shared one, so no copy reads another's destination.
-            src, dst = numpy_to_device(step.blocks_to_copy.T, self.device).unbind(0)
-            for cache in self.kv_caches:
-                # on the raw bytes: indexed copies are not defined for every dtype (fp8)
-                raw = cache.view(torch.uint8)
-                raw[:, dst] = raw[:, src]
-        t0 = time.perf_counter()
-        input_ids, positions, meta = self.inputs.load(step.num_tokens, step.num_seqs,
-                                                      step.width)
-        if fill is not None:
-            index, sampled = fill
-            input_ids[index[0]] = sampled[index[1]]
-        if step.broadcast_input_ids:
-            self.tp.broadcast(input_ids)
-        t_built = time.perf_counter()
-        if self.use_triton and meta.decode_only and meta.max_seq_len <= self.capture_len and \
-                self.device.type == "cuda":
-            # decode as the captured graph would: same split count, graph or not
-            meta.max_seq_len = self.capture_len
-            meta.num_splits = decode_num_splits(len(meta.seq_lens), self.num_kv_heads,
-                                                self.capture_len, self.capture_sizes, self.device)
-        if self.graph_runner is not None and self.graph_runner.can_run(meta):
-            hidden = self.graph_runner.run(input_ids, positions, meta)       # [T, H]
-            self.num_graph_steps += 1
-        else:
-            hidden = self.model(input_ids, positions, self.kv_caches, meta)    # [T, H]
-        self.times["prepare_s"] += t_built - t0
-        self.times["forward_s"] += time.perf_counter() - t_built
-        if step.rows is not None:
-            if not len(step.rows):
-                return None
-            hidden = hidden[numpy_to_device(step.rows, hidden.device)]
-        return self._logits(hidden).float()                                 # [R, V]
-
-    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.model.compute_logits(hidden)          # [R, V] or this rank's [R, V/N]
-        if self.tp is not None:
-            logits = self.tp.gather_logits(logits, self.vocab_size)
-        return logits
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -306,15 +214,16 @@ def worker_main(rank: int, config: EngineConfig, init_file: str, timeout_s: floa
         tp = init_tensor_parallel(rank, tp_size, init_file, device, timeout_s)
         worker = Worker(config, rank, tp)
         conn.send_bytes(b"ready")
+        runner = worker.model_runner
         while True:
             try:
-                cmd, step = recv_step(conn, worker.inputs)
+                cmd, step = recv_step(conn, runner.inputs)
             except EOFError:           # the driver is gone
                 break
             if cmd != EXECUTE:
                 break
-            worker.execute(step)
-        worker.release_graphs()
+            runner.execute(step)
+        runner.release_graphs()
         tp.destroy()
     except BaseException:
         try:

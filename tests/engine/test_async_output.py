@@ -110,21 +110,21 @@ def test_outputs_held_back_survive_an_engine_failure(engines, tiny_llama, monkey
     predictions.jsonl before failing). With async scheduling that step's tokens were still in
     flight when the next one failed (before its forward, or after reading them back)."""
     engine = (LLM(tiny_llama, seed=0) if async_scheduling else engines[0]).llm_engine
-    runner = engine.model_runner
+    runner = engine.executor.model_runner
     sample = "sample_async" if async_scheduling else "sample"
     real_launch, real_sample = runner.launch, getattr(runner, sample)
     calls = []
 
-    def flaky_launch(out, prev=None):
+    def flaky_launch(out, send=None):
         calls.append(1)
         if len(calls) == 3 and not fail_after_overlap:
             raise RuntimeError("the GPU fell off the bus")
-        return real_launch(out, prev)
+        return real_launch(out, send)
 
-    def flaky_sample(step):
+    def flaky_sample(step, ended=()):
         if len(calls) == 3:           # the last step's output work ran meanwhile
             raise RuntimeError("the GPU fell off the bus")
-        return real_sample(step)
+        return real_sample(step, ended)
 
     monkeypatch.setattr(runner, "launch", flaky_launch)
     monkeypatch.setattr(runner, sample, flaky_sample)
@@ -145,27 +145,27 @@ def test_outputs_held_back_survive_an_engine_failure(engines, tiny_llama, monkey
 def test_an_output_processing_error_is_not_a_worker_failure(tiny_model_factory, monkeypatch):
     """With tensor parallelism the deferred work runs between a step's launch and its
     collectives' end: its own error is raised as is, and the workers stay usable."""
-    from runner.engine.llm_engine import LLMEngine
+    from runner.engine.output_processor import OutputProcessor
 
     llm = LLM(tiny_model_factory("llama_gqa"), tensor_parallel_size=2, dtype="float32",
               seed=0, device="cpu")
     try:
         sp = SamplingParams(temperature=0, max_tokens=6)
         ref = llm.generate(PROMPTS[:2], sp, use_tqdm=False)
-        real = LLMEngine._append_text
+        real = OutputProcessor._append_text
         calls = []
 
-        def broken(self, seq, tok, check_stop=False):
+        def broken(seq, det, token_id):
             calls.append(1)
             if len(calls) == 3:
                 raise RuntimeError("detokenizer broke")
-            return real(self, seq, tok, check_stop)
+            return real(seq, det, token_id)
 
-        monkeypatch.setattr(LLMEngine, "_append_text", broken)
+        monkeypatch.setattr(OutputProcessor, "_append_text", staticmethod(broken))
         with pytest.raises(RuntimeError, match="^detokenizer broke$"):
             llm.generate(PROMPTS[:2], sp, use_tqdm=False)
-        monkeypatch.setattr(LLMEngine, "_append_text", real)
-        assert llm.llm_engine.model_runner.executor.failure is None
+        monkeypatch.setattr(OutputProcessor, "_append_text", staticmethod(real))
+        assert llm.llm_engine.executor.failure is None
         again = llm.generate(PROMPTS[:2], sp, use_tqdm=False)
         assert [o.outputs[0].token_ids for o in again] == [o.outputs[0].token_ids for o in ref]
     finally:

@@ -96,16 +96,20 @@ def test_same_outputs_as_synchronous_scheduling(engines):
 def test_same_outputs_under_preemption(tiny_llama, monkeypatch):
     """A cache of 12 blocks of 4 tokens for 5 requests of up to 40 tokens: sequences are
     preempted and recomputed, some while their last token is in flight, and one of those is
-    ended by that token (it leaves the waiting queue: Scheduler.drop_waiting)."""
+    ended by that token (it leaves the waiting queue in Scheduler.update_from_output)."""
     from runner.engine.scheduler import Scheduler
     dropped = []
-    real_drop = Scheduler.drop_waiting
+    real_update = Scheduler.update_from_output
 
-    def spy(self, seqs):
-        dropped.extend(seqs)
-        return real_drop(self, seqs)
+    def spy(self, out, runner_out):
+        in_flight = [q for q in self.waiting if q.placeholder_step is not None]
+        groups = real_update(self, out, runner_out)
+        ended = [q for q in in_flight if q.is_finished()]
+        assert not any(q in self.waiting for q in ended)
+        dropped.extend(ended)
+        return groups
 
-    monkeypatch.setattr(Scheduler, "drop_waiting", spy)
+    monkeypatch.setattr(Scheduler, "update_from_output", spy)
     kw = dict(seed=0, max_num_batched_tokens=32, max_num_seqs=5, block_size=4,
               num_gpu_blocks_override=12, max_model_len=48)
     cases = [SamplingParams(temperature=0, max_tokens=30, logprobs=2),
@@ -185,40 +189,61 @@ def test_async_scheduling_must_be_a_bool(tiny_llama):
 
 
 @pytest.mark.parametrize("failing", ["a", "b"])
-def test_a_failed_read_back_leaves_a_usable_engine(tiny_llama, monkeypatch, failing):
-    """Reading a step's tokens back fails half-way. If every token was placed ("b", the last
-    one, fails after its token was written), the engine goes on: the failed step's positions
-    are computed again and both requests finish. If one was not ("a" fails first, "b" keeps
-    its placeholder), the next step() names that request and the fix (abort it) instead of
-    computing on a placeholder."""
-    from runner.engine.llm_engine import LLMEngine
+def test_an_output_processing_failure_leaves_a_usable_engine(tiny_llama, monkeypatch,
+                                                             failing):
+    """Processing a step's read-back tokens fails half-way (the first or the second request's
+    text): every token is already in the scheduler's books, so the engine goes on; the failed
+    step's positions are computed again and both requests finish like a clean run."""
+    from runner.engine.output_processor import OutputProcessor
     llm = LLM(tiny_llama, seed=0)
     engine = llm.llm_engine
     sp = SamplingParams(temperature=0, max_tokens=10, stop=["never-in-this-text"])
+    ref = [(o.outputs[0].token_ids, o.outputs[0].text)
+           for o in llm.generate(["Hello world", "The quick"], sp, use_tqdm=False)]
     engine.add_request("a", "Hello world", sp)
     engine.add_request("b", "The quick", sp)
     engine.step()
-    real = LLMEngine._append_text
+    real = OutputProcessor._append_text
 
-    def broken(self, seq, tok, check_stop=False):
+    def broken(seq, det, token_id):
         if seq.request_id == failing:
             raise RuntimeError("detokenizer broke")
-        return real(self, seq, tok, check_stop)
+        return real(seq, det, token_id)
 
-    monkeypatch.setattr(LLMEngine, "_append_text", broken)
+    monkeypatch.setattr(OutputProcessor, "_append_text", staticmethod(broken))
     with pytest.raises(RuntimeError, match="detokenizer broke"):
         engine.step()
-    monkeypatch.setattr(LLMEngine, "_append_text", real)
-    if failing == "b":
-        finals = {}
-        for _ in range(50):
-            if not engine.has_unfinished_requests():
-                break
-            finals.update({o.request_id: o for o in engine.step() if o.finished})
-        assert sorted(finals) == ["a", "b"]
-        assert all(len(o.outputs[0].token_ids) == 10 for o in finals.values())
-        return
-    with pytest.raises(RuntimeError, match="request 'b' has a token whose step was lost.*Abort"):
+    monkeypatch.setattr(OutputProcessor, "_append_text", staticmethod(real))
+    finals = {}
+    for _ in range(50):
+        if not engine.has_unfinished_requests():
+            break
+        finals.update({o.request_id: o for o in engine.step() if o.finished})
+    assert sorted(finals) == ["a", "b"]
+    assert [(finals[r].outputs[0].token_ids, finals[r].outputs[0].text) for r in "ab"] == ref
+
+
+def test_a_failed_read_back_names_the_lost_requests(tiny_llama, monkeypatch):
+    """Reading a step's tokens back fails: the sequences whose token was in it cannot go on
+    (their next input is gone); the next step() names them and the fix (abort them) instead
+    of computing on a placeholder, and after the abort the engine goes on."""
+    llm = LLM(tiny_llama, seed=0)
+    engine = llm.llm_engine
+    runner = engine.executor.model_runner
+    sp = SamplingParams(temperature=0, max_tokens=10)
+    engine.add_request("a", "Hello world", sp)
+    engine.add_request("b", "The quick", sp)
+    engine.step()
+    real = runner.finish
+
+    def broken(pending):
+        raise RuntimeError("the copy to the host failed")
+
+    monkeypatch.setattr(runner, "finish", broken)
+    with pytest.raises(RuntimeError, match="copy to the host failed"):
+        engine.step()
+    monkeypatch.setattr(runner, "finish", real)
+    with pytest.raises(RuntimeError, match="request 'a' has a token whose step was lost.*Abort"):
         engine.step()
     engine.abort_request(["a", "b"])
     while engine.has_unfinished_requests():

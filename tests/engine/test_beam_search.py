@@ -179,12 +179,18 @@ def test_stop_strings_refused_with_beam_search(tiny_llama):
 
 
 def test_beam_group_that_cannot_fit_after_preemption_fails_clearly(models):
-    """Preempted beams are recomputed without sharing; when that can never fit the cache, the
-    engine says so instead of preempting forever."""
+    """Beams preempted by recompute are computed again without sharing their blocks; when
+    that can never fit the cache, the engine says so instead of preempting forever. Swapped
+    out (the default), they keep their sharing and finish."""
     (path, _, _), _ = models["eos"]
     sp = SamplingParams(use_beam_search=True, best_of=3, n=3, temperature=0.0, max_tokens=12)
-    tight = LLM(path, max_model_len=48, block_size=4, num_gpu_blocks_override=14,
-                max_num_batched_tokens=16)
+    kw = dict(max_model_len=48, block_size=4, num_gpu_blocks_override=14,
+              max_num_batched_tokens=16)
+    tight = LLM(path, preemption_mode="recompute", **kw)
     with pytest.raises(RuntimeError, match="beam search request .* needs .* KV blocks"):
         tight.generate(PROMPTS * 2, sp, use_tqdm=False)
     assert not tight.llm_engine.has_unfinished_requests()
+    swapping = LLM(path, swap_space=0.01, **kw)
+    outs = swapping.generate(PROMPTS * 2, sp, use_tqdm=False)
+    assert all(o.finished for o in outs)
+    assert swapping.llm_engine.get_stats()["num_swapped_out"] > 0

@@ -82,10 +82,14 @@ def test_greedy_equals_hf_under_preemption(tiny_model_factory, hf_cache):
     assert bm.num_free_blocks == bm.num_blocks and not any(bm.ref_counts)
 
 
-def test_logprobs_and_prompt_logprobs_match_hf(tiny_model_factory, hf_cache):
+# max_num_seqs=3: the prompt-logprob rows' logits come in chunks of 3 rows, across the
+# boundaries between sequences
+@pytest.mark.parametrize("max_num_seqs", [256, 3])
+def test_logprobs_and_prompt_logprobs_match_hf(tiny_model_factory, hf_cache, max_num_seqs):
     path = tiny_model_factory("qwen2")
     model, tok = hf_model(path, hf_cache)
-    llm = LLM(path, max_num_batched_tokens=6, block_size=4, max_model_len=128)
+    llm = LLM(path, max_num_batched_tokens=6 if max_num_seqs > 3 else 16, block_size=4,
+              max_model_len=128, max_num_seqs=max_num_seqs)
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, logprobs=3,
                             prompt_logprobs=2)
     outs = llm.generate(PROMPTS[:3], params, use_tqdm=False)
@@ -150,5 +154,5 @@ def test_bin_weights_and_dummy_load(tiny_model_factory, hf_cache):
                        use_tqdm=False)[0]
     assert out.outputs[0].token_ids == hf_greedy(model, tok, "Hello", 8)
     dummy = LLM(path, load_format="dummy", max_model_len=64)
-    w = dummy.llm_engine.model_runner.model.model.layers[0].mlp.down_proj.weight
+    w = dummy.llm_engine.executor.model_runner.model.model.layers[0].mlp.down_proj.weight
     assert w.abs().max() <= 1e-3 and w.abs().max() > 0

@@ -81,7 +81,8 @@ def test_fp8_kv_cache_equals_hf_with_fp8_keys_and_values(tiny_model_factory, arc
     llm, outs = engine_run(path, kv_cache_dtype=kv_cache_dtype, kernel_backend=kernel_backend)
     stats = llm.llm_engine.get_stats()
     assert stats["kv_cache_dtype"] == kv_cache_dtype
-    assert all(c.dtype == FP8[kv_cache_dtype] for c in llm.llm_engine.model_runner.kv_caches)
+    caches = llm.llm_engine.executor.model_runner.kv_caches
+    assert all(c.dtype == FP8[kv_cache_dtype] for c in caches)
     moved = 0.0
     for out in outs:
         ids, got = _engine_logprobs(out)

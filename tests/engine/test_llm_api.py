@@ -75,19 +75,69 @@ def test_stop_strings_stop_token_ids_min_tokens(llm):
     del tok
 
 
-def test_eos_stops_unless_ignored(tiny_model_factory):
+def _with_eos(src, dst, config_eos, generation_eos) -> str:
+    """A copy of model `src` whose config.json and generation_config.json list these EOS ids."""
+    import json
+    shutil.copytree(src, dst, dirs_exist_ok=True)
+    for name, eos in (("config.json", config_eos), ("generation_config.json", generation_eos)):
+        path = os.path.join(dst, name)
+        cfg = json.load(open(path)) if os.path.exists(path) else {}
+        cfg["eos_token_id"] = eos
+        json.dump(cfg, open(path, "w"))
+    return str(dst)
+
+
+def test_eos_stops_unless_ignored(tiny_model_factory, tmp_path):
     path = tiny_model_factory("llama")
-    llm = LLM(path, max_model_len=96)
-    base = llm.generate("Paris is", SamplingParams(**GREEDY), use_tqdm=False)[0].outputs[0]
+    base = LLM(path, max_model_len=96).generate("Paris is", SamplingParams(**GREEDY),
+                                                use_tqdm=False)[0].outputs[0]
     # make the 3rd greedy token the model's eos: generation must stop there
-    llm.llm_engine.eos_token_id = base.token_ids[2]
-    llm.llm_engine.model_runner.eos_token_id = base.token_ids[2]
+    eos = base.token_ids[2]
+    llm = LLM(_with_eos(path, tmp_path / "eos", eos, eos), max_model_len=96)
+    assert llm.llm_engine.eos_token_ids == (eos,)
     out = llm.generate("Paris is", SamplingParams(temperature=0, max_tokens=12),
                        use_tqdm=False)[0].outputs[0]
     assert out.token_ids == base.token_ids[:3] and out.finish_reason == "stop"
     assert out.stop_reason is None
     out = llm.generate("Paris is", SamplingParams(**GREEDY), use_tqdm=False)[0].outputs[0]
     assert out.token_ids == base.token_ids
+
+
+def test_every_eos_id_of_generation_config_stops(tiny_model_factory, tmp_path):
+    """generation_config.json lists two EOS ids (Llama-3 Instruct: <|end_of_text|> and
+    <|eot_id|>): the second one, which config.json does not list, stops a sequence too (as a
+    stop token: stop_reason is its id, like vLLM's), min_tokens masks it, ignore_eos ignores it,
+    and a beam that reaches it ends."""
+    path = tiny_model_factory("llama")
+    base = LLM(path, max_model_len=96).generate("Paris is", SamplingParams(**GREEDY),
+                                                use_tqdm=False)[0].outputs[0]
+    second = base.token_ids[3]
+    first = base.token_ids.index(second)
+    primary = next(t for t in range(3, 100) if t not in base.token_ids)   # never produced
+    llm = LLM(_with_eos(path, tmp_path / "eos2", primary, [primary, second]), max_model_len=96)
+    assert llm.llm_engine.eos_token_ids == (primary, second)
+    out = llm.generate("Paris is", SamplingParams(temperature=0, max_tokens=12),
+                       use_tqdm=False)[0].outputs[0]
+    assert out.token_ids == base.token_ids[:first + 1]
+    assert out.finish_reason == "stop" and out.stop_reason == second
+    out = llm.generate("Paris is", SamplingParams(temperature=0, max_tokens=12,
+                                                  min_tokens=first + 2),
+                       use_tqdm=False)[0].outputs[0]
+    assert second not in out.token_ids[:first + 2] and len(out.token_ids) >= first + 2
+    out = llm.generate("Paris is", SamplingParams(**GREEDY), use_tqdm=False)[0].outputs[0]
+    assert out.token_ids == base.token_ids
+    # beam search ends a hypothesis at the second EOS id too: make it the 3rd token of the
+    # best beam; with length_penalty 0 that short hypothesis outscores every longer one
+    from runner.engine import BeamSearchParams
+    bp = BeamSearchParams(beam_width=2, max_tokens=12, length_penalty=0.0)
+    prompt = {"prompt_token_ids": llm.get_tokenizer()("Paris is").input_ids}
+    best = LLM(path, max_model_len=96).beam_search([prompt], bp)[0].sequences[0].tokens
+    beam_eos = best[len(prompt["prompt_token_ids"]) + 2]
+    beam_llm = LLM(_with_eos(path, tmp_path / "eos3", primary, [primary, beam_eos]),
+                   max_model_len=96)
+    seqs = beam_llm.beam_search([prompt], bp)[0].sequences
+    assert seqs[0].tokens == best[:len(prompt["prompt_token_ids"]) + 2]    # EOS stripped
+    assert seqs[0].finish_reason == "stop"
 
 
 def test_max_model_len_caps_generation(llm):
@@ -161,7 +211,7 @@ def test_missing_model_folder_and_bad_config(tmp_path):
     (dict(quantization="awq"), ValueError, "quantization='awq' needs the checkpoint's"),
     (dict(quantization="int3"), ValueError, "quantization='int3' is not supported"),
     (dict(cpu_offload_gb=-1), ValueError, "cpu_offload_gb must be a number"),
-    (dict(enable_prefix_caching=True), NotImplementedError, "enable_prefix_caching"),
+    (dict(enable_prefix_caching="yes"), ValueError, "enable_prefix_caching must be True, False"),
     (dict(kv_cache_dtype="int8"), ValueError, "kv_cache_dtype must be one of.*fp8_e5m2"),
     (dict(not_an_arg=1), TypeError, "not_an_arg"),
 ])
@@ -196,5 +246,30 @@ def test_sampling_params_rules_surface_as_value_errors():
 def test_dtype_auto_is_float32_on_cpu_and_explicit_dtype_honoured(tiny_llama):
     assert LLM(tiny_llama, max_model_len=32).llm_engine.model_config.dtype == torch.float32
     llm = LLM(tiny_llama, dtype="bfloat16", max_model_len=32)
-    assert llm.llm_engine.model_runner.kv_caches[0].dtype == torch.bfloat16
+    assert llm.llm_engine.executor.model_runner.kv_caches[0].dtype == torch.bfloat16
     assert os.path.isdir(llm.llm_engine.model_config.model_path)
+
+
+def test_cpu_kv_cache_is_sized_to_the_batch_within_vllm_cpu_kvcache_space(tiny_llama,
+                                                                           monkeypatch):
+    """On CPU the KV cache holds what max_num_seqs sequences of max_model_len tokens fill (not
+    a flat 4 GiB), at most VLLM_CPU_KVCACHE_SPACE GiB (vLLM's variable, default 4)."""
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    engine = LLM(tiny_llama, device="cpu", max_num_seqs=3, max_model_len=100).llm_engine
+    stats = engine.get_stats()
+    assert stats["num_gpu_blocks"] == 3 * 7                 # 3 x ceil(100 / 16)
+    caches = engine.executor.model_runner.kv_caches
+    assert sum(c.numel() * c.element_size() for c in caches) == stats["kv_cache_bytes"]
+    block_bytes = stats["kv_cache_bytes"] // stats["num_gpu_blocks"]
+    # the default run's shape wants more than 4 GiB of a big model: capped at 4 GiB
+    from runner.engine.worker import cpu_kv_cache_bytes
+    assert cpu_kv_cache_bytes() == 4 << 30
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", str(40 * block_bytes / 2**30))
+    engine = LLM(tiny_llama, device="cpu", max_num_seqs=256, max_model_len=100).llm_engine
+    assert engine.get_stats()["num_gpu_blocks"] == 40
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", str(2 * block_bytes / 2**30))
+    with pytest.raises(ValueError, match="VLLM_CPU_KVCACHE_SPACE"):
+        LLM(tiny_llama, device="cpu", max_model_len=100)
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "-1")
+    with pytest.raises(ValueError, match="VLLM_CPU_KVCACHE_SPACE must be >= 0"):
+        LLM(tiny_llama, device="cpu")

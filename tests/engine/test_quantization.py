@@ -291,7 +291,7 @@ def test_engine_tokens_equal_dequantized_reference(case, tmp_path):
     folder, hf = build_checkpoint(tmp_path, **kw)
     atol = 3e-2 if "fp8" in case or "compressed" in case else 2e-4
     llm = assert_engine_equals_reference(folder, hf, atol, **llm_kw)
-    mlp = llm.llm_engine.model_runner.model.model.layers[0].mlp
+    mlp = llm.llm_engine.executor.model_runner.model.model.layers[0].mlp
     skipped = case in ("awq_skip_down", "compressed_tensors_ignore")
     if case.startswith(("awq", "gptq")):
         assert hasattr(mlp.gate_up_proj, "qweight")

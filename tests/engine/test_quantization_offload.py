@@ -97,7 +97,7 @@ def test_cpu_device_leaves_the_model_alone_and_says_so(folder, caplog):
         llm = LLM(str(folder), load_format="dummy", skip_tokenizer_init=True, max_model_len=64,
                   cpu_offload_gb=1)
     assert "nothing is offloaded" in caplog.text
-    assert not hasattr(llm.llm_engine.model_runner.model, "cpu_offloader")
+    assert not hasattr(llm.llm_engine.executor.model_runner.model, "cpu_offloader")
     assert llm.generate(prompts, params, use_tqdm=False)[0].outputs[0].token_ids == \
         base.generate(prompts, params, use_tqdm=False)[0].outputs[0].token_ids
 
@@ -113,7 +113,7 @@ def test_gpu_offloaded_tokens_equal(folder, quantized):
     base = [o.outputs[0].token_ids
             for o in LLM(path, **kw).generate(prompts, params, use_tqdm=False)]
     llm = LLM(path, cpu_offload_gb=1e-4, **kw)
-    model = llm.llm_engine.model_runner.model
+    model = llm.llm_engine.executor.model_runner.model
     off = model.cpu_offloader
     assert len(off.layers) >= 1 and off.host[0].is_pinned()
     assert llm.llm_engine.config.enforce_eager

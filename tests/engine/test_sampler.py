@@ -81,7 +81,9 @@ def ref_probs(logits, *, temperature=1.0, top_k=-1, top_p=1.0, min_p=0.0):
 def empirical(params, logits=LOGITS, prompt=(), output=(), eos=None, n=N_DRAWS, seed=0):
     sampler = Sampler(generator=torch.Generator().manual_seed(seed))
     rows = torch.tensor([logits] * n, dtype=torch.float32)
-    reqs = [SamplingRequest(params, list(prompt), list(output), None, eos) for _ in range(n)]
+    eos_ids = () if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (eos,)
+    reqs = [SamplingRequest(params, list(prompt), list(output), None, eos_ids)
+            for _ in range(n)]
     tokens = torch.tensor([t.token_id for t in sampler(rows, reqs)])
     return torch.bincount(tokens, minlength=len(logits)).double() / n
 
@@ -141,9 +143,12 @@ def test_min_tokens_masks_eos_and_stop_tokens():
         assert_matches(freq, expected)
     # once min_tokens are out, eos is allowed again (it is the most likely token)
     assert_matches(empirical(params, output=[1, 1, 1], eos=0), ref_probs(LOGITS))
-    # eos_token_id=None: only the stop token ids are masked
+    # no EOS ids: only the stop token ids are masked
     freq = empirical(params, output=[], eos=None)
     assert freq[0] > 0.2 and freq[4] == 0
+    # several EOS ids (generation_config's list): every one is masked
+    freq = empirical(SamplingParams(min_tokens=3), output=[], eos=[0, 4])
+    assert freq[0] == 0 and freq[4] == 0 and freq.sum() > 0.99
 
 
 def test_mixed_batch_rows_keep_their_own_params():
@@ -151,7 +156,7 @@ def test_mixed_batch_rows_keep_their_own_params():
     n = 8000
     sampler = Sampler(generator=torch.Generator().manual_seed(5))
     params = [SamplingParams(**c) for c in configs]
-    reqs = [SamplingRequest(params[i % len(configs)], [], [], None, None)
+    reqs = [SamplingRequest(params[i % len(configs)], [], [], None, ())
             for i in range(n * len(configs))]
     rows = torch.tensor([LOGITS] * len(reqs))
     tokens = torch.tensor([t.token_id for t in sampler(rows, reqs)]).view(n, len(configs))
@@ -166,7 +171,7 @@ def test_mixed_batch_rows_keep_their_own_params():
 
 def test_greedy_is_argmax_with_lowest_id_on_ties():
     logits = torch.tensor([[1.0, 3.0, 3.0, 0.0], [5.0, 5.0, 5.0, 5.0], [-1.0, -2.0, -0.5, -0.5]])
-    reqs = [SamplingRequest(SamplingParams(temperature=0.0), [], [], None, None)] * 3
+    reqs = [SamplingRequest(SamplingParams(temperature=0.0), [], [], None, ())] * 3
     assert [t.token_id for t in Sampler()(logits, reqs)] == [1, 0, 2]
 
 
@@ -186,7 +191,7 @@ def test_greedy_with_penalties_matches_reference_on_random_rows():
         eos = rng.choice([None, 2])
         stop_ids = rng.choice([[], [5, 7]])
         reqs.append(SamplingRequest(SamplingParams(temperature=0.0, stop_token_ids=stop_ids, **kw),
-                                    prompt, output, None, eos))
+                                    prompt, output, None, () if eos is None else (eos,)))
         ref = ref_penalized(logits[i].tolist(), prompt, output, eos=eos, stop_token_ids=stop_ids,
                             **kw)
         expected.append(max(range(vocab), key=lambda t: (ref[t], -t)))
@@ -210,13 +215,13 @@ def test_logits_processors_two_and_three_argument_forms():
 
     params = SamplingParams(temperature=0.0, logits_processors=[ban_top])
     logits = torch.tensor([LOGITS])
-    out = Sampler()(logits, [SamplingRequest(params, [7], [3, 4], None, None)])
+    out = Sampler()(logits, [SamplingRequest(params, [7], [3, 4], None, ())])
     assert out[0].token_id == 4 and seen["output"] == [3, 4]  # 0 banned, 4 is the runner-up
     # raw logprobs are taken before processors run
     assert out[0].logprob == pytest.approx(torch.log_softmax(logits[0].double(), -1)[4].item(),
                                            abs=1e-6)
     params = SamplingParams(temperature=0.0, logits_processors=[ban_top, boost_prompt_head])
-    out = Sampler()(logits, [SamplingRequest(params, [5, 1], [], None, None)])
+    out = Sampler()(logits, [SamplingRequest(params, [5, 1], [], None, ())])
     assert out[0].token_id == 5 and seen["prompt"] == [5, 1]
     # a processor that bans tokens also holds for random sampling
     freq = empirical(SamplingParams(logits_processors=[ban_top]), n=4000)
@@ -245,7 +250,7 @@ def test_seeded_request_is_batch_independent():
         g = torch.Generator().manual_seed(seed)
         return _run_steps(
             lambda step, hist: (step_logits[step:step + 1],
-                                [SamplingRequest(seeded, [1, 2, 3], list(hist), g, None)]),
+                                [SamplingRequest(seeded, [1, 2, 3], list(hist), g, ())]),
             steps, 0)
 
     def batched(seed, position):
@@ -262,11 +267,11 @@ def test_seeded_request_is_batch_independent():
             reqs = []
             for i in range(32):
                 if i == position:
-                    reqs.append(SamplingRequest(seeded, [1, 2, 3], list(hist), g, None))
+                    reqs.append(SamplingRequest(seeded, [1, 2, 3], list(hist), g, ()))
                 else:
                     p = mixes[i % len(mixes)]
                     gen = other_gens[i] if p.seed is not None else None
-                    reqs.append(SamplingRequest(p, [4], [i % vocab] * step, gen, 2))
+                    reqs.append(SamplingRequest(p, [4], [i % vocab] * step, gen, (2,)))
             return logits, reqs
         return _run_steps(make, steps, position)
 
@@ -290,7 +295,7 @@ def test_raw_logprobs_rank_and_top_logprobs(dtype):
               SamplingParams(top_k=3, temperature=0.5, logprobs=3),
               SamplingParams(repetition_penalty=1.9, presence_penalty=1.5, logprobs=5),
               SamplingParams(top_p=0.3, logprobs=vocab), SamplingParams(min_p=0.5, logprobs=1)]
-    reqs = [SamplingRequest(p, [0, 1], [2, 2], None, None) for p in params]
+    reqs = [SamplingRequest(p, [0, 1], [2, 2], None, ()) for p in params]
     out = Sampler(generator=torch.Generator().manual_seed(0))(logits, reqs)
     ref = torch.log_softmax(logits.double(), dim=-1)  # from the raw logits, never processed
     for i, (p, tok) in enumerate(zip(params, out)):
@@ -333,7 +338,7 @@ N_FUSED = 800
 def _fused_draws(params, n=N_FUSED, seed=0):
     sampler = Sampler(generator=torch.Generator().manual_seed(seed), use_triton=True)
     rows = torch.tensor([LOGITS] * n, dtype=torch.float32)
-    reqs = [SamplingRequest(params, [], [], None, None) for _ in range(n)]
+    reqs = [SamplingRequest(params, [], [], None, ()) for _ in range(n)]
     return torch.tensor([t.token_id for t in sampler(rows, reqs)])
 
 
@@ -363,7 +368,7 @@ def test_fused_path_greedy_and_logprobs_equal_the_torch_path(dtype):
     params = [SamplingParams(temperature=0.0, logprobs=3), SamplingParams(temperature=0.0),
               SamplingParams(temperature=0.0, logprobs=0), SamplingParams(logprobs=5),
               SamplingParams(temperature=0.3, logprobs=1), SamplingParams(temperature=0.0)]
-    reqs = [SamplingRequest(p, [1], [2], None, 0) for p in params]
+    reqs = [SamplingRequest(p, [1], [2], None, (0,)) for p in params]
     fused = Sampler(torch.Generator().manual_seed(0), use_triton=True)(logits, reqs)
     plain = Sampler(torch.Generator().manual_seed(0))(logits, reqs)
     ref = torch.log_softmax(logits.double(), dim=-1)
@@ -393,12 +398,12 @@ def test_fused_path_leaves_other_rows_to_the_torch_path(kwargs):
     g = torch.Generator().manual_seed(9)
     rows = torch.randn(n, 40, generator=g)
     special = SamplingParams(**kwargs)
-    reqs = [SamplingRequest(special if i == 0 else SamplingParams(), [1], [2], None, 0)
+    reqs = [SamplingRequest(special if i == 0 else SamplingParams(), [1], [2], None, (0,))
             for i in range(n)]
     fused = Sampler(torch.Generator().manual_seed(1), use_triton=True)(rows, reqs)
     plain = Sampler(torch.Generator().manual_seed(1))(rows, reqs)
     assert [t.token_id for t in fused] == [t.token_id for t in plain]
-    plain_reqs = [SamplingRequest(SamplingParams(), [1], [2], None, 0)] * n
+    plain_reqs = [SamplingRequest(SamplingParams(), [1], [2], None, (0,))] * n
     fused = Sampler(torch.Generator().manual_seed(1), use_triton=True)(rows, plain_reqs)
     plain = Sampler(torch.Generator().manual_seed(1))(rows, plain_reqs)
     assert [t.token_id for t in fused] != [t.token_id for t in plain]
@@ -409,7 +414,7 @@ def test_fused_path_leaves_seeded_requests_to_the_torch_path():
     params = SamplingParams(seed=11)
     out = []
     for sampler in (Sampler(use_triton=True), Sampler()):
-        reqs = [SamplingRequest(params, [], [], torch.Generator().manual_seed(11), None)
+        reqs = [SamplingRequest(params, [], [], torch.Generator().manual_seed(11), ())
                 for _ in range(8)]
         out.append([t.token_id for t in sampler(rows, reqs)])
     assert out[0] == out[1]

@@ -212,7 +212,7 @@ def test_tp_refuses_more_ranks_than_gpus_and_unsupported_families(monkeypatch):
 @pytest.mark.parametrize("device", DEVICES)
 def test_worker_death_is_a_clear_error_and_leaves_no_process(tiny_gqa, device):
     llm = LLM(tiny_gqa, tensor_parallel_size=2, dtype="float32", device=device)
-    executor = llm.llm_engine.model_runner.executor
+    executor = llm.llm_engine.executor
     pids = executor.pids
     sp = SamplingParams(temperature=0, max_tokens=8)
     assert llm.generate(PROMPTS[:1], sp, use_tqdm=False)[0].outputs[0].token_ids
@@ -231,7 +231,7 @@ def test_worker_death_is_a_clear_error_and_leaves_no_process(tiny_gqa, device):
 def test_hung_worker_times_out(tiny_gqa, device):
     llm = LLM(tiny_gqa, tensor_parallel_size=2, dtype="float32", distributed_timeout_s=3,
               device=device)
-    pids = llm.llm_engine.model_runner.executor.pids
+    pids = llm.llm_engine.executor.pids
     sp = SamplingParams(temperature=0, max_tokens=8)
     llm.generate(PROMPTS[:1], sp, use_tqdm=False)
     os.kill(pids[0], signal.SIGSTOP)
@@ -255,7 +255,7 @@ def test_workers_exit_when_the_driver_is_killed(tiny_gqa, tmp_path):
         if __name__ == "__main__":
             llm = LLM({tiny_gqa!r}, tensor_parallel_size=2, dtype="float32", device="cpu")
             llm.generate(["hello"], SamplingParams(max_tokens=2), use_tqdm=False)
-            print(*llm.llm_engine.model_runner.executor.pids, flush=True)
+            print(*llm.llm_engine.executor.pids, flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
     """))
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
