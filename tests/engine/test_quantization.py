@@ -397,20 +397,15 @@ def test_dummy_weights_are_valid_quantized_tensors(quant_config, tmp_path):
 @pytest.mark.parametrize("preset, method", [("llama3_8b_fp8", "fp8"), ("llama3_8b_awq", "awq"),
                                             ("llama3_8b_gptq", "gptq")])
 def test_presets_hand_quantization_to_the_engine(preset, method):
-    """model=<preset> composes, and its quantization reaches LLM(...)'s keyword arguments and
-    mode=bench's workload arguments."""
-    from omegaconf import OmegaConf
-
+    """model=<preset> composes, and its quantization reaches the EngineArgs that every mode
+    builds (the one builder, runner/backends/engine_args.py; tests/runner/test_engine_args.py
+    checks each mode uses it)."""
     from runner import cli
-    from runner.bench_mode import _bench_args
-    from runner.model_source import ModelSource, llm_kwargs
+    from runner.backends.engine_args import engine_args
+    from runner.model_source import ModelSource
 
-    cfg = OmegaConf.to_object(cli.compose([f"model={preset}", "engine.cpu_offload_gb=2"]))
-    kwargs = llm_kwargs(cfg.model, cfg.engine, 0, ModelSource(cfg.model.model, "hub"))
-    assert kwargs["quantization"] == method and kwargs["cpu_offload_gb"] == 2
-    cfg.engine.load_format = "dummy"
-    cfg.model.name = "llama3_8b"                # a known shape: no download
-    args = _bench_args(cfg)
+    cfg = cli.to_run_config(cli.compose([f"model={preset}", "engine.cpu_offload_gb=2"]))
+    args = engine_args(cfg.model, cfg.engine, 0, ModelSource(cfg.model.model, "hub"))
     assert args.quantization == method and args.cpu_offload_gb == 2
 
 

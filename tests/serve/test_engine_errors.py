@@ -39,7 +39,10 @@ def faulty(tiny_model):
 
     def get_stats():
         stats = real_stats()
-        if cues["prefix"] is not None:
+        if cues["prefix"] is None:  # an engine without the counters
+            stats.pop("prefix_cache_queries", None)
+            stats.pop("prefix_cache_hits", None)
+        else:
             stats.update(prefix_cache_queries=cues["prefix"][0],
                          prefix_cache_hits=cues["prefix"][1])
         return stats
@@ -134,8 +137,19 @@ def test_prefix_cache_counters_only_when_the_engine_reports_them(faulty, server)
     import time
 
     base, _, cues = faulty
-    plain_base, _ = server
-    text = httpx.get(plain_base + "/metrics").text
+    plain_base, plain_srv = server
+    # the engine's own counters (prefix caching is on by default) reach /metrics
+    _ok(plain_base)
+    deadline = time.time() + 5
+    while time.time() < deadline:  # the gauges follow the engine's stats a moment later
+        text = httpx.get(plain_base + "/metrics").text
+        if (_metric(text, "vllm:prefix_cache_queries_total") or 0) > 0:
+            break
+        time.sleep(0.1)
+    assert _metric(text, "vllm:prefix_cache_queries_total") > 0
+    assert _metric(text, "vllm:prefix_cache_hits_total") is not None
+    # an engine that does not report them gets no such lines
+    text = httpx.get(base + "/metrics").text
     assert "vllm:prefix_cache_queries" not in text and "vllm:prefix_cache_hits" not in text
     cues["prefix"] = (1234, 567)
     _ok(base)
