@@ -76,7 +76,7 @@ def preset_node(name: str, *overrides: str) -> dict:
 
     from runner import cli
 
-    cfg = cli.compose([f"+task={name}", *overrides])
+    cfg = cli.compose([f"task={name}", *overrides])
     return OmegaConf.to_container(cfg.task, resolve=True)
 
 
