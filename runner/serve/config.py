@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from runner.schemas import EngineConfig, ModelConfig, SamplingConfig
+from runner.schemas import EngineConfig, ModelConfig, SamplingConfig, to_plain
 
 @dataclass
 class ServeConfig:
@@ -80,8 +80,5 @@ def llm_engine_kwargs(cfg: ServeRunConfig, model_path: str) -> dict:
 
 
 def default_sampling(cfg: ServeRunConfig) -> dict:
-    """The sampling preset as a dict of SamplingParams fields (request defaults); a null
-    value is left to SamplingParams' own default."""
-    from runner.validation import sampling_kwargs
-
-    return sampling_kwargs(cfg.sampling)
+    """The sampling preset as a dict of SamplingParams fields (request defaults)."""
+    return to_plain(cfg.sampling)
