@@ -303,10 +303,15 @@ def _cs_has(cs, path: str) -> bool:
 def check_task_or_dataset(parsed: list) -> bool:
     """True when the command line chooses a task (the dataset group is then dropped); a
     dataset choice or dataset.* value next to it is refused, naming both."""
-    task_overrides = [o for o in parsed if o.key_or_group == "task"]
-    values = [v for o in task_overrides for v in _group_values(o)]
-    if any(o.is_delete() for o in task_overrides):
-        values.append("null")
+    values = []
+    for o in parsed:
+        if o.key_or_group != "task":
+            continue
+        value = None if o.is_delete() else o.value()
+        items = getattr(value, "list", None)
+        # Hydra parses `null` (also inside a sweep's list) as None
+        values += ["null" if v is None else str(v) for v in (items if items is not None
+                                                             else [value])]
     chosen = [v for v in values if v != "null"]
     if not chosen:
         return False
@@ -478,8 +483,9 @@ def _make_task(failures: list, command: list[str]):
             _redact_sweep_record(Path(str(hc.sweep.dir)))
         ctx = RunContext(
             choices={g: hc.runtime.choices.get(g) for g in GROUPS},
+            # the CLI's own overrides (the recipe node, ~dataset: Hydra writes "~dataset=null")
             overrides=[o for o in hc.overrides.task
-                       if RECIPE_GROUP not in o and o != DROP_DATASET],
+                       if RECIPE_GROUP not in o and o.split("=")[0] != DROP_DATASET],
             command=command,
             job_dir=hc.runtime.output_dir if multirun else None,
             sweep_dir=str(hc.sweep.dir) if multirun else None,

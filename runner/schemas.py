@@ -2,7 +2,9 @@
 
 Data flow: `register_configs(cs)` stores `RunConfig` in Hydra's ConfigStore as `run_schema`;
 conf/config.yaml lists it first in its defaults, so every group YAML (model/, engine/,
-sampling/, dataset/) and every command-line override merges into a typed node. An unknown key
+sampling/, dataset/, task/: runner/tasks/config.py's TaskConfig) and every command-line
+override merges into a typed node. A run has a dataset or a task, never both (the CLI drops
+the dataset group when a task is chosen; runner/validation.py refuses both). An unknown key
 (`dataset.promt_field=x`) or a value of the wrong type fails at compose time, before anything
 runs. After composition the CLI turns the DictConfig into these dataclasses
 (`OmegaConf.to_object`), and from there on only plain Python objects move: the engine gets one
