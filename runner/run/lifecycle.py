@@ -74,8 +74,11 @@ class RunResult:
 def _normalize(cfg: RunConfig) -> None:
     # A relative path means "relative to where I ran the command"; store it absolute so the
     # config, its hash and the recipe mean the same file from any directory.
-    if cfg.dataset is None:
-        return  # a task run: its files are read as lm-eval reads them (docs/tasks.md)
+    if cfg.task is not None:
+        from runner.tasks.data import anchor_data_files
+
+        anchor_data_files(cfg.task)  # lm-eval reads them from the working directory too
+        return
     source = cfg.dataset.source
     scheme, _, rest = source.partition(":")
     if scheme == "jsonl":

@@ -14,7 +14,9 @@ its failures into one line naming the file, the line and the fix.
 
 `builtin:NAME` in data_files names a file shipped in runner/data/tasks/ (the default suite's
 offline tasks); every other path is the caller's, relative to the working directory as in
-lm-eval.
+lm-eval. `anchor_data_files(task_config)` makes those relative paths absolute (the run
+lifecycle calls it once, before the config is hashed and stored), so a run's config and
+recipe name the same files from any folder.
 """
 from __future__ import annotations
 
@@ -67,6 +69,28 @@ def resolve_data_files(data_files: Any) -> Any:
     if isinstance(data_files, dict):
         return {k: resolve_data_files(v) for k, v in data_files.items()}
     return data_files
+
+
+def _absolute(data_files: Any) -> Any:
+    if isinstance(data_files, str):
+        if data_files.startswith(BUILTIN_PREFIX) or "://" in data_files:
+            return data_files
+        return os.path.abspath(os.path.expanduser(data_files))
+    if isinstance(data_files, list):
+        return [_absolute(f) for f in data_files]
+    if isinstance(data_files, dict):
+        return {k: _absolute(v) for k, v in data_files.items()}
+    return data_files
+
+
+def anchor_data_files(node: Any) -> None:
+    """Every relative local path in dataset_kwargs.data_files of a TaskConfig tree (subtasks
+    included) made absolute from the working directory, where lm-eval would read it."""
+    kwargs = getattr(node, "dataset_kwargs", None)
+    if kwargs and kwargs.get("data_files") is not None:
+        kwargs["data_files"] = _absolute(kwargs["data_files"])
+    for sub in (getattr(node, "subtasks", None) or {}).values():
+        anchor_data_files(sub)
 
 
 def _local_files(data_files: Any) -> list[str]:
