@@ -16,13 +16,13 @@ line names the field, the value, the mode and the allowed values:
 `validate_run` adds the checks of the rest of the config that need no model and no data rows:
 a run evaluates a task or a dataset (never both; mode=bench and mode=embed take no task), a
 jsonl file that does not exist, limit / cpu_threads / run_id / experiment values, the backend
-(engine=remote needs engine.url).
+(engine=remote needs engine.url). The engine's own arguments (device, dtype, kv_cache_dtype,
+tensor_parallel_size, ...) are checked by the engine itself when the backend is built, which the
+lifecycle does before the run folder exists.
 
 A null sampling value means "not set": a task's generation_kwargs fill it (runner/tasks/
 sampling.py), and everywhere else SamplingParams' own default applies (`sampling_kwargs`
-drops the nulls before SamplingParams is built). The engine's own arguments (device, dtype, kv_cache_dtype,
-tensor_parallel_size, ...) are checked by the engine itself when the backend is built, which the
-lifecycle does before the run folder exists.
+drops the nulls before SamplingParams is built).
 """
 from __future__ import annotations
 
