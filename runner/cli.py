@@ -346,8 +346,9 @@ def prepare(argv: list[str], cs) -> tuple[list[str], list[str], Any]:
     register_task_specs([v for v in task_values if v not in from_recipe], cs)
     check_task_names([v for v in task_values if v != "null"], parsed, cs)
     if check_task_or_dataset(parsed) and DROP_DATASET not in overrides:
-        argv.append(DROP_DATASET)
-        overrides.append(DROP_DATASET)
+        # next to the other overrides: argparse takes them as one run of positionals
+        argv.insert(argv.index(overrides[0]), DROP_DATASET)
+        overrides.insert(0, DROP_DATASET)
     return argv, overrides, args
 
 

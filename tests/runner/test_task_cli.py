@@ -37,7 +37,11 @@ def test_task_and_dataset_never_mix():
     with pytest.raises(cli.CliError, match="a sweep runs tasks or the dataset group"):
         cli.prepare(["-m", "task=mc_mini,null"], cs)
     argv, overrides, _ = cli.prepare(["-m", "task=mc_mini,arith_mini"], cs)
-    assert overrides.count(cli.DROP_DATASET) == 1 and argv[-1] == cli.DROP_DATASET
+    assert overrides.count(cli.DROP_DATASET) == 1 and argv[1] == cli.DROP_DATASET
+    # the overrides stay one run of positionals (argparse), flags after them included
+    argv, overrides, args = cli.prepare(["task=mc_mini", "limit=2", "--cfg", "job"], cs)
+    assert argv == [cli.DROP_DATASET, "task=mc_mini", "limit=2", "--cfg", "job"]
+    assert args.cfg == "job" and cli._parse_args(argv).overrides == overrides
     _, overrides, _ = cli.prepare(["task=null"], cs)
     assert cli.DROP_DATASET not in overrides
     # the Python API: a RunConfig with both, or (mode=eval) with neither, is refused
