@@ -49,6 +49,8 @@ from typing import Any, Optional
 
 from runner.run.recipe import GROUPS, RecipeError, load_recipe
 from runner.tasks.cli_specs import SCHEME as TASK_SCHEME
+from runner.tasks.cli_specs import register_task_specs
+from runner.tasks.yaml_loader import TaskFileError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
@@ -331,8 +333,6 @@ def check_task_or_dataset(parsed: list) -> bool:
 def prepare(argv: list[str], cs) -> tuple[list[str], list[str], Any]:
     """(argv ready for Hydra, its overrides, parsed flags); registers dataset and task specs,
     drops the dataset group when a task is chosen."""
-    from runner.tasks.cli_specs import register_task_specs
-
     argv = quote_text_values(list(argv))
     args = _parse_args(argv)
     argv, from_recipe = expand_recipe(argv, list(args.overrides), cs)
@@ -523,8 +523,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     command = ["python", "-m", "runner", *argv]
     cs = ConfigStore.instance()
     register_configs(cs)
-    from runner.tasks.yaml_loader import TaskFileError
-
     try:
         original = list(argv)
         argv, overrides, args = prepare(argv, cs)
