@@ -21,6 +21,7 @@ recipe name the same files from any folder.
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import os
@@ -73,9 +74,12 @@ def resolve_data_files(data_files: Any) -> Any:
 
 def _absolute(data_files: Any) -> Any:
     if isinstance(data_files, str):
-        if data_files.startswith(BUILTIN_PREFIX) or "://" in data_files:
+        path = os.path.expanduser(data_files)
+        # only what is there: a name that is not (a hub repo's own file) is left as written
+        if data_files.startswith(BUILTIN_PREFIX) or "://" in data_files or \
+                not (os.path.exists(path) or glob.glob(path)):
             return data_files
-        return os.path.abspath(os.path.expanduser(data_files))
+        return os.path.abspath(path)
     if isinstance(data_files, list):
         return [_absolute(f) for f in data_files]
     if isinstance(data_files, dict):
@@ -84,8 +88,9 @@ def _absolute(data_files: Any) -> Any:
 
 
 def anchor_data_files(node: Any) -> None:
-    """Every relative local path in dataset_kwargs.data_files of a TaskConfig tree (subtasks
-    included) made absolute from the working directory, where lm-eval would read it."""
+    """Every relative path in dataset_kwargs.data_files of a TaskConfig tree (subtasks
+    included) that names files in the working directory, where lm-eval would read them, made
+    absolute."""
     kwargs = getattr(node, "dataset_kwargs", None)
     if kwargs and kwargs.get("data_files") is not None:
         kwargs["data_files"] = _absolute(kwargs["data_files"])
