@@ -7,7 +7,12 @@
          -> text values (dataset.template, dataset.system_prompt) quoted for Hydra's grammar,
             so `dataset.template='Q: {question}\nA:'` works as typed
          -> dataset=hf:NAME[:CONFIG[:SPLIT]] / jsonl:PATH / builtin:NAME values registered as
-            ConfigStore options of the dataset group under exactly that name (sweeps too)
+            ConfigStore options of the dataset group under exactly that name (sweeps too);
+            task=lmeval:FILE values likewise as options of the task group
+            (runner/tasks/cli_specs.py), and every other task= name checked against the
+            shipped presets (conf/task/) and hydra.searchpath, so a typo is one line
+         -> a run evaluates a task or a dataset: with task=NAME the dataset group is dropped
+            (`~dataset`), and a dataset choice or dataset.* value next to task= is refused
          -> hydra.main composes the config tree (conf/, shipped inside the package as
             runner/conf) against runner/schemas.py
          -> task(): keys no schema knows (`+sampling.temprature=0.5`) refused, naming the
@@ -22,7 +27,10 @@ sweep's job list and in the recipe.
 
 Recipes: `choices` (group -> option) become overrides; `config` becomes a config node appended
 to the defaults list (`+_recipe_=lock`), so every command-line override, before or after
-`recipe=`, still wins, and a group chosen on the command line drops the recipe's values for it.
+`recipe=`, still wins, and a group chosen on the command line drops the recipe's values for it
+(task and dataset are alternatives: choosing one drops the recipe's other). A recipe's
+`task=lmeval:...` choice is registered from the task node the recipe holds, so a rerun needs
+neither the original file nor the folder it was run from.
 
 Errors: bad input ends with a non-zero exit and one line on stderr (`runner: error: ...`); the
 traceback goes to the run's run.log when a run folder exists, or to the terminal with
@@ -40,6 +48,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from runner.run.recipe import GROUPS, RecipeError, load_recipe
+from runner.tasks.cli_specs import SCHEME as TASK_SCHEME
+from runner.tasks.cli_specs import register_task_specs
+from runner.tasks.yaml_loader import TaskFileError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
@@ -53,10 +64,21 @@ RECIPE_GROUP = "_recipe_"
 KNOWN_HF_PRESETS = {"squad": "squad", "rajpurkar/squad": "squad"}
 # Free text: taken as typed, never parsed as Hydra's grammar ({, }, commas, quotes, \n).
 TEXT_KEYS = ("dataset.template", "dataset.system_prompt")
+# The override that removes the dataset group from the defaults when a task is chosen.
+DROP_DATASET = "~dataset"
+TASK_HINT = ("shipped tasks are the files in conf/task/ (listed by `python -m runner --help`, "
+             "described in docs/tasks.md); your own lm-eval file: task=lmeval:PATH.yaml")
 
 
 class CliError(ValueError):
     """A command line or recipe the runner rejects before Hydra starts."""
+
+
+# The task layer's errors (runner/tasks/): bad task files, specs, data, templates, sampling,
+# few-shot, filters, metrics and scoring; each message is already one line for the user.
+TASK_ERRORS = ("TaskFileError", "TaskSpecError", "TaskDataError", "SamplingRuleError",
+               "TemplateFieldError", "FewshotError", "ScoringError", "FilterError",
+               "MetricError", "NativeError")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,11 +194,12 @@ def register_dataset_specs(values: list[str], cs) -> None:
 # Recipes and the checks before Hydra starts
 
 
-def expand_recipe(argv: list[str], overrides: list[str], cs) -> list[str]:
-    """argv with `recipe=PATH` replaced by the recipe's choices (+ its config node)."""
+def expand_recipe(argv: list[str], overrides: list[str], cs) -> tuple[list[str], set]:
+    """(argv with `recipe=PATH` replaced by the recipe's choices (+ its config node), the
+    task=lmeval:... options registered from the recipe's own task node)."""
     recipe_args = [a for a in overrides if a.startswith("recipe=")]
     if not recipe_args:
-        return argv
+        return argv, set()
     if len(recipe_args) > 1:
         raise CliError("recipe= given more than once; one recipe per run")
     try:
@@ -186,15 +209,34 @@ def expand_recipe(argv: list[str], overrides: list[str], cs) -> list[str]:
     others = [o for o in overrides if o != recipe_args[0]]
     user_groups = {o.key_or_group for o in _parse_overrides(quote_text_values(others))
                    if o.key_or_group in GROUPS}
-    expanded = [f"{g}={_quote(v)}" for g, v in recipe["choices"].items() if g not in user_groups]
+    # task and dataset are alternatives: choosing one on the command line replaces the other
+    for one, other in (("task", "dataset"), ("dataset", "task")):
+        if one in user_groups:
+            user_groups.add(other)
+    choices = {g: v for g, v in recipe["choices"].items() if g not in user_groups}
     config = {k: v for k, v in recipe["config"].items() if k not in user_groups}
+    if (choices.get("task") or config.get("task")) and \
+            (choices.get("dataset") or config.get("dataset")):
+        raise CliError(f"{recipe_args[0]}: the recipe names both a task and a dataset; a run "
+                       "evaluates one of them (remove the other from choices and config)")
+    if config.get("task") and not choices.get("task"):
+        raise CliError(f"{recipe_args[0]}: config.task is set but choices names no task; add "
+                       "choices.task (the task's option name)")
+    registered = set()
+    task_choice = choices.get("task", "")
+    if task_choice.startswith(TASK_SCHEME) and isinstance(config.get("task"), dict):
+        # the recipe holds the task's every resolved value: the rerun needs no file
+        group, name = f"task/{task_choice}".rsplit("/", 1)
+        cs.store(group=group, name=name, node=config["task"])
+        registered.add(task_choice)
+    expanded = [f"{g}={_quote(v)}" for g, v in choices.items()]
     if "experiment" in config:
         _check_experiment(config["experiment"])
     if config:
         cs.store(group=RECIPE_GROUP, name="lock", node=config, package="_global_")
         expanded.append(f"+{RECIPE_GROUP}=lock")
     i = argv.index(recipe_args[0])
-    return argv[:i] + expanded + argv[i + 1:]
+    return argv[:i] + expanded + argv[i + 1:], registered
 
 
 def _check_experiment(value: Any) -> None:
@@ -219,17 +261,94 @@ def check_overrides(parsed: list) -> None:
                 _check_experiment(v)
 
 
+def _search_dirs(parsed: list) -> Optional[list[Path]]:
+    """The folders of hydra.searchpath=[...] overrides (None: one is not a local folder)."""
+    dirs = [CONF_DIR]
+    for o in parsed:
+        if o.key_or_group != "hydra.searchpath":
+            continue
+        value = o.value()
+        for entry in value if isinstance(value, list) else [value]:
+            entry = str(entry)
+            if entry.startswith("pkg://"):
+                return None  # a package's configs: left to Hydra
+            dirs.append(Path(entry[len("file://"):] if entry.startswith("file://") else entry))
+    return dirs
+
+
+def check_task_names(names: list[str], parsed: list, cs) -> None:
+    """A task= name that no config folder (conf/task/, hydra.searchpath) holds: one line."""
+    dirs = _search_dirs(parsed)
+    if dirs is None:
+        return
+    for name in names:
+        if name.startswith(TASK_SCHEME) or _cs_has(cs, f"task/{name}"):
+            continue
+        if any((d / "task" / f"{name}.yaml").is_file() for d in dirs):
+            continue
+        known = sorted(p.stem for d in dirs for p in (d / "task").glob("*.yaml")
+                       if not p.stem.startswith("_"))
+        near = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(near)}? " if near else ""
+        raise CliError(f"task={name}: no such task; {hint}{TASK_HINT}")
+
+
+def _cs_has(cs, path: str) -> bool:
+    from hydra.plugins.config_source import ConfigLoadError
+
+    try:
+        return cs.load(path if path.endswith(".yaml") else f"{path}.yaml") is not None
+    except ConfigLoadError:
+        return False
+
+
+def check_task_or_dataset(parsed: list) -> bool:
+    """True when the command line chooses a task (the dataset group is then dropped); a
+    dataset choice or dataset.* value next to it is refused, naming both."""
+    values = []
+    for o in parsed:
+        if o.key_or_group != "task":
+            continue
+        value = None if o.is_delete() else o.value()
+        items = getattr(value, "list", None)
+        # Hydra parses `null` (also inside a sweep's list) as None
+        values += ["null" if v is None else str(v) for v in (items if items is not None
+                                                             else [value])]
+    chosen = [v for v in values if v != "null"]
+    if not chosen:
+        return False
+    if len(chosen) != len(values):
+        raise CliError(f"task={','.join(values)}: a sweep runs tasks or the dataset group "
+                       "(task=null), not both; run them as two sweeps")
+    for o in parsed:
+        key = o.key_or_group
+        if (key == "dataset" or key.startswith("dataset.")) and not o.is_delete():
+            typed = o.input_line or f"{key}=..."
+            raise CliError(f"{typed} and task={','.join(chosen)} were both given: a run "
+                           "evaluates either a task or a dataset (a task run has no dataset "
+                           "group); drop one of them")
+    return True
+
+
 def prepare(argv: list[str], cs) -> tuple[list[str], list[str], Any]:
-    """(argv ready for Hydra, its overrides, parsed flags); registers dataset specs."""
+    """(argv ready for Hydra, its overrides, parsed flags); registers dataset and task specs,
+    drops the dataset group when a task is chosen."""
     argv = quote_text_values(list(argv))
     args = _parse_args(argv)
-    argv = expand_recipe(argv, list(args.overrides), cs)
+    argv, from_recipe = expand_recipe(argv, list(args.overrides), cs)
     args = _parse_args(argv)
     overrides = list(args.overrides)
     parsed = _parse_overrides(overrides)
     check_overrides(parsed)
     dataset_values = [v for o in parsed if o.key_or_group == "dataset" for v in _group_values(o)]
     register_dataset_specs(dataset_values, cs)
+    task_values = [v for o in parsed if o.key_or_group == "task" for v in _group_values(o)]
+    register_task_specs([v for v in task_values if v not in from_recipe], cs)
+    check_task_names([v for v in task_values if v != "null"], parsed, cs)
+    if check_task_or_dataset(parsed) and DROP_DATASET not in overrides:
+        # next to the other overrides: argparse takes them as one run of positionals
+        argv.insert(argv.index(overrides[0]), DROP_DATASET)
+        overrides.insert(0, DROP_DATASET)
     return argv, overrides, args
 
 
@@ -317,7 +436,7 @@ def _error_line(exc: BaseException) -> str:
     msg = (str(exc).strip() or type(exc).__name__).splitlines()[0]
     known = ("ConfigError", "DatasetError", "DatasetFileNotFoundError", "ModelSourceError",
              "CliError", "RunFolderError", "RunInUseError", "EngineSetupError", "RecipeError",
-             "SymlinkRefused", "RemoteRequestError")
+             "SymlinkRefused", "RemoteRequestError", *TASK_ERRORS)
     text = msg if type(exc).__name__ in known else f"{type(exc).__name__}: {msg}"
     run_dir = getattr(exc, "run_dir", None)
     if run_dir:
@@ -365,7 +484,9 @@ def _make_task(failures: list, command: list[str]):
             _redact_sweep_record(Path(str(hc.sweep.dir)))
         ctx = RunContext(
             choices={g: hc.runtime.choices.get(g) for g in GROUPS},
-            overrides=[o for o in hc.overrides.task if RECIPE_GROUP not in o],
+            # the CLI's own overrides (the recipe node, ~dataset: Hydra writes "~dataset=null")
+            overrides=[o for o in hc.overrides.task
+                       if RECIPE_GROUP not in o and o.split("=")[0] != DROP_DATASET],
             command=command,
             job_dir=hc.runtime.output_dir if multirun else None,
             sweep_dir=str(hc.sweep.dir) if multirun else None,
@@ -407,7 +528,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         argv, overrides, args = prepare(argv, cs)
         if args.cfg and not args.multirun:
             precheck(original)
-    except (CliError, ConfigError) as exc:
+    except (CliError, ConfigError, TaskFileError) as exc:
         print(f"runner: error: {exc}", file=sys.stderr)
         return 2
 

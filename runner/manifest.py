@@ -52,7 +52,8 @@ def result_config(cfg: RunConfig) -> dict:
         plain.pop(key, None)
     # Names are labels, not inputs: renaming a preset must not orphan a resumable run.
     plain["model"].pop("name", None)
-    plain["dataset"].pop("name", None)
+    if plain.get("dataset") is not None:
+        plain["dataset"].pop("name", None)
     return plain
 
 
@@ -148,7 +149,7 @@ def base_manifest(*, run_id: str, experiment: str, cfg: RunConfig, cfg_hash: str
         "limit": cfg.limit,
         "seeds": {
             "run": cfg.seed,
-            "dataset": cfg.dataset.seed,
+            "dataset": cfg.dataset.seed if cfg.dataset is not None else None,
             "sampling": cfg.sampling.seed,
             "per_item": "sampling.seed" if cfg.sampling.seed is not None
             else "derived from the run seed and the item id",

@@ -2,7 +2,9 @@
 
 Data flow: `register_configs(cs)` stores `RunConfig` in Hydra's ConfigStore as `run_schema`;
 conf/config.yaml lists it first in its defaults, so every group YAML (model/, engine/,
-sampling/, dataset/) and every command-line override merges into a typed node. An unknown key
+sampling/, dataset/, task/: runner/tasks/config.py's TaskConfig) and every command-line
+override merges into a typed node. A run has a dataset or a task, never both (the CLI drops
+the dataset group when a task is chosen; runner/validation.py refuses both). An unknown key
 (`dataset.promt_field=x`) or a value of the wrong type fails at compose time, before anything
 runs. After composition the CLI turns the DictConfig into these dataclasses
 (`OmegaConf.to_object`), and from there on only plain Python objects move: the engine gets one
@@ -116,8 +118,9 @@ class SamplingConfig:
     # temperature, stop and max_tokens may be null: "the task's value". With a generate_until
     # task (runner/tasks/sampling.py) a null takes the task's generation_kwargs (temperature
     # from do_sample/temperature, stop from until, max_tokens from max_gen_toks) and a value
-    # set here wins, as lm-eval's --gen_kwargs; without a task null means SamplingParams' own
-    # default for temperature and stop (1.0, []) and no limit for max_tokens.
+    # set here wins, as lm-eval's --gen_kwargs; with the dataset group null means
+    # SamplingParams' own default for temperature and stop (1.0, []) and the dataset task's
+    # answer length for max_tokens (runner/tasks/dataset_task.py: DEFAULT_MAX_TOKENS, 32).
     temperature: Optional[float] = 1.0
     top_p: float = 1.0
     top_k: int = -1
@@ -191,16 +194,16 @@ class RunConfig:
     model: ModelConfig = MISSING
     engine: EngineConfig = MISSING
     sampling: SamplingConfig = MISSING
-    dataset: DatasetConfig = MISSING
+    # The runner's own datasets (dataset=squad_mini | hf:... | jsonl:...); None when a task is
+    # chosen (the CLI drops the group then: a run evaluates a task or a dataset, never both).
+    dataset: Optional[DatasetConfig] = None
     # An lm-eval-format task or group (conf/task/, task=lmeval:FILE); None: the dataset group.
     task: Optional[TaskConfig] = None
-    # lm-eval's --limit: evaluate the first N docs of each task (None: all of them).
+    # The first N items of the task (lm-eval's --limit; of each task in a group); null: all.
     limit: Optional[int] = None
     experiment: str = "default"
     seed: int = 0
     mode: Mode = Mode.eval
-    # The first N items of the task (lm-eval's --limit); null: all of them.
-    limit: Optional[int] = None
     # The metric the run returns to Hydra's sweepers (optuna, nevergrad, ax); null: the mode's
     # primary metric (eval: the task's first metric, bench: total_tokens_per_s, embed: spearman).
     sweep_objective: Optional[str] = None
@@ -225,6 +228,7 @@ GROUP_SCHEMAS = {
     "engine": EngineConfig,
     "sampling": SamplingConfig,
     "dataset": DatasetConfig,
+    "task": TaskConfig,
 }
 
 # Keys that describe where and how a run is stored, not what it computes: they stay out of

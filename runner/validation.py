@@ -14,10 +14,15 @@ line names the field, the value, the mode and the allowed values:
     allowed: 0
 
 `validate_run` adds the checks of the rest of the config that need no model and no data rows:
-a jsonl file that does not exist, limit / cpu_threads / run_id / experiment values, the backend
+a run evaluates a task or a dataset (never both; mode=bench and mode=embed take no task), a
+jsonl file that does not exist, limit / cpu_threads / run_id / experiment values, the backend
 (engine=remote needs engine.url). The engine's own arguments (device, dtype, kv_cache_dtype,
 tensor_parallel_size, ...) are checked by the engine itself when the backend is built, which the
 lifecycle does before the run folder exists.
+
+A null sampling value means "not set": a task's generation_kwargs fill it (runner/tasks/
+sampling.py), and everywhere else SamplingParams' own default applies (`sampling_kwargs`
+drops the nulls before SamplingParams is built).
 """
 from __future__ import annotations
 
@@ -45,7 +50,8 @@ SAMPLING_SCHEMA: dict[str, Any] = {
         "presence_penalty": {"type": "number", "minimum": -2, "maximum": 2},
         "frequency_penalty": {"type": "number", "minimum": -2, "maximum": 2},
         "repetition_penalty": {"type": "number", "exclusiveMinimum": 0},
-        "temperature": {"type": "number", "minimum": 0},
+        # null: the task's value (runner/tasks/sampling.py); SamplingParams' own otherwise
+        "temperature": {"type": ["number", "null"], "minimum": 0},
         "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
         "top_k": {"type": "integer", "minimum": -1},
         "min_p": {"type": "number", "minimum": 0, "maximum": 1},
@@ -53,7 +59,7 @@ SAMPLING_SCHEMA: dict[str, Any] = {
         "use_beam_search": {"type": "boolean"},
         "length_penalty": {"type": "number"},
         "early_stopping": {"enum": [True, False, "never"]},
-        "stop": {"type": "array", "items": {"type": "string", "minLength": 1}},
+        "stop": {"type": ["array", "null"], "items": {"type": "string", "minLength": 1}},
         "stop_token_ids": {"type": "array", "items": {"type": "integer", "minimum": 0}},
         "ignore_eos": {"type": "boolean"},
         "max_tokens": {"type": ["integer", "null"], "minimum": 1},
@@ -71,7 +77,8 @@ SAMPLING_SCHEMA: dict[str, Any] = {
                 "title": "beam search mode (use_beam_search=true)",
                 "properties": {
                     "best_of": {"minimum": 2, "description": "> 1 (the beam width)"},
-                    "temperature": {"maximum": SAMPLING_EPS, "description": "0"},
+                    "temperature": {"type": "number", "maximum": SAMPLING_EPS,
+                                    "description": "0"},
                     "top_p": {"const": 1},
                     "top_k": {"enum": [-1, 0], "description": "-1 (or 0: disabled)"},
                     "early_stopping": {"enum": [True, False, "never"]},
@@ -89,7 +96,8 @@ SAMPLING_SCHEMA: dict[str, Any] = {
             "if": {
                 "properties": {
                     "use_beam_search": {"const": False},
-                    "temperature": {"exclusiveMaximum": SAMPLING_EPS},
+                    # a null temperature is not greedy: it is the task's (or SamplingParams')
+                    "temperature": {"type": "number", "exclusiveMaximum": SAMPLING_EPS},
                 },
             },
             "then": {
@@ -230,12 +238,35 @@ def _check_backend(cfg: RunConfig) -> None:
                           "use engine=remote (or engine.backend=remote)")
 
 
+def sampling_kwargs(sampling: SamplingConfig | dict) -> dict:
+    """SamplingParams keyword arguments of a sampling config: the null ("not set") values
+    left out, so SamplingParams' own defaults apply to them."""
+    plain = dict(to_plain(sampling)) if not isinstance(sampling, dict) else dict(sampling)
+    return {k: v for k, v in plain.items() if v is not None}
+
+
+def _check_task_or_dataset(cfg: RunConfig) -> None:
+    mode = cfg.mode.value
+    if cfg.task is not None:
+        if mode in ("bench", "embed"):
+            what = "a synthetic workload" if mode == "bench" else "the pairs of dataset="
+            raise ConfigError(f"task= does not apply to mode={mode} (it runs {what}); drop "
+                              "task= or use mode=eval / mode=generate")
+        if cfg.dataset is not None:
+            raise ConfigError(f"both task ({cfg.task.task or cfg.task.group}) and dataset "
+                              f"({cfg.dataset.name}) are set; a run evaluates one of them")
+    elif cfg.dataset is None and mode != "bench":
+        raise ConfigError(f"mode={mode} needs a dataset or a task: choose dataset=NAME or "
+                          "task=NAME")
+
+
 def validate_run(cfg: RunConfig) -> None:
     """All checks that need no model and no data rows; raises ConfigError."""
     validate_sampling(cfg.sampling)
     _check_backend(cfg)
     check_experiment(cfg.experiment)
-    path = _jsonl_path(cfg.dataset.source)
+    _check_task_or_dataset(cfg)
+    path = _jsonl_path(cfg.dataset.source) if cfg.dataset is not None else None
     if path is not None and not path:
         raise ConfigError("dataset.source=jsonl: names no file; use dataset=jsonl:PATH or "
                           "dataset.source=jsonl:PATH")

@@ -1,8 +1,9 @@
 """One run, start to finish, for every mode: validated config in, run folder out. No Hydra here.
 
     RunConfig (dataclasses, from cli.py)                                      nothing written:
-      -> validate_run (sampling rules, backend, limit, experiment, files)
-      -> mode.prepare(cfg) -> Plan (the task's docs, pairs or workload; its fingerprint)
+      -> validate_run (sampling rules, backend, task or dataset, limit, experiment, files)
+      -> mode.prepare(cfg, sweep_job) -> Plan (the task's docs, pairs or workload; its
+         fingerprint); a sweep job's task records sampling values it cannot use as warnings
       -> config hash -> plan_location (id, resume, paths inside output_root)
       -> an existing folder is locked now (one writer; a live holder is named, a dead one's
          lock taken over)
@@ -73,6 +74,11 @@ class RunResult:
 def _normalize(cfg: RunConfig) -> None:
     # A relative path means "relative to where I ran the command"; store it absolute so the
     # config, its hash and the recipe mean the same file from any directory.
+    if cfg.task is not None:
+        from runner.tasks.data import anchor_data_files
+
+        anchor_data_files(cfg.task)  # lm-eval reads them from the working directory too
+        return
     source = cfg.dataset.source
     scheme, _, rest = source.partition(":")
     if scheme == "jsonl":
@@ -140,7 +146,9 @@ class _Run:
         validate_run(cfg)
         _normalize(cfg)
         mode = get_mode(cfg.mode.value)
-        plan = mode.prepare(cfg)
+        # a sweep job records task settings it cannot use instead of refusing them, so a
+        # sweep over mixed tasks (-m task=gsm8k,mmlu sampling.temperature=0,0.7) runs every job
+        plan = mode.prepare(cfg, sweep_job=self.ctx.job_dir is not None)
         key = objective_key(cfg, plan)
         cfg_hash = mf.config_hash(cfg, plan.fingerprint)
         location = plan_location(cfg, cfg_hash, plan.id_fields, self.ctx.job_dir,

@@ -1,9 +1,12 @@
 """What passes between the lifecycle and a mode: the mode's plan, its session, its outcome.
 
-    mode.prepare(cfg) -> Plan           before anything is written or loaded: the work (a Task,
+    mode.prepare(cfg, sweep_job) -> Plan
+                                        before anything is written or loaded: the work (a Task,
                                         similarity pairs, a workload), its fingerprint (enters
                                         the config hash), manifest entries, run-id fields, the
-                                        metric names it will report
+                                        metric names it will report; sweep_job: this run is
+                                        one job of a sweep (a task then records sampling
+                                        values it cannot use instead of refusing them)
     mode.check_backend(plan, backend)   after the model loaded, before the folder exists:
                                         refuses a backend the mode cannot use (an embedding
                                         model for eval, a generative one for embed)

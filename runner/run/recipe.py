@@ -4,7 +4,7 @@
       checks, each refused with one line naming the key:
         - only recipe_version / description / choices / config at the top
         - choices name groups (model, engine, sampling, dataset, task) with option names
-          ("..": refused, except in a dataset spec, whose path is data)
+          ("..": refused, except in a dataset spec or a task=lmeval: spec, whose path is data)
         - config carries no Hydra-special key anywhere (_target_, _args_, _partial_,
           _recursive_, _convert_, defaults, ...), so no object is ever built from a recipe
         - config's `hydra` section holds only the documented keys: hydra.sweeper.params (a
@@ -103,7 +103,8 @@ def _check_choices(choices: Any, where: str) -> dict:
             raise RecipeError(f"{where}: choices.{group} must be an option name, got "
                               f"{type(option).__name__}")
         option = str(option)
-        if group != "dataset" and (".." in Path(option).parts or option.startswith("/")):
+        spec = group == "dataset" or (group == "task" and option.startswith("lmeval:"))
+        if not spec and (".." in Path(option).parts or option.startswith("/")):
             raise RecipeError(f"{where}: choices.{group}={option!r} is not an option name of "
                               f"conf/{group}/")
         out[group] = option

@@ -14,11 +14,14 @@ its failures into one line naming the file, the line and the fix.
 
 `builtin:NAME` in data_files names a file shipped in runner/data/tasks/ (the default suite's
 offline tasks); every other path is the caller's, relative to the working directory as in
-lm-eval.
+lm-eval. `anchor_data_files(task_config)` makes those relative paths absolute (the run
+lifecycle calls it once, before the config is hashed and stored), so a run's config and
+recipe name the same files from any folder.
 """
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import os
@@ -67,6 +70,32 @@ def resolve_data_files(data_files: Any) -> Any:
     if isinstance(data_files, dict):
         return {k: resolve_data_files(v) for k, v in data_files.items()}
     return data_files
+
+
+def _absolute(data_files: Any) -> Any:
+    if isinstance(data_files, str):
+        path = os.path.expanduser(data_files)
+        # only what is there: a name that is not (a hub repo's own file) is left as written
+        if data_files.startswith(BUILTIN_PREFIX) or "://" in data_files or \
+                not (os.path.exists(path) or glob.glob(path)):
+            return data_files
+        return os.path.abspath(path)
+    if isinstance(data_files, list):
+        return [_absolute(f) for f in data_files]
+    if isinstance(data_files, dict):
+        return {k: _absolute(v) for k, v in data_files.items()}
+    return data_files
+
+
+def anchor_data_files(node: Any) -> None:
+    """Every relative path in dataset_kwargs.data_files of a TaskConfig tree (subtasks
+    included) that names files in the working directory, where lm-eval would read them, made
+    absolute."""
+    kwargs = getattr(node, "dataset_kwargs", None)
+    if kwargs and kwargs.get("data_files") is not None:
+        kwargs["data_files"] = _absolute(kwargs["data_files"])
+    for sub in (getattr(node, "subtasks", None) or {}).values():
+        anchor_data_files(sub)
 
 
 def _local_files(data_files: Any) -> list[str]:

@@ -5,7 +5,9 @@ reads them, runner/metrics.py scores them), behind runner.tasks.api's Task proto
                                          cfg.sampling, cfg.seed, cfg.limit, cfg.mode
       .docs()      -> one Doc per Example, in the dataset's (selected) order
       .requests()  -> one generate Request: the chat template's rendering (LLM.chat's tokens)
-                      or the plain prompt (LLM.generate's), SamplingParams from cfg.sampling;
+                      or the plain prompt (LLM.generate's), SamplingParams from cfg.sampling
+                      (null values left to SamplingParams' defaults; a null max_tokens is
+                      DEFAULT_MAX_TOKENS, the answer length of the runner's datasets);
                       with sampling.seed null a random run seeds each item from the run seed
                       and the item id (api.item_seed), so a sampled answer does not depend on
                       the batch it ran in
@@ -24,9 +26,13 @@ from typing import Any, Optional
 from runner import metrics as task_metrics
 from runner.datasets import load_examples
 from runner.tasks.api import Doc, Request, item_seed
-from runner.validation import sampling_mode
+from runner.validation import sampling_kwargs, sampling_mode
 
 log = logging.getLogger("runner")
+# The generation length of a dataset run when sampling.max_tokens is null (as the sampling
+# presets leave it, so that a task's max_gen_toks applies to task runs): enough for the short
+# extractive answers of SQuAD-style sets, and the length the default run always had.
+DEFAULT_MAX_TOKENS = 32
 
 
 def _logprobs_json(logprobs: Any) -> Any:
@@ -59,14 +65,15 @@ class DatasetTask:
 
     def __init__(self, cfg: Any):
         from runner.engine import SamplingParams
-        from runner.schemas import Mode, to_plain
+        from runner.schemas import Mode
 
         self.name = cfg.dataset.name
         self.scoring = cfg.mode == Mode.eval
         self.examples, self.dataset_info = load_examples(cfg.dataset, limit=cfg.limit)
         self._by_id = {ex.id: ex for ex in self.examples}
-        self.base_params = to_plain(cfg.sampling)
-        self.derive_seed = self.base_params["seed"] is None and \
+        self.base_params = sampling_kwargs(cfg.sampling)
+        self.base_params.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
+        self.derive_seed = self.base_params.get("seed") is None and \
             sampling_mode(cfg.sampling) == "random"
         self.run_seed = cfg.seed
         self._params = SamplingParams
@@ -78,7 +85,7 @@ class DatasetTask:
         return {"source": i.source, "num_rows_total": i.num_rows_total,
                 "num_examples": i.num_examples, "fingerprint": i.fingerprint, "metric": i.metric,
                 "metrics": list(self.metric.keys), "primary_metric": self.metric.keys[0],
-                "warnings": list(i.warnings)}
+                "max_tokens": self.base_params["max_tokens"], "warnings": list(i.warnings)}
 
     def fingerprint(self) -> str:
         return self.dataset_info.fingerprint

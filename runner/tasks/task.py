@@ -101,7 +101,8 @@ class LmEvalTask:
                "eval_split": rows.eval_split, "split_sizes": rows.split_sizes,
                "num_docs": len(self._docs), "num_fewshot": spec.num_fewshot,
                "fewshot_source": rows.fewshot_source, "fewshot_seed": spec.fewshot_seed,
-               "version": spec.version, "metrics": [m.name for m in spec.metrics],
+               "version": spec.version, "metrics": self.score_names(),
+               "primary_metric": self.score_names()[0],
                "filters": [p.name for p in self.pipelines],
                "apply_chat_template": spec.apply_chat_template,
                "fingerprint": self.fingerprint(), "warnings": self.warnings()}
@@ -110,6 +111,13 @@ class LmEvalTask:
                                            None, self.where)["params"]
             out["generation"]["stop_note"] = "the tokenizer's EOS text is added to stop"
         return out
+
+    def score_names(self) -> list[str]:
+        """The keys of aggregate()'s `scores`, in its order: "metric,filter" (lm-eval's names);
+        a task that generates nothing scores under the filter "none"."""
+        filters = [p.name for p in self.pipelines] if self.output_type == "generate_until" \
+            else ["none"]
+        return [f"{m.name},{f}" for f in filters for m in self.spec.metrics]
 
     def warnings(self) -> list[str]:
         return list(self.spec.warnings) + (list(self._rows.warnings) if self._rows else [])
@@ -292,7 +300,7 @@ class LmEvalTask:
     def aggregate(self, records: list[dict]) -> dict:
         result = self.task_result([r for r in records if r.get("task") == self.name])
         return {"task": self.name, "output_type": self.output_type,
-                "results": {self.name: result}, "groups": {},
+                "num_items": result["num_items"], "results": {self.name: result}, "groups": {},
                 "scores": {k: v["value"] for k, v in result["metrics"].items()},
                 "warnings": [f"{self.name}: {w}" for w in result["warnings"]]}
 

@@ -162,7 +162,7 @@ def test_recipe_plus_overrides(tmp_path):
         assert _run_cfg(argv).sampling.max_tokens == 9
     # A group choice replaces the recipe's choice and drops the recipe's values for it.
     cfg = _run_cfg([f"recipe={recipe}", "sampling=greedy"])
-    assert not cfg.sampling.use_beam_search and cfg.sampling.max_tokens == 32
+    assert not cfg.sampling.use_beam_search and cfg.sampling.max_tokens is None
     assert cfg.limit == 5
 
 

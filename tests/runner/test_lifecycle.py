@@ -171,7 +171,7 @@ def test_any_task_plugs_in_through_build_task(setup, monkeypatch):
     from runner.run import run
 
     use, run_dir = setup
-    monkeypatch.setattr(tasks, "build_task", lambda cfg: TwoRequestTask(3))
+    monkeypatch.setattr(tasks, "build_task", lambda cfg, **_: TwoRequestTask(3))
     backend = FakeBackend()
     result = run(use(backend))
     assert result.metrics["scores"] == {"acc": 1.0} and result.objective == 1.0

@@ -53,3 +53,22 @@ def test_a_failed_job_returns_nan(tmp_path):
     value, failures = _task_value(["model=local", f"model.model={tmp_path}/none",
                                    f"output_root={tmp_path / 'out'}"])
     assert math.isnan(value) and len(failures) == 1
+
+
+@pytest.mark.parametrize("objective,key", [(None, "acc,none"),
+                                           ('"acc_norm,none"', "acc_norm,none")])
+def test_an_lmeval_task_returns_its_score_key(tiny_llama, tmp_path, objective, key):
+    """An lm-eval task's info() names its score keys before it runs: the default objective is
+    the first ("acc,none"), and a sweep_objective is checked against them."""
+    import json
+
+    out = tmp_path / "out"
+    argv = ["model=local", f"model.model={tiny_llama}", "task=mc_mini", "limit=2",
+            f"output_root={out}", "use_tqdm=false"]
+    value, failures = _task_value(argv + ([f"sweep_objective={objective}"] if objective else []))
+    assert not failures and isinstance(value, float) and not math.isnan(value)
+    (metrics,) = out.glob("*/*/metrics.json")
+    assert value == json.loads(metrics.read_text())["scores"][key]
+    value, failures = _task_value(argv + ["sweep_objective=acc"])
+    assert math.isnan(value) and "'acc' is not a metric of this run; its metrics: acc,none, " \
+        "acc_norm,none" in str(failures[0])

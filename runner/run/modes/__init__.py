@@ -1,6 +1,6 @@
 """The modes of a run: eval | generate | bench | embed, one small module each.
 
-Each module has `prepare(cfg) -> Plan`, `check_backend(plan, backend)` and
+Each module has `prepare(cfg, sweep_job) -> Plan`, `check_backend(plan, backend)` and
 `execute(plan, Session) -> Outcome` (runner/run/plan.py); the lifecycle (runner/run/lifecycle.py)
 calls them in that order around the one run folder. No mode imports another; eval and generate
 share the request loop (runner/run/loop.py).

@@ -38,7 +38,8 @@ WORKLOADS = ("throughput", "latency", "beam")
 POSITIVE = ("num_prompts", "input_len", "output_len", "batch_size", "iters", "beam_width")
 
 
-def prepare(cfg) -> Plan:
+def prepare(cfg, sweep_job: bool = False) -> Plan:
+    """The workload's plan; `sweep_job` changes nothing here (bench runs no task)."""
     b = cfg.bench
     if b.workload not in WORKLOADS:
         raise ConfigError(f"bench.workload={b.workload!r}: allowed: {', '.join(WORKLOADS)}")

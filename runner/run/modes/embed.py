@@ -22,7 +22,8 @@ from runner.validation import ConfigError
 log = logging.getLogger("runner")
 
 
-def prepare(cfg) -> Plan:
+def prepare(cfg, sweep_job: bool = False) -> Plan:
+    """The pairs' plan; `sweep_job` changes nothing here (embed runs no task)."""
     items = load_pairs(cfg.dataset.source, cfg.limit)
     return Plan(work=items, fingerprint=fingerprint_rows(items),
                 manifest={"dataset": {"source": cfg.dataset.source, "num_pairs": len(items)}},

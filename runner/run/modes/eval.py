@@ -1,6 +1,7 @@
 """mode=eval: the task's requests through the backend, each item scored as it finishes.
 
-    prepare   runner.tasks.build_task(cfg) -> Task (its docs, fingerprint, metric names)
+    prepare   runner.tasks.build_task(cfg) -> Task (its docs, fingerprint, metric names); a
+              sweep job's task records sampling values it cannot use instead of refusing them
     execute   runner/run/loop.py drives every unfinished doc into predictions.jsonl;
               task.aggregate(every record, resumed ones too) -> metrics.json,
               the session's request timings -> benchmark.json
@@ -9,18 +10,17 @@ from __future__ import annotations
 
 from runner.run.loop import drive
 from runner.run.plan import Outcome, Plan
-from runner.validation import ConfigError, sampling_mode
+from runner.validation import ConfigError
 
 
-def prepare(cfg) -> Plan:
-    from runner.tasks import build_task
+def prepare(cfg, sweep_job: bool = False) -> Plan:
+    from runner.tasks import build_task, manifest_entries, sampling_label
 
-    task = build_task(cfg)
+    task = build_task(cfg, strict_sampling=not sweep_job)
     info = task.info()
     return Plan(work=task, fingerprint=task.fingerprint(),
-                manifest={"dataset": info, "task": {"name": task.name,
-                                                    "output_type": task.output_type}},
-                id_fields={"sampling": sampling_mode(cfg.sampling), "dataset": task.name},
+                manifest=manifest_entries(cfg, task, info),
+                id_fields={"sampling": sampling_label(cfg, info), "dataset": task.name},
                 metrics=list(info.get("metrics") or []),
                 primary_metric=info.get("primary_metric"))
 

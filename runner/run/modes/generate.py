@@ -1,24 +1,24 @@
 """mode=generate: the task's requests through the backend into predictions.jsonl, no scoring.
 
-    prepare   runner.tasks.build_task(cfg) (the task knows the mode: it records no scores)
+    prepare   runner.tasks.build_task(cfg) (a dataset task knows the mode: it records no
+              scores; an lm-eval task's records keep theirs)
     execute   runner/run/loop.py; benchmark.json from the session's timings; no metrics.json
 """
 from __future__ import annotations
 
 from runner.run.loop import drive
 from runner.run.plan import Outcome, Plan
-from runner.validation import ConfigError, sampling_mode
+from runner.validation import ConfigError
 
 
-def prepare(cfg) -> Plan:
-    from runner.tasks import build_task
+def prepare(cfg, sweep_job: bool = False) -> Plan:
+    from runner.tasks import build_task, manifest_entries, sampling_label
 
-    task = build_task(cfg)
+    task = build_task(cfg, strict_sampling=not sweep_job)
     info = task.info()
     return Plan(work=task, fingerprint=task.fingerprint(),
-                manifest={"dataset": info, "task": {"name": task.name,
-                                                    "output_type": task.output_type}},
-                id_fields={"sampling": sampling_mode(cfg.sampling), "dataset": task.name})
+                manifest=manifest_entries(cfg, task, info),
+                id_fields={"sampling": sampling_label(cfg, info), "dataset": task.name})
 
 
 def check_backend(plan: Plan, backend) -> None:

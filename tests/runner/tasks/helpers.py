@@ -1,6 +1,7 @@
 """Test helpers of the task layer: local copies of hub datasets in the hub's file layout, a task
-config built from YAML, the engine driver (until the run lifecycle drives tasks, the tests do it
-with runner.engine's public API) and lm-eval's own evaluation for the reference numbers.
+config built from YAML, the engine driver (the tasks on runner.engine's public API, without the
+run lifecycle: tests/e2e/test_task_runs.py checks that `python -m runner task=...` gives its
+numbers) and lm-eval's own evaluation for the reference numbers.
 
     write_hub_dataset(root, "allenai/ai2_arc", {"ARC-Easy": {"test": rows}})
         root/allenai/ai2_arc/README.md   (the `configs:` header the hub's dataset cards carry)
@@ -76,7 +77,7 @@ def preset_node(name: str, *overrides: str) -> dict:
 
     from runner import cli
 
-    cfg = cli.compose([f"+task={name}", *overrides])
+    cfg = cli.compose([f"task={name}", *overrides])
     return OmegaConf.to_container(cfg.task, resolve=True)
 
 

@@ -172,3 +172,26 @@ def test_regex_that_never_matches_scores_zero_and_is_counted(tmp_path):
     result = task.aggregate(records)["results"]["g"]
     assert result["unmatched"] == {"num": 2}
     assert any("matched nothing in 2 of 3 items" in w for w in result["warnings"])
+
+
+def test_anchor_data_files_records_where_the_files_were_read(tmp_path, monkeypatch):
+    """The lifecycle anchors a task's relative data_files at the working folder (where lm-eval
+    reads them); hub-relative names that are not here, builtin: and URLs stay as written."""
+    from runner.tasks.config import TaskConfig
+    from runner.tasks.data import anchor_data_files
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.jsonl").write_text("{}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.jsonl").write_text("{}\n")
+    files = {"test": "a.jsonl", "train": ["sub/*.jsonl", "repo/only.parquet"],
+             "validation": "builtin:mc_mini.jsonl", "x": "hf://datasets/u/r/x.parquet"}
+    node = TaskConfig(group="g", subtasks={"t": TaskConfig(
+        task="t", dataset_kwargs={"data_files": files, "field": "rows"})})
+    anchor_data_files(node)
+    got = node.subtasks["t"].dataset_kwargs
+    assert got["data_files"] == {"test": str(tmp_path / "a.jsonl"),
+                                 "train": [str(tmp_path / "sub" / "*.jsonl"), "repo/only.parquet"],
+                                 "validation": "builtin:mc_mini.jsonl",
+                                 "x": "hf://datasets/u/r/x.parquet"}
+    assert got["field"] == "rows"

@@ -135,7 +135,7 @@ def test_cli_specs_register_as_hydra_options(tmp_path):
     path = write(tmp_path, "my task.yaml".replace(" ", "_"), BASE + "task: mine\nnum_fewshot: 2\n")
     spec = f"lmeval:{path}"
     register_task_specs([spec, "gsm8k"], ConfigStore.instance())
-    cfg = OmegaConf.to_object(cli.compose([f"+task={spec}", "task.num_fewshot=0"]))
+    cfg = OmegaConf.to_object(cli.compose([f"task={spec}", "task.num_fewshot=0"]))
     assert isinstance(cfg.task, TaskConfig) and cfg.task.task == "mine"
     assert cfg.task.num_fewshot == 0
     with pytest.raises(TaskFileError, match="no such task file"):
@@ -156,7 +156,7 @@ def test_lmeval_group_file_composes_through_hydra():
 
     spec = f"lmeval:{helpers.lmeval_tasks_dir() / 'mmlu' / 'default' / '_mmlu.yaml'}"
     register_task_specs([spec], ConfigStore.instance())
-    cfg = OmegaConf.to_object(cli.compose([f"+task={spec}"]))
+    cfg = OmegaConf.to_object(cli.compose([f"task={spec}"]))
     spec_tree = resolve(cfg.task)
     assert len(spec_tree.leaves()) == 57
     assert "mmlu_global_facts" in cfg.task.subtasks["mmlu_other"].subtasks
@@ -168,13 +168,13 @@ def test_hydra_searchpath_task_and_typo_at_compose_time(tmp_path):
     (tmp_path / "task").mkdir()
     write(tmp_path / "task", "mytask.yaml", BASE + "task: mytask\n")
     cfg = OmegaConf.to_object(cli.compose([f"hydra.searchpath=[file://{tmp_path}]",
-                                           "+task=mytask"]))
+                                           "task=mytask"]))
     assert cfg.task.task == "mytask"
     write(tmp_path / "task", "typo.yaml", BASE + "task: typo\nnum_fewshots: 1\n")
     with pytest.raises(Exception, match="num_fewshots"):
-        cli.compose([f"hydra.searchpath=[file://{tmp_path}]", "+task=typo"])
+        cli.compose([f"hydra.searchpath=[file://{tmp_path}]", "task=typo"])
     with pytest.raises(Exception, match="num_fewshots"):
-        cli.compose(["+task=gsm8k", "task.num_fewshots=3"])
+        cli.compose(["task=gsm8k", "task.num_fewshots=3"])
 
 
 PRESETS = [("gsm8k", "gsm8k/gsm8k.yaml"), ("hellaswag", "hellaswag/hellaswag.yaml"),

@@ -115,9 +115,9 @@ def test_sweep_over_mixed_tasks_composes_and_builds(in_hub):
 
     for task_name in ("gsm8k", "arc_easy"):
         for temperature in ("0", "0.7"):
+            # the shipped sampling preset as it is: its null max_tokens / stop are the task's
             cfg = OmegaConf.to_object(cli.compose([
-                f"+task={task_name}", f"sampling.temperature={temperature}",
-                "sampling.max_tokens=null", "sampling.stop=null"]))
+                f"task={task_name}", f"sampling.temperature={temperature}"]))
             task = build(cfg, strict_sampling=False)
             info = task.info()
             if task_name == "gsm8k":
