@@ -162,7 +162,8 @@ class LinearBase(nn.Module):
         if not seen:
             _copy_checked(param.data, loaded)
             param.loaded_parts = {shard_id}
-        elif not torch.equal(param.data, loaded.to(param.dtype).reshape(param.shape)):
+        elif not torch.equal(param.data,
+                             loaded.to(param.device, param.dtype).reshape(param.shape)):
             raise ValueError(f"{self.prefix}: the fused parts' {sorted(map(str, seen))} and "
                              f"{shard_id!r} per-input tensors differ; they cannot share one "
                              "matmul")
