@@ -75,6 +75,7 @@ def _prefill_tile(acc, l_i, m_i, q, k_base, v_base, block_table, start, q_pos, k
                                             "block_tables_ptr"])
 def prefill_attention_kernel(
     q_ptr, kv_cache_ptr, query_start_loc_ptr, seq_lens_ptr, block_tables_ptr, out_ptr,
+    seq_idx_ptr,                                # [grid 1] the sequences to run (HAS_SEQ_IDX)
     qk_scale,                                   # softmax scale * log2(e)
     stride_q_tok, stride_q_head,
     stride_c_kv, stride_c_blk, stride_c_tok, stride_c_head,
@@ -90,8 +91,12 @@ def prefill_attention_kernel(
     DOT_PRECISION: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
     FP16_DOTS: tl.constexpr,
+    HAS_SEQ_IDX: tl.constexpr,
 ):
-    seq = tl.program_id(1)
+    if HAS_SEQ_IDX:
+        seq = tl.load(seq_idx_ptr + tl.program_id(1))
+    else:
+        seq = tl.program_id(1)
     head = tl.program_id(2)
     q_start = tl.load(query_start_loc_ptr + seq)
     q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
@@ -153,11 +158,16 @@ def prefill_attention_kernel(
 def prefill_attention(q: torch.Tensor, kv_cache: torch.Tensor, query_start_loc: torch.Tensor,
                       seq_lens: torch.Tensor, block_tables: torch.Tensor, scale: float,
                       max_query_len: int, sliding_window: Optional[int] = None,
-                      out: Optional[torch.Tensor] = None) -> torch.Tensor:
+                      out: Optional[torch.Tensor] = None,
+                      seq_idx: Optional[torch.Tensor] = None) -> torch.Tensor:
     """q [T, Hq, D] -> [T, Hq, D], causal over each sequence's cached prefix + chunk.
 
     max_query_len: host int bound of the per-sequence query lengths (sizes the grid).
     out: optional preallocated [T, Hq, D] output.
+    seq_idx: optional [S] int32 device tensor: run only these sequences (the rows of the others
+      are left as they are in `out`); the engine passes a mixed step's prefill chunks here and
+      runs its one-token decode rows through paged_decode_attention, which reads each KV head
+      once for its whole GQA group instead of once per query head.
     """
     num_tokens, num_heads, head_dim = q.shape
     _, _, block_size, num_kv_heads, cache_head_dim = kv_cache.shape
@@ -172,10 +182,14 @@ def prefill_attention(q: torch.Tensor, kv_cache: torch.Tensor, query_start_loc: 
         out = torch.empty((num_tokens, num_heads, head_dim), dtype=q.dtype, device=q.device)
     if num_tokens == 0 or batch == 0 or max_query_len <= 0:
         return out
+    if seq_idx is not None and seq_idx.numel() == 0:
+        return out
     cfg = prefill_tile_config(head_dim, q.dtype)
-    grid = (triton.cdiv(max_query_len, cfg.block_m), batch, num_heads)
+    programs = batch if seq_idx is None else seq_idx.numel()
+    grid = (triton.cdiv(max_query_len, cfg.block_m), programs, num_heads)
     prefill_attention_kernel[grid](
         q, kv_cache, query_start_loc, seq_lens, block_tables, out,
+        seq_idx if seq_idx is not None else seq_lens,
         scale * LOG2E,
         q.stride(0), q.stride(1),
         kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
@@ -191,6 +205,7 @@ def prefill_attention(q: torch.Tensor, kv_cache: torch.Tensor, query_start_loc: 
         DOT_PRECISION=dot_precision(q.dtype),
         DOT_UPCAST=dot_upcast(q.dtype),
         FP16_DOTS=fp16_dots(q.dtype, kv_cache.dtype),
+        HAS_SEQ_IDX=seq_idx is not None,
         num_warps=cfg.num_warps,
         num_stages=cfg.num_stages,
     )
@@ -201,7 +216,8 @@ def prefill_attention_ref(q: torch.Tensor, kv_cache: torch.Tensor,
                           query_start_loc: Union[torch.Tensor, Sequence[int]],
                           seq_lens: Union[torch.Tensor, Sequence[int]],
                           block_tables: torch.Tensor, scale: float,
-                          sliding_window: Optional[int] = None) -> torch.Tensor:
+                          sliding_window: Optional[int] = None,
+                          seq_idx: Optional[Sequence[int]] = None) -> torch.Tensor:
     """Pure-torch twin of `prefill_attention`, and the engine's prefill attention on
     kernel_backend='torch': one sequence at a time through SDPA in q's dtype (keys and values
     widened from the cache's dtype), causal with the cached prefix's offset.
@@ -212,9 +228,12 @@ def prefill_attention_ref(q: torch.Tensor, kv_cache: torch.Tensor,
         query_start_loc = query_start_loc.tolist()
     if isinstance(seq_lens, torch.Tensor):
         seq_lens = seq_lens.tolist()
+    if isinstance(seq_idx, torch.Tensor):
+        seq_idx = seq_idx.tolist()
     group = q.shape[1] // kv_cache.shape[3]
     out = torch.zeros_like(q)                                            # [T, Hq, D]
-    for b, seq_len in enumerate(seq_lens):
+    for b in (range(len(seq_lens)) if seq_idx is None else seq_idx):
+        seq_len = seq_lens[b]
         start, end = query_start_loc[b], query_start_loc[b + 1]
         if end == start:
             continue

@@ -13,8 +13,9 @@ its torch twin `*_ref` from the same file; there is no second torch copy here. F
 keys and values go into their cache slots (reshape_and_cache; slots < 0 are padding and are
 skipped), then:
 - use_triton: paged_decode_attention for a batch of decode tokens only (the CUDA-graph case: no
-  value is read back on the host), prefill_attention for any batch with prefill chunks (it
-  handles one-token queries too);
+  value is read back on the host); a mixed batch splits: its one-token rows through
+  paged_decode_attention, its prefill chunks through prefill_attention (seq_idx); a batch of
+  prefill chunks only through prefill_attention;
 - torch: the decode tokens of the batch (one query each) in one batched, masked pass of
   paged_decode_attention_ref, then each prefill chunk (several queries, causal with an offset
   for the cached prefix) through prefill_attention_ref. Runs on CPU, and is what the engine's
@@ -49,6 +50,7 @@ class AttentionMetadata:
     prefill_idx: tuple[int, ...] = ()           # sequences with several query tokens
     decode_seq_lens: Optional[torch.Tensor] = None   # [Bd] on device
     decode_query_rows: Optional[torch.Tensor] = None  # [Bd] row of each decode query
+    prefill_idx_t: Optional[torch.Tensor] = None     # [Bp] int32: a mixed step's prefill chunks
 
 
 class Attention(nn.Module):
@@ -81,9 +83,19 @@ class Attention(nn.Module):
                                           self.scale, self.sliding_window,
                                           num_splits=meta.num_splits,
                                           max_seq_len=meta.max_seq_len)
+        out = None
+        if meta.prefill_idx_t is not None:
+            # a mixed step: the one-token rows through the decode kernel (each KV head read
+            # once for its GQA group), the prefill chunks alone through the prefill kernel
+            rows = meta.decode_query_rows
+            out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+            out[rows] = paged_decode_attention(q[rows], kv_cache,
+                                               meta.block_tables[meta.decode_idx],
+                                               meta.decode_seq_lens, self.scale,
+                                               self.sliding_window, max_seq_len=meta.max_seq_len)
         return prefill_attention(q, kv_cache, meta.query_start_loc_t, meta.seq_lens_t,
                                  meta.block_tables, self.scale, meta.max_query_len,
-                                 self.sliding_window)
+                                 self.sliding_window, out=out, seq_idx=meta.prefill_idx_t)
 
     def _forward_ref(self, q, k, v, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
         """The torch backend: the kernels' twins, decode rows batched (decode_idx) and prefill

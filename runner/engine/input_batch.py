@@ -105,6 +105,16 @@ class InputBuilder:
             meta.prefill_idx = tuple(np.nonzero(qlens > 1)[0].tolist())
             meta.decode_seq_lens = torch.from_numpy(seq_lens[decode]).to(self.device)
             meta.decode_query_rows = torch.from_numpy(qsl[:-1][decode]).to(self.device)
+        elif not meta.decode_only and (qlens == 1).any():
+            # a mixed step on the kernels: its one-token rows go to the decode kernel, its
+            # prefill chunks to the prefill kernel (runner/engine/attention.py)
+            decode = np.nonzero(qlens == 1)[0]
+            meta.decode_idx = torch.from_numpy(decode).to(self.device)
+            meta.decode_seq_lens = torch.from_numpy(
+                seq_lens[decode].astype(np.int32)).to(self.device)
+            meta.decode_query_rows = torch.from_numpy(qsl[:-1][decode]).to(self.device)
+            meta.prefill_idx_t = torch.from_numpy(
+                np.nonzero(qlens > 1)[0].astype(np.int32)).to(self.device)
         return dev_i64[0], dev_i64[1], meta
 
     def staged_input_ids(self, num_tokens: int) -> np.ndarray:

@@ -134,3 +134,69 @@ def test_prefill_gpu_shapes(num_heads, num_kv_heads, head_dim, block_size):
 def test_prefill_gpu_fp8_cache(cache_dtype):
     _run_case(torch.bfloat16, 40, 40, 128, 16, [512, 77, 2048, 1], [0, 300, 512, 999],
               cache_dtype=cache_dtype)
+
+
+# ---- a mixed step: prefill chunks by seq_idx, one-token rows through the decode kernel ----
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_prefill_seq_idx_runs_only_those_sequences(dtype):
+    gen = torch.Generator().manual_seed(3)
+    query_lens, prefix_lens = [1, 19, 1, 33, 5], [30, 13, 8, 7, 0]
+    seq_lens, tables, cache, qsl = _batch(query_lens, prefix_lens, 8, 2, 64, dtype, gen)
+    q = torch.randn(sum(query_lens), 4, 64, generator=gen).to(DEVICE, dtype)
+    lens = torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE)
+    chosen = [1, 3, 4]
+    sentinel = torch.full_like(q, 7.0)
+    out = prefill_attention(q, cache, qsl, lens, tables, 0.125, max(query_lens),
+                            out=sentinel.clone(),
+                            seq_idx=torch.tensor(chosen, dtype=torch.int32, device=DEVICE))
+    ref = prefill_attention_ref(q, cache, qsl, lens, tables, 0.125, seq_idx=chosen)
+    starts = qsl.tolist()
+    for b in range(len(query_lens)):
+        rows = slice(starts[b], starts[b + 1])
+        if b in chosen:
+            assert_close(out[rows], ref[rows], ATTN_TOL, dtype,
+                         loosen=1.0 if dtype == torch.float32 else 2.0)
+        else:                                          # left as the caller's buffer held it
+            assert torch.equal(out[rows], sentinel[rows])
+            assert not ref[rows].any()
+
+
+def _mixed_step_case(dtype, hq, hk, d, block_size, query_lens, prefix_lens, seed=4):
+    """The Triton Attention layer on a mixed step's metadata as the engine's input builder
+    makes it for the kernels (one-token rows to the decode kernel, chunks by seq_idx) against
+    the torch layer on the torch backend's metadata."""
+    gen = torch.Generator().manual_seed(seed)
+    seq_lens, tables, cache, _ = _batch(query_lens, prefix_lens, block_size, hk, d, dtype, gen)
+    t = sum(query_lens)
+    q = torch.randn(t, hq * d, generator=gen).to(DEVICE, dtype)
+    k = torch.randn(t, hk * d, generator=gen).to(DEVICE, dtype)
+    v = torch.randn(t, hk * d, generator=gen).to(DEVICE, dtype)
+    slots = []
+    for b, (ql, sl) in enumerate(zip(query_lens, seq_lens)):
+        for pos in range(sl - ql, sl):
+            slots.append(int(tables[b, pos // block_size]) * block_size + pos % block_size)
+    slot_mapping = torch.tensor(slots, dtype=torch.long, device=DEVICE)
+    meta = runner_meta(tables, query_lens, seq_lens, slot_mapping)
+    fast = runner_meta(tables, query_lens, seq_lens, slot_mapping)
+    fast.decode_seq_lens = fast.decode_seq_lens.to(torch.int32)
+    fast.prefill_idx_t = torch.tensor(fast.prefill_idx, dtype=torch.int32, device=DEVICE)
+    fast_cache = cache.clone()
+    expected = Attention(hq, d, d ** -0.5, hk)(q, k, v, cache, meta)
+    out = Attention(hq, d, d ** -0.5, hk, use_triton=True)(q, k, v, fast_cache, fast)
+    assert torch.equal(cache.view(torch.uint8), fast_cache.view(torch.uint8))
+    assert_close(out, expected, ATTN_TOL, dtype, loosen=2.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_mixed_step_splits_decode_rows_from_prefill_chunks(dtype):
+    _mixed_step_case(dtype, 8, 2, 64, 8, [1, 19, 1, 33, 1, 5], [30, 13, 8, 7, 50, 0])
+
+
+@pytest.mark.gpu
+def test_mixed_step_gpu_llama3_8b_heads():
+    # 300 decode rows over 1-2k contexts beside three prefill chunks, as in a shared-prefix run
+    query_lens = [1] * 150 + [512] + [1] * 150 + [256, 1000]
+    prefix_lens = [1024 + i for i in range(150)] + [1024] + [1500 + i for i in range(150)] + \
+        [1024, 0]
+    _mixed_step_case(torch.bfloat16, 32, 8, 128, 16, query_lens, prefix_lens)
