@@ -11,6 +11,7 @@
 #             max_tokens 1 (lm-eval's loglikelihood requests)
 #   bash scripts/device_prefix.sh tests    the tests only        } the two halves, for two calls
 #   bash scripts/device_prefix.sh bench    the benchmarks only   } if one call's limit is tight
+#   bash scripts/device_prefix.sh prefix|mc   one of the two workloads (on and off)
 # (the per-command timeouts add up to about ten minutes; expected: ~2 min tests, ~6 min bench)
 # Each benchmark's log goes to $OUT/<name>.log (benchmark.json under outputs/bench as usual);
 # `show` prints the figures and the prefix-cache counters (queries / hits, in tokens).
@@ -40,9 +41,11 @@ if [ "$mode" = all ] || [ "$mode" = tests ]; then
   timeout 40 python3 -m pytest -q -p no:cacheprovider tests/engine/test_scheduler.py \
       tests/engine/test_triton_backend.py 2>&1 | tee "$OUT/tests_cpu_on_gpu.log" | tail -6
 fi
-if [ "$mode" = all ] || [ "$mode" = bench ]; then
+if [ "$mode" = all ] || [ "$mode" = bench ] || [ "$mode" = prefix ]; then
   runp prefix_on 100 --model llama3_8b $PREFIX
   runp prefix_off 135 --model llama3_8b $PREFIX --no-prefix-caching
+fi
+if [ "$mode" = all ] || [ "$mode" = bench ] || [ "$mode" = mc ]; then
   runp mc_on 70 --model llama3_8b $MC
   runp mc_off 115 --model llama3_8b $MC --no-prefix-caching
 fi
