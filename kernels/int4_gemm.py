@@ -151,15 +151,17 @@ _TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.floa
 def _tiles(m: int, itemsize: int) -> tuple[int, int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) from the row count and the element
     size of x (BLOCK_K >= 128: a nibble's BLOCK_K / 8 rows are the dot's K side, at least 16).
-    float32 tiles are twice the bytes: the 128 x 128 tile pipelines two stages, not three (three
-    need 232 KiB of shared memory, over an H200's 227 KiB)."""
+    float32 (the exactness path, FMA dots) takes the small tile with two stages at every M: its
+    four-stage tile needed 232 KiB of shared memory, over an H200's 227 KiB."""
     if is_interpreter():
         return 16, 32, 128, 4, 1
+    if itemsize > 2:
+        return 16, 64, 128, 4, 2
     if m <= 16:
         return 16, 64, 128, 4, 4
     if m <= 64:
         return 64, 64, 128, 4, 3
-    return 128, 128, 128, 8, 3 if itemsize <= 2 else 2
+    return 128, 128, 128, 8, 3
 
 
 def group_args(group_size: int, block_k: int, g_idx: Optional[torch.Tensor]) -> dict:

@@ -72,7 +72,7 @@ def _prefill_tile(acc, l_i, m_i, q, k_base, v_base, block_table, start, q_pos, k
 # in the middle of a run (seconds each). They feed scalar and gathered loads only.
 @triton.jit(do_not_specialize=["stride_bt_seq"],
             do_not_specialize_on_alignment=["query_start_loc_ptr", "seq_lens_ptr",
-                                            "block_tables_ptr"])
+                                            "block_tables_ptr", "seq_idx_ptr"])
 def prefill_attention_kernel(
     q_ptr, kv_cache_ptr, query_start_loc_ptr, seq_lens_ptr, block_tables_ptr, out_ptr,
     seq_idx_ptr,                                # [grid 1] the sequences to run (HAS_SEQ_IDX)
