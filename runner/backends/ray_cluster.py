@@ -62,14 +62,14 @@ def import_ray():
     return ray
 
 
-def _probe(address: str) -> None:
+def _probe(shown: str, address: str) -> None:
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
     try:
         with socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S):
             pass
     except (OSError, ValueError) as exc:
-        raise ClusterError(f"distributed.ray_address={address}: nothing answers there "
+        raise ClusterError(f"distributed.ray_address={shown}: nothing answers there "
                            f"({exc.__class__.__name__}: {exc}); start the cluster's head "
                            "(ray start --head) or fix the address") from None
 
@@ -82,7 +82,7 @@ def connect(ray_address: Optional[str]) -> Connection:
     kwargs: dict = {"include_dashboard": False, "log_to_driver": True}
     if ray_address is not None and ray_address != "auto":
         target = ray_address[len("ray://"):] if ray_address.startswith("ray://") else ray_address
-        _probe(target.split("/", 1)[0])
+        _probe(ray_address, target.split("/", 1)[0])
     try:
         if ray_address is None:
             ray.init(**kwargs)
