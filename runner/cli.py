@@ -477,7 +477,7 @@ def _error_line(exc: BaseException) -> str:
     msg = (str(exc).strip() or type(exc).__name__).splitlines()[0]
     known = ("ConfigError", "DatasetError", "DatasetFileNotFoundError", "ModelSourceError",
              "CliError", "RunFolderError", "RunInUseError", "EngineSetupError", "RecipeError",
-             "SymlinkRefused", "RemoteRequestError", *TASK_ERRORS)
+             "SymlinkRefused", "RemoteRequestError", "ClusterError", *TASK_ERRORS)
     text = msg if type(exc).__name__ in known else f"{type(exc).__name__}: {msg}"
     run_dir = getattr(exc, "run_dir", None)
     if run_dir:

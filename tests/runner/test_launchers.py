@@ -82,6 +82,24 @@ def test_an_interrupted_sweep_resumes_through_submitit_skipping_finished_jobs(
         [sweep_dir.name]
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not launchers.installed("ray"), reason="hydra-ray-launcher not installed")
+def test_a_ray_launcher_sweep_runs_jobs_as_tasks_and_engines_as_replicas(tiny_llama, tmp_path):
+    data = write_jsonl(tmp_path / "data.jsonl", 3)
+    out = tmp_path / "out"
+    proc = run_cli(["-m", "hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2",
+                    "+hydra.launcher.ray.init.include_dashboard=false",
+                    *_sweep_args(tiny_llama, data, out), "seed=1,2"], cwd=tmp_path, check=True)
+    (sweep_dir,) = (out / "default").glob("sweep_*")
+    for num in ("0", "1"):
+        m = read_json(sweep_dir / num / "manifest.json")
+        assert m["status"] == "completed" and m["backend"]["kind"] == "ray"
+        assert m["backend"]["data_parallel_size"] == 1
+        assert len(read_predictions(sweep_dir / num)) == 3
+    assert proc.stdout.count("sweep summary:") == 1
+    assert len(list(csv.DictReader(open(sweep_dir / "summary.csv")))) == 2
+
+
 def test_a_second_sweep_never_gets_the_first_ones_folder(tmp_path):
     cli.config_store()
     argv = ["-m", f"output_root={tmp_path}", "seed=1,2"]
