@@ -13,6 +13,11 @@
             shipped presets (conf/task/) and hydra.searchpath, so a typo is one line
          -> a run evaluates a task or a dataset: with task=NAME the dataset group is dropped
             (`~dataset`), and a dataset choice or dataset.* value next to task= is refused
+         -> hydra/launcher=NAME: a shipped preset needs its plugin, one line otherwise; the
+            plugins' schemas move under runner_launcher/ for the presets (runner/launchers.py)
+         -> -m without hydra.sweep.dir: a folder no earlier sweep has (runner/sweep.py), given
+            to Hydra as hydra.sweep.dir=...; after the launcher returns, the summary when
+            Hydra's callback did not write it, and exit 1 when a job's folder is not complete
          -> hydra.main composes the config tree (conf/, shipped inside the package as
             runner/conf) against runner/schemas.py
          -> task(): keys no schema knows (`+sampling.temprature=0.5`) refused, naming the
