@@ -13,6 +13,11 @@
             shipped presets (conf/task/) and hydra.searchpath, so a typo is one line
          -> a run evaluates a task or a dataset: with task=NAME the dataset group is dropped
             (`~dataset`), and a dataset choice or dataset.* value next to task= is refused
+         -> hydra/launcher=NAME: a shipped preset needs its plugin, one line otherwise; the
+            plugins' schemas move under runner_launcher/ for the presets (runner/launchers.py)
+         -> -m without hydra.sweep.dir: a folder no earlier sweep has (runner/sweep.py), given
+            to Hydra as hydra.sweep.dir=...; after the launcher returns, the summary when
+            Hydra's callback did not write it, and exit 1 when a job's folder is not complete
          -> hydra.main composes the config tree (conf/, shipped inside the package as
             runner/conf) against runner/schemas.py
          -> task(): keys no schema knows (`+sampling.temprature=0.5`) refused, naming the
@@ -44,10 +49,13 @@ import math
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
+from runner.launchers import LauncherError, check_launchers, job_backend
 from runner.run.recipe import GROUPS, RecipeError, load_recipe
+from runner.sweep import finish_sweep, fresh_sweep_dir, redact_sweep_record
 from runner.tasks.cli_specs import SCHEME as TASK_SCHEME
 from runner.tasks.cli_specs import register_task_specs
 from runner.tasks.yaml_loader import TaskFileError
@@ -340,6 +348,11 @@ def prepare(argv: list[str], cs) -> tuple[list[str], list[str], Any]:
     overrides = list(args.overrides)
     parsed = _parse_overrides(overrides)
     check_overrides(parsed)
+    try:
+        check_launchers([v for o in parsed if o.key_or_group == "hydra/launcher"
+                         for v in _group_values(o)])
+    except LauncherError as e:
+        raise CliError(str(e)) from None
     dataset_values = [v for o in parsed if o.key_or_group == "dataset" for v in _group_values(o)]
     register_dataset_specs(dataset_values, cs)
     task_values = [v for o in parsed if o.key_or_group == "task" for v in _group_values(o)]
@@ -352,19 +365,52 @@ def prepare(argv: list[str], cs) -> tuple[list[str], list[str], Any]:
     return argv, overrides, args
 
 
-def compose(argv: list[str]):
-    """The DictConfig `python -m runner ARGV` runs (single-run overrides; for tests, --cfg)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+def config_store():
+    """Hydra's ConfigStore with the run schema and the launcher presets' plugin schemas."""
     from hydra.core.config_store import ConfigStore
+    from hydra.core.plugins import Plugins
 
+    from runner.launchers import register_launcher_schemas
     from runner.schemas import register_configs
 
     cs = ConfigStore.instance()
     register_configs(cs)
-    _, overrides, _ = prepare(list(argv), cs)
+    Plugins.instance()  # the installed plugins store their launcher schemas now
+    register_launcher_schemas(cs)
+    return cs
+
+
+def _compose(overrides: list[str], hydra_config: bool = False):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
     with initialize_config_dir(config_dir=os.fspath(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)
+        return hydra_compose(config_name="config", overrides=overrides,
+                             return_hydra_config=hydra_config)
+
+
+def compose(argv: list[str]):
+    """The DictConfig `python -m runner ARGV` runs (single-run overrides; for tests, --cfg)."""
+    _, overrides, _ = prepare(list(argv), config_store())
+    return _compose(overrides)
+
+
+def sweep_dir_override(argv: list[str], overrides: list[str]) -> tuple[list[str], Optional[str]]:
+    """(argv, the sweep's folder): a sweep without hydra.sweep.dir gets a folder no earlier
+    sweep has (runner/sweep.py), given to Hydra as hydra.sweep.dir=..., so every launcher and
+    node writes there and a rerun of the printed command resumes it."""
+    parsed = _parse_overrides(overrides)
+    for o in parsed:
+        if o.key_or_group == "hydra.sweep.dir":
+            return argv, os.path.abspath(str(o.value()))
+    single = [o.input_line for o in parsed if not o.is_sweep_override()]
+    try:
+        planned = str(_compose(single, hydra_config=True).hydra.sweep.dir)
+    except Exception:
+        return argv, None  # hydra.main composes next and reports the error in its own words
+    path = fresh_sweep_dir(planned)
+    at = len(argv) - argv[::-1].index(overrides[-1]) if overrides else len(argv)
+    return argv[:at] + [f"hydra.sweep.dir={hydra_quote(path)}"] + argv[at:], path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -436,7 +482,7 @@ def _error_line(exc: BaseException) -> str:
     msg = (str(exc).strip() or type(exc).__name__).splitlines()[0]
     known = ("ConfigError", "DatasetError", "DatasetFileNotFoundError", "ModelSourceError",
              "CliError", "RunFolderError", "RunInUseError", "EngineSetupError", "RecipeError",
-             "SymlinkRefused", "RemoteRequestError", *TASK_ERRORS)
+             "SymlinkRefused", "RemoteRequestError", "ClusterError", *TASK_ERRORS)
     text = msg if type(exc).__name__ in known else f"{type(exc).__name__}: {msg}"
     run_dir = getattr(exc, "run_dir", None)
     if run_dir:
@@ -453,24 +499,6 @@ def interrupt_line(exc: BaseException) -> str:
             f"{exc.run_dir}/predictions.jsonl; resume with: {exc.resume}")
 
 
-def _redact_sweep_record(sweep_dir: Path) -> None:
-    """Hydra writes multirun.yaml itself: its secrets are redacted before the first job, and a
-    sweep folder of a config with a secret is closed to other users, like its run folders."""
-    import yaml
-
-    from runner.run.secrets import scrub, secret_values
-    from runner.store import atomic_write_text, current_umask
-
-    path = sweep_dir / "multirun.yaml"
-    if not path.is_file() or path.is_symlink():
-        return
-    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    clean = scrub(doc, secret_values(doc))
-    if clean != doc:
-        atomic_write_text(path, yaml.safe_dump(clean, sort_keys=False))
-        os.chmod(sweep_dir, 0o777 & ~current_umask() & ~0o007)
-
-
 def _make_task(failures: list, command: list[str]):
     def task(cfg) -> Optional[float]:
         from hydra.core.hydra_config import HydraConfig
@@ -481,7 +509,7 @@ def _make_task(failures: list, command: list[str]):
         hc = HydraConfig.get()
         multirun = hc.mode == RunMode.MULTIRUN
         if multirun:
-            _redact_sweep_record(Path(str(hc.sweep.dir)))
+            redact_sweep_record(Path(str(hc.sweep.dir)))
         ctx = RunContext(
             choices={g: hc.runtime.choices.get(g) for g in GROUPS},
             # the CLI's own overrides (the recipe node, ~dataset: Hydra writes "~dataset=null")
@@ -493,7 +521,10 @@ def _make_task(failures: list, command: list[str]):
         )
         prefix = f"job {hc.job.num}: " if multirun else ""
         try:
-            result = run(to_run_config(cfg), ctx)
+            run_cfg = to_run_config(cfg)
+            run_cfg.engine.backend = job_backend(hc.runtime.choices.get("hydra/launcher"),
+                                                 run_cfg.engine.backend)
+            result = run(run_cfg, ctx)
         except KeyboardInterrupt as exc:
             print(interrupt_line(exc), file=sys.stderr, flush=True)
             exc.reported = True
@@ -514,26 +545,27 @@ def _make_task(failures: list, command: list[str]):
 
 def main(argv: Optional[list[str]] = None) -> int:
     import hydra
-    from hydra.core.config_store import ConfigStore
 
-    from runner.schemas import register_configs
     from runner.validation import ConfigError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = ["python", "-m", "runner", *argv]
-    cs = ConfigStore.instance()
-    register_configs(cs)
+    cs = config_store()
+    sweep_dir = None
     try:
         original = list(argv)
         argv, overrides, args = prepare(argv, cs)
         if args.cfg and not args.multirun:
             precheck(original)
+        if args.multirun and not args.cfg:
+            argv, sweep_dir = sweep_dir_override(argv, overrides)
     except (CliError, ConfigError, TaskFileError) as exc:
         print(f"runner: error: {exc}", file=sys.stderr)
         return 2
 
     failures: list = []
     task = _make_task(failures, command)
+    started = time.time()
     saved_argv = sys.argv
     sys.argv = [saved_argv[0] if saved_argv else "runner", *argv]
     try:
@@ -552,8 +584,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     finally:
         sys.argv = saved_argv
-    if failures:
+    # jobs that ran elsewhere (submitit, ray, joblib) report through their folders
+    incomplete = finish_sweep(sweep_dir, started) if sweep_dir else []
+    if failures or incomplete:
         if len(failures) > 1:
             print(f"runner: {len(failures)} jobs failed", file=sys.stderr)
+        if incomplete and len(incomplete) != len(failures):
+            print(f"runner: {len(incomplete)} sweep job(s) did not complete: "
+                  f"{'; '.join(incomplete)} (sweep folder {sweep_dir})", file=sys.stderr)
         return 1
     return 0

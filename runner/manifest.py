@@ -9,7 +9,9 @@ folder's lock sees that PID dead and records the session as "killed".
 
 config_hash covers what determines the predictions: the model, engine, sampling and dataset
 sections, the run seed, mode and limit, and the work's fingerprint (the exact rows, or a bench
-workload). Secret values (runner/run/secrets.py) enter it only as "<redacted>": an API key does
+workload). Where the engine runs stays out (engine.data_parallel_size, the distributed section,
+backend ray = local): a data-parallel run resumes on another number of replicas. The manifest's
+`backend` entry records the replicas and any that failed (runner/backends/ray.py). Secret values (runner/run/secrets.py) enter it only as "<redacted>": an API key does
 not change what a run computes. content_hash adds the model revision and the weight files'
 sha256, so two runs with equal content hashes computed the same thing from the same bytes.
 """
@@ -26,7 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
-from runner.schemas import NON_RESULT_KEYS, RunConfig, to_plain
+from runner.schemas import NON_RESULT_ENGINE_KEYS, NON_RESULT_KEYS, RunConfig, to_plain
 
 PACKAGES = ("runner", "torch", "transformers", "tokenizers", "safetensors", "huggingface-hub",
             "hydra-core", "omegaconf", "jsonschema", "datasets", "gguf", "numpy", "triton",
@@ -52,6 +54,11 @@ def result_config(cfg: RunConfig) -> dict:
         plain.pop(key, None)
     # Names are labels, not inputs: renaming a preset must not orphan a resumable run.
     plain["model"].pop("name", None)
+    # Where the engine runs is not what it computes: N replicas on Ray run the local engine.
+    for key in NON_RESULT_ENGINE_KEYS:
+        plain["engine"].pop(key, None)
+    if plain["engine"].get("backend") == "ray":
+        plain["engine"]["backend"] = "local"
     if plain.get("dataset") is not None:
         plain["dataset"].pop("name", None)
     return plain

@@ -67,11 +67,15 @@ class EngineConfig:
     """The remaining arguments of LLM(...) and its engine kwargs, with vLLM's defaults, plus
     which backend runs them (local engine or a remote OpenAI-compatible server)."""
 
-    # local: runner.engine in this process | remote: an OpenAI-compatible server at `url`
+    # local: runner.engine in this process (on Ray when data_parallel_size > 1) | remote: an
+    # OpenAI-compatible server at `url` | ray: engine replicas as Ray actors, also for one
     backend: str = "local"
     skip_tokenizer_init: bool = False
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
+    # vLLM's name: this many engine replicas (each a tensor-parallel group) as Ray actors, fed
+    # from one work queue; the `distributed` section says where Ray runs (docs/runner.md)
+    data_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
     swap_space: float = 4  # GiB of CPU memory per GPU for swapped-out groups (n > 1, beams)
     # swap | recompute; null: groups of several sequences swap, single ones recompute
@@ -188,6 +192,24 @@ class BenchConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Where data-parallel replicas run (engine.data_parallel_size > 1 or engine.backend=ray):
+    runner/backends/ray_cluster.py connects, runner/backends/ray.py dispatches."""
+
+    # null: the Ray instance this process already started, else a new local one (ray.init());
+    # auto: the running cluster this node belongs to; ray://HOST:PORT: a cluster's Ray client
+    ray_address: Optional[str] = None
+    # Ray CPUs per replica; on a CPU device also its torch threads unless cpu_threads is set
+    num_cpus_per_replica: float = 1
+    # requests handed to one replica at a time (its engine's backlog); null: 2 x max_num_seqs
+    replica_queue_size: Optional[int] = None
+    # seconds of engine steps per call to a replica before its finished requests come back
+    replica_call_s: float = 0.05
+    # a replica not started by then (no free GPUs on the cluster) is an error, not a hang
+    replica_start_timeout_s: float = 600.0
+
+
+@dataclass
 class RunConfig:
     """The whole run. Top-level keys are the run's identity and where its output goes."""
 
@@ -211,6 +233,7 @@ class RunConfig:
     # set, else half the usable cores, at most 8 (README: why not torch's default).
     cpu_threads: Optional[int] = None
     bench: BenchConfig = field(default_factory=BenchConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     output_root: str = "outputs"
     # None: a fresh id from run_id_pattern. An existing run's id resumes that run.
     run_id: Optional[str] = None
@@ -234,7 +257,10 @@ GROUP_SCHEMAS = {
 # Keys that describe where and how a run is stored, not what it computes: they stay out of
 # the config hash, so resuming or rerunning under another id or folder matches.
 NON_RESULT_KEYS = ("experiment", "output_root", "run_id", "run_id_pattern", "resume",
-                   "use_tqdm", "tags", "sweep_objective", "cpu_threads")
+                   "use_tqdm", "tags", "sweep_objective", "cpu_threads", "distributed")
+# Engine keys that say where the one engine runs, not what it computes: a run on 2 replicas
+# resumes on 1 (predictions do not depend on the batch an item ran in).
+NON_RESULT_ENGINE_KEYS = ("data_parallel_size",)
 
 # EngineArgs fields that come from the model group (the model identity of LLM(...)).
 MODEL_ENGINE_FIELDS = ("model", "tokenizer", "tokenizer_mode", "trust_remote_code", "dtype",
@@ -242,7 +268,7 @@ MODEL_ENGINE_FIELDS = ("model", "tokenizer", "tokenizer_mode", "trust_remote_cod
 # EngineConfig fields that are the backend's, not EngineArgs': never passed to the engine.
 BACKEND_KEYS = ("backend", "url", "api_key", "served_model_name", "max_concurrency",
                 "request_timeout", "return_token_ids", "remote_prompt")
-BACKENDS = ("local", "remote")
+BACKENDS = ("local", "remote", "ray")
 
 
 def register_configs(cs) -> None:

@@ -16,7 +16,9 @@ line names the field, the value, the mode and the allowed values:
 `validate_run` adds the checks of the rest of the config that need no model and no data rows:
 a run evaluates a task or a dataset (never both; mode=bench and mode=embed take no task), a
 jsonl file that does not exist, limit / cpu_threads / run_id / experiment values, the backend
-(engine=remote needs engine.url). The engine's own arguments (device, dtype, kv_cache_dtype,
+(engine=remote needs engine.url), engine.data_parallel_size and the distributed section (Ray's
+address; its reachability and GPU count are checked when the backend connects, still before
+the run folder exists). The engine's own arguments (device, dtype, kv_cache_dtype,
 tensor_parallel_size, ...) are checked by the engine itself when the backend is built, which the
 lifecycle does before the run folder exists.
 
@@ -234,8 +236,43 @@ def _check_backend(cfg: RunConfig) -> None:
             raise ConfigError(f"engine.remote_prompt={e.remote_prompt!r} is not allowed; "
                               "allowed: token_ids | text")
     elif e.url:
-        raise ConfigError(f"engine.url={e.url} is set but engine.backend=local would ignore it; "
-                          "use engine=remote (or engine.backend=remote)")
+        raise ConfigError(f"engine.url={e.url} is set but engine.backend={e.backend} would "
+                          "ignore it; use engine=remote (or engine.backend=remote)")
+    _check_distributed(cfg)
+
+
+def _check_distributed(cfg: RunConfig) -> None:
+    """engine.data_parallel_size and the distributed section; whether Ray, the cluster and its
+    GPUs are there is checked when the backend connects (runner/backends/ray_cluster.py)."""
+    e, d = cfg.engine, cfg.distributed
+    dp = e.data_parallel_size
+    if isinstance(dp, bool) or not isinstance(dp, int) or dp < 1:
+        raise ConfigError(f"engine.data_parallel_size={dp} is not allowed; allowed: an integer "
+                          ">= 1 (the number of engine replicas)")
+    if e.backend == "remote" and dp > 1:
+        raise ConfigError(f"engine.data_parallel_size={dp} does not apply to engine=remote (the "
+                          "server runs its own replicas); use engine.max_concurrency, or the "
+                          "local engine on Ray (engine.backend=local)")
+    address = d.ray_address
+    if address is not None and address != "auto" and not (
+            str(address).startswith("ray://") or _host_port(str(address))):
+        raise ConfigError(f"distributed.ray_address={address!r} is not allowed; allowed: null "
+                          "(a local Ray), auto (the cluster this node is in), ray://HOST:PORT "
+                          "or HOST:PORT (a cluster's head)")
+    if not d.num_cpus_per_replica > 0:
+        raise ConfigError(f"distributed.num_cpus_per_replica={d.num_cpus_per_replica} is not "
+                          "allowed; allowed: > 0")
+    if d.replica_queue_size is not None and d.replica_queue_size < 1:
+        raise ConfigError(f"distributed.replica_queue_size={d.replica_queue_size} is not "
+                          "allowed; allowed: >= 1 or null (2 x engine.max_num_seqs)")
+    for key in ("replica_call_s", "replica_start_timeout_s"):
+        if not getattr(d, key) > 0:
+            raise ConfigError(f"distributed.{key}={getattr(d, key)} is not allowed; allowed: > 0")
+
+
+def _host_port(text: str) -> bool:
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host and port.isdigit())
 
 
 def sampling_kwargs(sampling: SamplingConfig | dict) -> dict:

@@ -3,7 +3,9 @@
     build_backend(cfg, source) -> Backend            engine.backend picks it
       local   runner.engine in this process (LLM / LLMEngine public API)      backends/local.py
       remote  an OpenAI-compatible server over /v1/completions (engine.url)  backends/remote.py
-      (ray    data-parallel replicas behind the same protocol: a later backend)
+      ray     engine.data_parallel_size replicas of the local engine as Ray actors, fed
+              from one work queue in this process (engine.backend=ray, or local with
+              data_parallel_size > 1)                                          backends/ray.py
 
     backend.submit(request_id, Request)   queue one request (runner.tasks.api.Request)
     backend.results() -> [RequestOutput]  what progressed since the last call (vLLM's objects;
@@ -72,5 +74,10 @@ def build_backend(cfg: Any, source: Any, engine_overrides: Optional[dict] = None
     args = engine_args(cfg.model, cfg.engine, cfg.seed, source)
     if engine_overrides:
         args = dataclasses.replace(args, **engine_overrides)
+    if cfg.engine.backend == "ray" or args.data_parallel_size > 1:
+        from runner.backends.ray import RayBackend
+
+        # a replica's CPU threads: cpu_threads when set, else its Ray CPU share (ray_cluster.py)
+        return RayBackend(args, cfg.cpu_threads, cfg.distributed)
     threads = cpu_threads(cfg.cpu_threads) if runs_on_cpu(args.device) else None
     return LocalBackend(args, cpu_threads=threads)

@@ -75,6 +75,11 @@ class LocalBackend:
             "load_seconds": round(self.load_seconds, 3),
         }
 
+    @property
+    def num_in_flight(self) -> int:
+        """Requests submitted and neither finished nor aborted (a Ray replica steps while > 0)."""
+        return len(self._in_flight)
+
     # ------------------------------------------------------------------ the protocol
     def submit(self, request_id: str, request: Request) -> None:
         self._generative("submit")

@@ -139,6 +139,9 @@ class EngineArgs:
     trust_remote_code: bool = False
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
+    # vLLM's name and default: replicas of the engine, each a tensor-parallel group. One LLM is
+    # one replica (LLM refuses > 1, as vLLM's does); the runner runs N of them on Ray.
+    data_parallel_size: int = 1
     dtype: str = "auto"
     quantization: Optional[str] = None
     revision: Optional[str] = None
@@ -182,6 +185,10 @@ class EngineArgs:
                 or isinstance(self.tensor_parallel_size, bool) or self.tensor_parallel_size < 1):
             raise ValueError(f"tensor_parallel_size must be an integer >= 1, got "
                              f"{self.tensor_parallel_size!r}.")
+        if (not isinstance(self.data_parallel_size, int)
+                or isinstance(self.data_parallel_size, bool) or self.data_parallel_size < 1):
+            raise ValueError(f"data_parallel_size must be an integer >= 1, got "
+                             f"{self.data_parallel_size!r}.")
         if not isinstance(self.async_scheduling, bool):
             raise ValueError(f"async_scheduling must be True or False, got "
                              f"{self.async_scheduling!r}.")

@@ -52,6 +52,12 @@ class LLM:
             max_seq_len_to_capture=max_seq_len_to_capture,
             disable_custom_all_reduce=disable_custom_all_reduce,
             disable_async_output_proc=disable_async_output_proc, **kwargs)
+        if isinstance(engine_args.data_parallel_size, int) and engine_args.data_parallel_size > 1:
+            # vLLM's LLM refuses this too: one process holds one engine replica
+            raise ValueError(
+                f"LLM(data_parallel_size={engine_args.data_parallel_size}) is not supported in "
+                "one process; run one LLM per replica (the runner does it on Ray: "
+                "engine.data_parallel_size=N, docs/runner.md).")
         config = engine_args.create_configs()
         # exactly one of the two is set: the generative engine or the embedding (pooling) path
         self.llm_engine: Optional[LLMEngine] = None

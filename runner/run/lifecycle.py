@@ -4,14 +4,17 @@
       -> validate_run (sampling rules, backend, task or dataset, limit, experiment, files)
       -> mode.prepare(cfg, sweep_job) -> Plan (the task's docs, pairs or workload; its
          fingerprint); a sweep job's task records sampling values it cannot use as warnings
-      -> config hash -> plan_location (id, resume, paths inside output_root)
+      -> config hash; a sweep job that an earlier run of the sweep finished (same hash, same
+         overrides: runner/sweep.py) is skipped here, before any model loads
+      -> plan_location (id, resume, paths inside output_root)
       -> an existing folder is locked now (one writer; a live holder is named, a dead one's
          lock taken over)
       -> the model source -> build_backend (loads the model: a bad engine value or a missing
          model fails here) -> mode.check_backend
     -> folder.open(): created with the user's umask, locked, symlinks refused, .tmp cleaned
       -> config.yaml, recipe.yaml, manifest.json (status "running"), run.log (from line one)
-      -> mode.execute(plan, Session) -> Outcome: predictions.jsonl as items finish
+      -> mode.execute(plan, Session) -> Outcome: predictions.jsonl as items finish (a Ray
+         backend's replica failures go into manifest.json as they happen)
       -> benchmark.json, metrics.json (atomic), manifest "completed" (or "failed" /
          "interrupted" with the error; SIGTERM and Ctrl-C are interrupts)
       -> backend.close() and the lock released, whatever happened
@@ -40,7 +43,8 @@ from runner.run.recipe import recipe_document
 from runner.run.runlog import RunLog
 from runner.run.secrets import redact_override, secret_values
 from runner.schemas import RunConfig, to_plain
-from runner.store import BENCHMARK, CONFIG, MANIFEST, METRICS, RECIPE, RUN_LOG
+from runner.store import BENCHMARK, CONFIG, MANIFEST, METRICS, RECIPE, RUN_LOG, read_json
+from runner.sweep import job_folder
 from runner.validation import ConfigError, validate_run
 
 log = logging.getLogger("runner")
@@ -151,8 +155,15 @@ class _Run:
         plan = mode.prepare(cfg, sweep_job=self.ctx.job_dir is not None)
         key = objective_key(cfg, plan)
         cfg_hash = mf.config_hash(cfg, plan.fingerprint)
-        location = plan_location(cfg, cfg_hash, plan.id_fields, self.ctx.job_dir,
-                                 self.ctx.sweep_dir)
+        job_dir = self.ctx.job_dir
+        if job_dir is not None:
+            folder, found = job_folder(self.ctx.sweep_dir or os.path.dirname(job_dir), job_dir,
+                                       cfg_hash, self.ctx.overrides)
+            if found is not None and found.get("config_hash") == cfg_hash \
+                    and found.get("status") == "completed":
+                return self._skipped(folder, found, key)
+            job_dir = str(folder)
+        location = plan_location(cfg, cfg_hash, plan.id_fields, job_dir, self.ctx.sweep_dir)
         self.folder = RunFolder(location, secrets=secret_values(to_plain(cfg)))
         try:
             if not location.fresh:
@@ -170,6 +181,19 @@ class _Run:
             if self.backend is not None:
                 self.backend.close()
             self.folder.release()
+
+    def _skipped(self, folder: Any, manifest: dict, key: Optional[str]) -> RunResult:
+        """A sweep job that an earlier session of the sweep finished: nothing runs again."""
+        try:
+            metrics = read_json(folder / METRICS)
+        except (OSError, ValueError):
+            metrics = {}  # a mode without metrics, or a file removed by hand
+        value = metrics.get("scores", {}).get(key) if key else None
+        log.info("sweep job already finished in %s (config hash %s): skipped", folder,
+                 str(manifest.get("config_hash"))[:8])
+        return RunResult(str(folder), str(manifest.get("run_id", folder.name)), "completed",
+                         metrics, float(value) if isinstance(value, (int, float)) else None,
+                         "skipped: finished in an earlier run of this sweep")
 
     # ------------------------------------------------------------------ the folder's files
     def _start(self, plan: Any, cfg_hash: str, source: Any, existing: Optional[dict]) -> None:
@@ -193,6 +217,8 @@ class _Run:
         self.manifest["model"] = model
         self.manifest["content_hash"] = mf.content_hash(cfg_hash, model)
         self.manifest["backend"] = self._backend_entry()
+        if hasattr(self.backend, "on_failure"):
+            self.backend.on_failure = self._replica_failed
         self.manifest["sampling_mode"] = plan.id_fields.get("sampling")
         self.session = {"started": mf.now_iso(), "command": self.ctx.command,
                         "status": "running", "pid": os.getpid(), "host": socket.gethostname()}
@@ -214,7 +240,14 @@ class _Run:
             entry["cpu_threads"] = getattr(b, "cpu_threads", None)
         else:
             entry.update(url=getattr(b, "base", None), model=getattr(b, "model", None))
+        if hasattr(b, "manifest_entry"):  # the Ray backend: its replicas and their failures
+            entry.update(b.manifest_entry())
         return entry
+
+    def _replica_failed(self, failure: dict) -> None:
+        """A data-parallel replica died (runner/backends/ray.py): into manifest.json now."""
+        self.manifest["backend"] = self._backend_entry()
+        self._save_manifest()
 
     def _mark_dead_sessions(self) -> None:
         pid, _ = self.folder.previous_holder
@@ -277,6 +310,8 @@ class _Run:
                 exc.items_done = self._items_done()
         else:
             self.manifest.pop("error", None)
+        if hasattr(self.backend, "manifest_entry"):
+            self.manifest["backend"] = self._backend_entry()  # final replica counts
         self.manifest.update(status=run_status, updated=now)
         self._save_manifest()
         if exc is not None:

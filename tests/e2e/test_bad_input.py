@@ -44,6 +44,15 @@ def _assert_clean_failure(proc, needle, output_root):
     (["limit=0"], "runner: error: limit=0 is not allowed; allowed: >= 1 or null"),
     (["sweep_objective=bleu"], "runner: error: sweep_objective='bleu' is not a metric of this "
                                "run; its metrics: exact_match, f1"),
+    # issue 20: data parallel on Ray
+    (["engine.data_parallel_size=0"], "runner: error: engine.data_parallel_size=0 is not "
+                                      "allowed; allowed: an integer >= 1"),
+    (["engine=remote", "engine.url=http://127.0.0.1:9/v1", "engine.data_parallel_size=2"],
+     "runner: error: engine.data_parallel_size=2 does not apply to engine=remote"),
+    (["distributed.ray_address=nowhere"], "runner: error: distributed.ray_address='nowhere' is "
+                                          "not allowed; allowed: null"),
+    (["engine.data_parallel_size=2", "distributed.ray_address=127.0.0.1:1"],
+     "runner: error: distributed.ray_address=127.0.0.1:1: nothing answers there"),
 ])
 def test_bad_input_fails_before_anything_is_written(tmp_path, args, needle):
     out = tmp_path / "out"

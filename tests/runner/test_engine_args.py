@@ -82,11 +82,15 @@ def test_every_engine_value_reaches_the_engine_args_of_every_mode(mode, monkeypa
                                          f"output_root={tmp_path}", *overrides]))
     seen = {}
 
-    def capture(self, args, cpu_threads=None):
+    def capture(self, args, *rest, **kwargs):
         seen["args"] = args
         raise _Stop
 
+    from runner.backends import ray as ray_backend
+
     monkeypatch.setattr(local.LocalBackend, "__init__", capture)
+    # engine.data_parallel_size=4 (not the default) sends the run to the Ray backend
+    monkeypatch.setattr(ray_backend.RayBackend, "__init__", capture)
     with pytest.raises(_Stop):
         run(cfg)
     args = seen["args"]

@@ -62,6 +62,10 @@ def check_backend(plan: Plan, backend) -> None:
     if backend.is_embedding_model:
         raise ConfigError("the model is an embedding model; mode=bench runs generative models")
     b = plan.work
+    if backend.kind == "ray" and (b.compare_eager or b.hf_num_prompts):
+        raise ConfigError("bench.compare_eager and bench.hf_num_prompts build a second engine "
+                          "beside the run's: they need the local backend, not "
+                          "engine.data_parallel_size > 1 / engine.backend=ray")
     if b.compare_eager and not str(backend.stats().get("device", "")).startswith("cuda"):
         raise ConfigError("bench.compare_eager=true compares CUDA graphs with eager mode: it "
                           "needs the local engine on a CUDA device")

@@ -32,7 +32,7 @@ def prepare(cfg, sweep_job: bool = False) -> Plan:
 
 
 def check_backend(plan: Plan, backend) -> None:
-    if backend.kind == "local" and not backend.is_embedding_model:
+    if backend.kind in ("local", "ray") and not backend.is_embedding_model:
         raise ConfigError("the model is generative; mode=embed needs an embedding model (e.g. a "
                           "BERT sentence-transformers folder)")
 

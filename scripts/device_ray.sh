@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The Ray driver's overhead on one GPU (issue 20): the 8B throughput workload (1000 prompts,
+# 256 tokens in, 256 out, dummy weights) through the runner, on the plain local backend and on
+# one Ray replica (engine.backend=ray, engine.data_parallel_size=1), side by side in one lease.
+# Target: the Ray run's tokens/s at least 0.97 x the local run's.
+#
+#   here:   bash scripts/stage_ray_wheels.sh      (ray, hydra-core, omegaconf, jsonschema -> .whl/)
+#   there:  device run, carry [".whl"]:  bash scripts/device_ray.sh
+#   REPEATS=2 runs local, ray, ray, local (drift cancels in the mean; about 9 minutes, near one
+#   call's limit); default 1: local, ray (about 5 minutes).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl/*.whl || { echo "stage the wheels first: scripts/stage_ray_wheels.sh"; exit 1; }
+export PYTHONPATH=/tmp/site:. PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+OUT=${OUT:-outputs/device}
+RUNS=$OUT/ray_overhead
+mkdir -p "$RUNS"
+nvidia-smi -L
+REPEATS=${REPEATS:-1}
+COMMON=(mode=bench model=llama3_8b engine.load_format=dummy bench.workload=throughput
+        bench.num_prompts=1000 bench.input_len=256 bench.output_len=256
+        engine.max_num_seqs=512 engine.max_num_batched_tokens=16384 use_tqdm=false
+        "output_root=$RUNS")
+one() {  # name extra-overrides...
+  local name=$1; shift
+  timeout 540 python3 -m runner "${COMMON[@]}" "experiment=$name" "$@" > "$RUNS/$name.log" 2>&1
+  echo "== $name (rc $?)"; grep -E "^run |error" "$RUNS/$name.log" | tail -3
+}
+order=(local ray)
+[ "$REPEATS" = 2 ] && order=(local ray ray2 local2)
+for name in "${order[@]}"; do
+  case $name in
+    local*) one "$name" ;;
+    ray*) one "$name" engine.backend=ray engine.data_parallel_size=1 ;;
+  esac
+done
+python3 - "$RUNS" <<'PY'
+import glob, json, os, sys
+tok = {}
+for path in glob.glob(os.path.join(sys.argv[1], "*", "*", "benchmark.json")):
+    name = path.split(os.sep)[-3]
+    engine = json.load(open(path))["engine"]
+    tok.setdefault(name.rstrip("2"), []).append(engine["total_tokens_per_s"])
+    print(f"{name:8s} total {engine['total_tokens_per_s']:10.1f} tok/s  output "
+          f"{engine['output_tokens_per_s']:10.1f} tok/s  elapsed {engine['elapsed_s']:.2f} s")
+if "local" in tok and "ray" in tok:
+    local = sum(tok["local"]) / len(tok["local"])
+    ray = sum(tok["ray"]) / len(tok["ray"])
+    print(f"local {local:.1f} tok/s, ray (1 replica) {ray:.1f} tok/s: ratio {ray / local:.4f} "
+          f"(overhead {100 * (1 - ray / local):+.2f}%; target <= 3%)")
+PY
