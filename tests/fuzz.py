@@ -17,7 +17,7 @@ import os
 from datetime import timedelta
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, note, settings
 
 FAST_EXAMPLES = 60
 NIGHTLY_EXAMPLES = int(os.environ.get("FUZZ_NIGHTLY_EXAMPLES", "2000"))
@@ -33,11 +33,15 @@ def examples(size: str, fast: int = FAST_EXAMPLES) -> int:
 def fuzz(size: str, strategy, prop, *, fast: int = FAST_EXAMPLES,
          deadline_ms: int | None = 2000) -> None:
     """Check prop(value) for values drawn from `strategy`, as many as `size` asks for."""
+    def checked(value):
+        note(f"drawn value: {value!r:.3000}")  # printed with a failing example
+        prop(value)
+
     run = settings(
         max_examples=examples(size, fast),
         deadline=None if size == "nightly" or deadline_ms is None
         else timedelta(milliseconds=deadline_ms),
         database=None, print_blob=True,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )(given(strategy)(prop))
+    )(given(strategy)(checked))
     run()

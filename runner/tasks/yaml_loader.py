@@ -41,6 +41,11 @@ _NESTED_LISTS = {"metric_list": MetricConfig, "aggregate_metric_list": AggMetric
 _NESTED_DICTS = {"fewshot_config": FewshotConfig, "generation_kwargs": GenerationKwargs}
 
 
+# Bounds on one task file, far above any lm-eval file (0.4.13's largest: 765 values, 8 levels).
+MAX_DEPTH = 100
+MAX_NODES = 100_000
+
+
 class TaskFileError(ValueError):
     """A task file (or a name in it) the runner cannot use; the message is one line."""
 
@@ -59,6 +64,50 @@ _SafeLoader.add_constructor(
     "!function", lambda loader, node: _FunctionRef(loader.construct_scalar(node), Path(".")))
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _parse(text: str, path: Path) -> Any:
+    """yaml.load with bounds: the composed document (aliases followed) is checked before any
+    object is built, so a structure nested past MAX_DEPTH, an alias that holds itself or
+    aliases that multiply past MAX_NODES values is one line naming the file and line (instead
+    of a RecursionError, or minutes of work on a few hundred bytes)."""
+    loader = _SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise TaskFileError(f"{path}:{loader.line + 1}: nested too deeply for a task file "
+                                f"(at most {MAX_DEPTH} levels); flatten it") from None
+        if node is None:
+            return None
+        _check_nodes(node, path)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_nodes(root: yaml.Node, path: Path) -> None:
+    count, stack = 0, [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        line = node.start_mark.line + 1
+        if depth > MAX_DEPTH:
+            raise TaskFileError(f"{path}:{line}: nested more than {MAX_DEPTH} levels deep (or "
+                                "a YAML alias that holds itself); flatten it")
+        if count > MAX_NODES:
+            raise TaskFileError(f"{path}:{line}: more than {MAX_NODES} values once YAML "
+                                "aliases are expanded; write the values out or use fewer "
+                                "aliases")
+        if isinstance(node, yaml.MappingNode):
+            stack.extend((child, depth + 1) for pair in node.value for child in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in node.value)
+
+
 def read_yaml(path: Path) -> dict:
     try:
         raw = path.read_bytes()
@@ -72,15 +121,16 @@ def read_yaml(path: Path) -> dict:
         raise TaskFileError(f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x}); save the "
                             "file as UTF-8") from None
     try:
-        cfg = yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
+        cfg = _parse(text, path)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise TaskFileError(f"{path}{where}: not valid YAML ({problem})") from None
     if not isinstance(cfg, dict):
-        raise TaskFileError(f"{path}: expected a mapping of task keys, got "
-                            f"{type(cfg).__name__}")
+        got = "an empty file" if cfg is None else type(cfg).__name__
+        raise TaskFileError(f"{path}: expected a mapping of task keys (task: NAME, "
+                            f"dataset_path: ...), got {got}")
     return _rebase(cfg, path.parent)
 
 
@@ -108,6 +158,9 @@ def load_task_file(path: Path, _seen: Optional[set] = None) -> dict:
         return cfg
     merged: dict = {}
     for inc in includes if isinstance(includes, list) else [includes]:
+        if not isinstance(inc, str) or not inc:
+            raise TaskFileError(f"{path}: include must be a file name or a list of file names, "
+                                f"got {_short(inc)}")
         inc_path = Path(inc) if Path(inc).is_absolute() else path.parent / inc
         if not inc_path.is_file():
             raise TaskFileError(f"{path}: include {inc!r}: no such file {inc_path}")
@@ -140,43 +193,58 @@ def build_index(root: Path) -> tuple[dict[str, Entry], dict[Path, str]]:
             continue
         try:
             cfg = load_task_file(path)
+            _register(cfg, path.resolve(), index)
         except TaskFileError as e:
             errors[path.resolve()] = str(e)
-            continue
-        _register(cfg, path.resolve(), index)
     return index, errors
 
 
 def _register(cfg: dict, path: Path, index: dict[str, Entry]) -> None:
     if "group" in cfg:
+        if not isinstance(cfg["group"], str):
+            raise TaskFileError(f"{path}: group must be a name (a string), got "
+                                f"{_short(cfg['group'])}")
         index.setdefault(cfg["group"], Entry(cfg["group"], "group", path, cfg))
     elif isinstance(cfg.get("task"), str):
         name = cfg["task"]
+        tags = cfg.get("tag")
+        tags = [tags] if isinstance(tags, str) else tags or []
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise TaskFileError(f"{path} (task {name}): tag must be a name or a list of names, "
+                                f"got {_short(cfg.get('tag'))}")
         if name in index:
             return
         index[name] = Entry(name, "task", path, cfg)
-        tags = cfg.get("tag")
-        for tag in ([tags] if isinstance(tags, str) else tags or []):
+        for tag in tags:
             index.setdefault(tag, Entry(tag, "tag", None)).members.add(name)
 
 
 def lmeval_node(path: str | Path, name: Optional[str] = None) -> dict:
     """The config node for an lm-eval file (or for `name` defined in the folder `path`)."""
     path = Path(path).expanduser()
+    name_given = name
     if name is None:
         if not path.is_file():
             raise TaskFileError(f"{path}: no such task file")
         cfg = load_task_file(path)
-        name = cfg.get("group") if "group" in cfg else cfg.get("task")
-        if not isinstance(name, str):
+        key = "group" if "group" in cfg else "task"
+        name = cfg.get(key)
+        if name is None:
             raise TaskFileError(f"{path.resolve()}: the file names no task (a `task: NAME` "
                                 "or `group: NAME` key)")
+        if not isinstance(name, str):
+            raise TaskFileError(f"{path.resolve()}: {key} must be a name (a string), got "
+                                f"{_short(name)}" + ("; a group file sets `group: NAME` and "
+                                                     "lists its members under `task`"
+                                                     if key == "task" else ""))
         root = path.resolve().parent
     else:
         if not path.is_dir():
             raise TaskFileError(f"{path}: no such folder of task files")
         root = path.resolve()
     index, errors = build_index(root)
+    if name_given is None and path.resolve() in errors:
+        raise TaskFileError(errors[path.resolve()])  # the file itself is broken
     if name not in index:
         broken = f"; unreadable files: {'; '.join(errors.values())}" if errors else ""
         raise TaskFileError(f"{root}: no task, group or tag named {name!r}{broken}")
@@ -212,8 +280,12 @@ def _unsupported(cfg: dict, where: Any) -> None:
 
 
 def _group_node(name: str, cfg: dict, path: Optional[Path], index: dict, overrides: dict,
-                errors: dict) -> dict:
+                errors: dict, chain: tuple = ()) -> dict:
     where = path or f"group {name}"
+    if name in chain:
+        raise TaskFileError(f"{where}: group {name} contains itself "
+                            f"({' -> '.join((*chain, name))}); remove it from its members")
+    chain = (*chain, name)
     node = {k: v for k, v in cfg.items() if k in GROUP_FIELDS - {"task"}}
     node["group"] = name
     for key in set(node) - {"group"}:
@@ -226,7 +298,7 @@ def _group_node(name: str, cfg: dict, path: Optional[Path], index: dict, overrid
         raise TaskFileError(f"{where}: group {name}: `task` must list the group's members")
     subtasks: dict[str, dict] = {}
     for item in members:
-        for child_name, child in _member(item, name, where, index, merged, errors):
+        for child_name, child in _member(item, name, where, index, merged, errors, chain):
             if child_name in subtasks:
                 raise TaskFileError(f"{where}: group {name}: {child_name!r} appears twice")
             subtasks[child_name] = child
@@ -236,27 +308,35 @@ def _group_node(name: str, cfg: dict, path: Optional[Path], index: dict, overrid
     return node
 
 
-def _member(item: Any, group: str, where: Any, index: dict, overrides: dict, errors: dict):
+def _member(item: Any, group: str, where: Any, index: dict, overrides: dict, errors: dict,
+            chain: tuple):
     """(name, node) pairs for one entry of a group's `task:` list (lm-eval's rules)."""
     if isinstance(item, dict) and "group" in item:
+        if not isinstance(item["group"], str):
+            raise TaskFileError(f"{where}: group {group}: a member's group must be a name, got "
+                                f"{_short(item['group'])}")
         inline = {k: v for k, v in item.items() if k != "group"}
         if item["group"] in index:
             entry = index[item["group"]]
             yield entry.name, _group_node(entry.name, entry.cfg, entry.path, index,
-                                          {**overrides, **inline}, errors)
+                                          {**overrides, **inline}, errors, chain)
         else:
             full = f"{group}::{item['group']}"
-            yield full, _group_node(full, item, None, index, overrides, errors)
+            yield full, _group_node(full, item, None, index, overrides, errors, chain)
         return
     if isinstance(item, dict):
         if "task" not in item:
             raise TaskFileError(f"{where}: group {group}: a member needs a `task` or `group` "
-                                f"key, got {sorted(item)}")
+                                f"key, got {sorted(map(str, item))}")
         base, item_overrides = item["task"], {**overrides, **item}
+        if not isinstance(base, str):
+            raise TaskFileError(f"{where}: group {group}: a member's task must be a name, got "
+                                f"{_short(base)}")
     elif isinstance(item, str):
         base, item_overrides = item, dict(overrides)
     else:
-        raise TaskFileError(f"{where}: group {group}: unsupported member {item!r}")
+        raise TaskFileError(f"{where}: group {group}: unsupported member {_short(item)}; a "
+                            "member is a name or a mapping with `task` or `group`")
     if base not in index:
         if isinstance(item, dict):  # an inline task, defined right here
             full = f"{group}::{base}"
@@ -269,7 +349,8 @@ def _member(item: Any, group: str, where: Any, index: dict, overrides: dict, err
         raise TaskFileError(f"{where}: group {group}: unknown task, group or tag {base!r}{hint}")
     entry = index[base]
     if entry.kind == "group":
-        yield base, _group_node(base, entry.cfg, entry.path, index, item_overrides, errors)
+        yield base, _group_node(base, entry.cfg, entry.path, index, item_overrides, errors,
+                                chain)
     elif entry.kind == "tag":
         for task in sorted(entry.members):
             yield task, _task_node(index[task], index, {"task": task, **item_overrides})
@@ -346,11 +427,22 @@ def check_task_keys(cfg: dict, where: Any) -> dict:
     gen = out.get("generation_kwargs")
     if gen is not None and isinstance(gen.get("until"), str):
         out["generation_kwargs"] = {**gen, "until": [gen["until"]]}
-    for i, flt in enumerate(out.get("filter_list") or []):
+    filters = out.get("filter_list")
+    if filters is not None and not isinstance(filters, list):
+        raise TaskFileError(f"{where}: filter_list must be a list of mappings with `name` and "
+                            "`filter`")
+    for i, flt in enumerate(filters or []):
         if not isinstance(flt, dict) or set(flt) - {"name", "filter"}:
             raise TaskFileError(f"{where}: filter_list[{i}] must have exactly `name` and "
                                 "`filter` (a list of steps)")
-        for j, step in enumerate(flt.get("filter") or []):
+        steps = flt.get("filter")
+        if steps is not None and not isinstance(steps, list):
+            raise TaskFileError(f"{where}: filter_list[{i}].filter must be a list of steps "
+                                "(mappings with `function`)")
+        for j, step in enumerate(steps or []):
+            if not isinstance(step, dict):
+                raise TaskFileError(f"{where}: filter_list[{i}].filter[{j}] must be a mapping "
+                                    f"with `function`, got {_short(step)}")
             _unknown(step, {f.name for f in fields(FilterStep)},
                      f"{where}: filter_list[{i}].filter[{j}]", "filter")
     return out
