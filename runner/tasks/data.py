@@ -141,9 +141,11 @@ def _check_csv(p: Path, text: str, error: type) -> None:
     reader = csv.reader(io.StringIO(text))
     # the csv module's own field limit (128 KiB) is not one of datasets' (pandas has none)
     limit = csv.field_size_limit(sys.maxsize)
+    rows = 0
     try:
         width = None
         for row in reader:
+            rows += bool(row)
             if not row:
                 continue
             width = len(row) if width is None else width
@@ -154,6 +156,8 @@ def _check_csv(p: Path, text: str, error: type) -> None:
         raise error(f"{p}:{reader.line_num}: malformed CSV ({e}); fix the quoting") from None
     finally:
         csv.field_size_limit(limit)
+    if rows < 2:
+        raise error(f"{p}: a header row and no data rows; add the rows under the header")
 
 
 def check_data_file(path: str, builder: str, error: type = TaskDataError) -> None:
@@ -198,6 +202,8 @@ def check_data_file(path: str, builder: str, error: type = TaskDataError) -> Non
             else:
                 raise error(f"{p}:{e.lineno}: malformed JSON ({e.msg}); fix the row") from None
         if isinstance(doc, list):
+            if not doc:
+                raise error(f"{p}: an empty JSON list; it needs at least one row")
             for i, row in enumerate(doc):
                 _check_json_row(row, f"{p}: row {i}", error)
             if "\\u" in text:
@@ -243,6 +249,9 @@ def _load(path: str, name: Optional[str], kwargs: dict, where: str):
 
     if os.path.isdir(path) and "cache_dir" not in kwargs:
         kwargs = {**kwargs, "cache_dir": local_cache_dir(Path(path))}
+    files = _local_files(kwargs.get("data_files"))
+    if files:  # a failure names the data files it read
+        where = f"{where}: {', '.join(files)}"
     try:
         return datasets.load_dataset(path=path, name=name, **kwargs)
     except (ConnectionError, FileNotFoundError) as e:
