@@ -162,6 +162,10 @@ def read_hf(name: str, config: Optional[str], split: Optional[str]) -> RawSource
         check_data_file(str(path), builder, error=DatasetError)  # names the line at fault
         ds = _load(builder, None, split_name, where, data_files=str(path.resolve()))
     else:
+        if not path.exists() and (path.suffix.lower() in FILE_BUILDERS or path.is_absolute()
+                                  or name.startswith((".", "~"))):
+            raise DatasetError(f"hf:{name}: no such file or folder ({path.absolute()}); check "
+                               "the path (a hub dataset id is OWNER/NAME)")
         if name.lower() in PACKAGED:
             raise DatasetError(f"hf:{name} names a file format, not a dataset (it would read "
                                f"every matching file in the working directory); give the file: "

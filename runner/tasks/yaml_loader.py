@@ -7,7 +7,8 @@
         non-structural keys applied to every member as lm-eval does, inline members namespaced
         "group::name" -> a dict for the ConfigStore (runner/tasks/cli_specs.py).
 
-Files are read with a safe YAML loader. `!function` is kept as a marker until the end and then
+Files are read with a safe YAML loader, within runner/yaml_limits.py's bounds (depth, values
+after alias expansion), so any file is a task or one line naming the file. `!function` is kept as a marker until the end and then
 refused with one line naming the file and the key, unless it names one of lm-eval's own module
 files (runner/tasks/natives.py maps those to native twins); nothing is imported or executed.
 Every key is checked against the schema: an unknown or unsupported key is an error naming it.
@@ -23,6 +24,7 @@ import yaml
 from runner.tasks.config import (AggMetricConfig, FewshotConfig, FilterStep, GenerationKwargs,
                                  MetricConfig, TaskConfig)
 from runner.tasks.natives import NATIVES, native_for_function_ref
+from runner.yaml_limits import load_bounded, read_yaml_text, yaml_error
 
 GROUP_FIELDS = {"group", "group_alias", "task", "aggregate_metric_list", "metadata"}
 TASK_FIELDS = {f.name for f in fields(TaskConfig)} - {"subtasks", "group", "group_alias",
@@ -39,11 +41,6 @@ UNSUPPORTED = {
 }
 _NESTED_LISTS = {"metric_list": MetricConfig, "aggregate_metric_list": AggMetricConfig}
 _NESTED_DICTS = {"fewshot_config": FewshotConfig, "generation_kwargs": GenerationKwargs}
-
-
-# Bounds on one task file, far above any lm-eval file (0.4.13's largest: 765 values, 8 levels).
-MAX_DEPTH = 100
-MAX_NODES = 100_000
 
 
 class TaskFileError(ValueError):
@@ -69,63 +66,13 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else f"{text[:57]}..."
 
 
-def _parse(text: str, path: Path) -> Any:
-    """yaml.load with bounds: the composed document (aliases followed) is checked before any
-    object is built, so a structure nested past MAX_DEPTH, an alias that holds itself or
-    aliases that multiply past MAX_NODES values is one line naming the file and line (instead
-    of a RecursionError, or minutes of work on a few hundred bytes)."""
-    loader = _SafeLoader(text)
-    try:
-        try:
-            node = loader.get_single_node()
-        except RecursionError:
-            raise TaskFileError(f"{path}:{loader.line + 1}: nested too deeply for a task file "
-                                f"(at most {MAX_DEPTH} levels); flatten it") from None
-        if node is None:
-            return None
-        _check_nodes(node, path)
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
-
-
-def _check_nodes(root: yaml.Node, path: Path) -> None:
-    count, stack = 0, [(root, 1)]
-    while stack:
-        node, depth = stack.pop()
-        count += 1
-        line = node.start_mark.line + 1
-        if depth > MAX_DEPTH:
-            raise TaskFileError(f"{path}:{line}: nested more than {MAX_DEPTH} levels deep (or "
-                                "a YAML alias that holds itself); flatten it")
-        if count > MAX_NODES:
-            raise TaskFileError(f"{path}:{line}: more than {MAX_NODES} values once YAML "
-                                "aliases are expanded; write the values out or use fewer "
-                                "aliases")
-        if isinstance(node, yaml.MappingNode):
-            stack.extend((child, depth + 1) for pair in node.value for child in pair)
-        elif isinstance(node, yaml.SequenceNode):
-            stack.extend((child, depth + 1) for child in node.value)
-
-
 def read_yaml(path: Path) -> dict:
+    text = read_yaml_text(path, TaskFileError, "task file")
     try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise TaskFileError(f"{path}: cannot read the task file ({e.strerror or e}); check "
-                            "the path and its permissions") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise TaskFileError(f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x}); save the "
-                            "file as UTF-8") from None
-    try:
-        cfg = _parse(text, path)
+        cfg = load_bounded(text, path, TaskFileError, _SafeLoader)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        line, problem = yaml_error(e, text)
+        where = f":{line}" if line is not None else ""
         raise TaskFileError(f"{path}{where}: not valid YAML ({problem})") from None
     if not isinstance(cfg, dict):
         got = "an empty file" if cfg is None else type(cfg).__name__

@@ -182,7 +182,7 @@ def test_yaml_features_load_or_name_the_problem(text):
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("index,expected", [
     (0, "t.yaml:1: nested more than 100 levels deep (or a YAML alias that holds itself)"),
-    (2, "t.yaml:2: nested too deeply for a task file (at most 100 levels); flatten it"),
+    (2, "t.yaml:2: nested too deeply (at most 100 levels); flatten it"),
     (4, "t.yaml:1: more than 100000 values once YAML aliases are expanded"),
     (17, "t.yaml: include must be a file name or a list of file names, got 5"),
     (23, "t.yaml: group must be a name (a string), got ['a']"),
