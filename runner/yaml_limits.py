@@ -13,7 +13,8 @@
 
 Without the bounds, PyYAML builds a self-referencing alias (`a: &x [*x]`) that every recursive
 walk ends in RecursionError on, a few hundred bytes of aliases that expand to hundreds of
-millions of values, and a document nested past Python's stack is a RecursionError of its own.
+millions of values, a document nested past Python's stack is a RecursionError of its own, and
+a few KiB of `[[[[...` take it minutes (its scanner is quadratic in the flow depth).
 """
 from __future__ import annotations
 
@@ -56,13 +57,28 @@ def yaml_error(e: yaml.YAMLError, text: str) -> tuple[Optional[int], str]:
     return (mark.line + 1 if mark is not None else None), problem
 
 
+class _TooDeep(Exception):
+    pass
+
+
+class _FlowLimit:
+    """Stops the scanner at the MAX_DEPTH-th open `[` / `{`: PyYAML's scanner and parser take
+    time quadratic in the flow depth (4000 brackets: 13 s), so the depth is cut while
+    scanning, before that work is done."""
+
+    def fetch_flow_collection_start(self, token_class):
+        super().fetch_flow_collection_start(token_class)
+        if self.flow_level > MAX_DEPTH:
+            raise _TooDeep
+
+
 def load_bounded(text: str, where: Any, error: type, loader: type = yaml.SafeLoader) -> Any:
     """yaml.load(text, Loader=loader) within MAX_DEPTH and MAX_NODES (see the module doc)."""
-    parser = loader(text)
+    parser = type(f"Bounded{loader.__name__}", (_FlowLimit, loader), {})(text)
     try:
         try:
             node = parser.get_single_node()
-        except RecursionError:
+        except (RecursionError, _TooDeep):
             raise error(f"{where}:{parser.line + 1}: nested too deeply (at most {MAX_DEPTH} "
                         "levels); flatten it") from None
         if node is None:
