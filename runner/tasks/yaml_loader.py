@@ -8,9 +8,10 @@
         "group::name" -> a dict for the ConfigStore (runner/tasks/cli_specs.py).
 
 Files are read with a safe YAML loader, within runner/yaml_limits.py's bounds (depth, values
-after alias expansion), so any file is a task or one line naming the file. `!function` is kept as a marker until the end and then
-refused with one line naming the file and the key, unless it names one of lm-eval's own module
-files (runner/tasks/natives.py maps those to native twins); nothing is imported or executed.
+after alias expansion), so any file is a task or one line naming the file. `!function` is kept
+as a marker until the end and then refused with one line naming the file and the key, unless it
+names one of lm-eval's own module files (runner/tasks/natives.py maps those to native twins);
+nothing is imported or executed.
 Every key is checked against the schema: an unknown or unsupported key is an error naming it.
 """
 from __future__ import annotations
