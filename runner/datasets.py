@@ -194,7 +194,12 @@ def read_jsonl_rows(path: str) -> list[tuple[int, dict]]:
         what = "is a directory, not a file" if p.is_dir() else "not found"
         raise DatasetFileNotFoundError(f"dataset file {what}: {path}")
     rows: list[tuple[int, dict]] = []
-    with open(p, "rb") as f:
+    try:
+        f = open(p, "rb")
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read the dataset file ({e.strerror or e}); check "
+                           "its permissions") from None
+    with f:
         for lineno, raw in enumerate(f, 1):
             if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]  # a BOM, as some editors write
@@ -218,13 +223,28 @@ def read_jsonl_rows(path: str) -> list[tuple[int, dict]]:
                     f"(at most {MAX_JSON_DEPTH} levels)") from None
             if not isinstance(row, dict):
                 raise DatasetError(
-                    f"{path}: line {lineno}: expected a JSON object, got {type(row).__name__}")
+                    f"{path}: line {lineno}: expected a JSON object, got {type(row).__name__}; "
+                    "write one object per line")
             if _depth(row, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
                 raise DatasetError(
                     f"{path}: line {lineno}: JSON nested more than {MAX_JSON_DEPTH} levels deep; "
                     "flatten the row")
+            if "\\u" in line and lone_surrogate(row):
+                raise DatasetError(
+                    f"{path}: line {lineno}: a \\u escape is half of a UTF-16 surrogate pair "
+                    "(not text); write the character itself or its full pair")
             rows.append((lineno, row))
     return rows
+
+
+def lone_surrogate(value: Any) -> bool:
+    """Whether parsed JSON holds a string with half a surrogate pair (json.loads turns the
+    escape "\\ud800" into a str that cannot be encoded: no tokenizer or Arrow reads it)."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _read_jsonl(path: str) -> RawSource:

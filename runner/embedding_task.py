@@ -32,13 +32,28 @@ def load_pairs(source: str, limit: Optional[int] = None) -> list[dict]:
     else:
         raise DatasetError(f"dataset.source={source!r}: mode=embed reads builtin: or jsonl: "
                            "pairs ({'id', 'sentence1', 'sentence2', 'score'} per line)")
-    rows = []
+    rows, first_line = [], {}
     for lineno, row in read_jsonl_rows(path):
         missing = [f for f in REQUIRED_FIELDS if f not in row]
         if missing:
             raise DatasetError(f"{path}:{lineno}: missing field(s) {missing}; the row has "
                                f"{sorted(row)}")
+        for name in ("sentence1", "sentence2"):
+            if not isinstance(row[name], str):
+                raise DatasetError(f"{path}:{lineno}: {name} must be a string, got "
+                                   f"{type(row[name]).__name__}")
+        score = row["score"]
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or \
+                not math.isfinite(score):
+            raise DatasetError(f"{path}:{lineno}: score must be a number (the gold "
+                               f"similarity), got {score!r:.40}")
         row.setdefault("id", f"pair-{lineno}")
+        # predictions are keyed by id (resume skips the finished ones), so ids must differ
+        if str(row["id"]) in first_line:
+            raise DatasetError(f"{path}:{lineno}: duplicate id {str(row['id'])!r:.60} (first "
+                               f"at line {first_line[str(row['id'])]}); give every pair its "
+                               "own id")
+        first_line[str(row["id"])] = lineno
         rows.append(row)
     rows = rows[:limit] if limit else rows
     if len(rows) < 3:

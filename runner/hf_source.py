@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 from urllib.parse import urlparse
 
 from runner.datasets import DatasetError, RawSource
@@ -84,18 +84,51 @@ def _load(name: str, config: Optional[str], split: str, where: str, **kw):
                 f"could not load {where}: the hub cannot be reached, this machine looks offline "
                 f"({why}); set HF_HUB_OFFLINE=1 to read it from the local HF cache, or use a "
                 "local file (hf:path/to/data.jsonl, jsonl:PATH)")
+    if Path(name).is_dir():
+        from runner.tasks.data import local_cache_dir
+
+        kw["cache_dir"] = local_cache_dir(Path(name))
     try:
         return datasets.load_dataset(name, config, split=split, **kw)
     except Exception as e:
         if local:
-            raise DatasetError(f"could not read {where}: {_first_line(e)}; check that the file "
-                               "is valid JSON lines, JSON, CSV or Parquet") from None
+            if Path(name).is_dir():
+                check_folder(Path(name))  # a data file's own fault, with its line
+            cause = e.__cause__ or e  # datasets wraps the reader's error
+            fix = "its README.md `configs:` header and its data files" if Path(name).is_dir() \
+                else "that the file is valid JSON lines, JSON, CSV or Parquet"
+            raise DatasetError(f"could not read {where}: {_first_line(cause)[:300]}; check "
+                               f"{fix}") from None
         mode = (f"offline mode is on ({', '.join(flags)}), so only the local cache was read"
                 if flags else "the hub was tried over the network")
         raise DatasetError(
             f"could not load {where}: {_first_line(e)}. It is not in the local cache or could "
             f"not be prepared; {mode}. Use a local file (hf:path/to/data.jsonl), a folder "
             "written by save_to_disk (hf:PATH) or a jsonl: source to run without the hub") from e
+
+
+def check_folder(folder: Path) -> None:
+    """DatasetError naming the file and line of the first JSON/CSV data file in `folder` that
+    datasets could not read (nothing when they all pass; parquet is left to datasets)."""
+    from runner.tasks.data import check_data_file
+
+    for path in sorted(folder.rglob("*")):
+        builder = FILE_BUILDERS.get(path.suffix.lower())
+        if builder in ("json", "csv") and path.is_file() and \
+                not any(part.startswith(".") for part in path.relative_to(folder).parts):
+            check_data_file(str(path), builder, error=DatasetError)
+
+
+def _rows(ds, name: str, source: Optional[Path]) -> Callable[[list[int]], list[dict]]:
+    def get_rows(idx: list[int]) -> list[dict]:
+        try:
+            return ds.select(idx).to_list()
+        except Exception as e:  # e.g. bytes that are not UTF-8 in a string column
+            if source is not None and source.is_dir():
+                check_folder(source)
+            raise DatasetError(f"could not read the rows of {name!r}: "
+                               f"{_first_line(e)[:300]}") from None
+    return get_rows
 
 
 def read_hf(name: str, config: Optional[str], split: Optional[str]) -> RawSource:
@@ -124,8 +157,15 @@ def read_hf(name: str, config: Optional[str], split: Optional[str]) -> RawSource
                                "(hf:FILE::SPLIT selects a split)")
         split_name = split or "train"
         where = f"the file {str(path)!r} (split {split_name!r})"
+        from runner.tasks.data import check_data_file
+
+        check_data_file(str(path), builder, error=DatasetError)  # names the line at fault
         ds = _load(builder, None, split_name, where, data_files=str(path.resolve()))
     else:
+        if not path.exists() and (path.suffix.lower() in FILE_BUILDERS or path.is_absolute()
+                                  or name.startswith((".", "~"))):
+            raise DatasetError(f"hf:{name}: no such file or folder ({path.absolute()}); check "
+                               "the path (a hub dataset id is OWNER/NAME)")
         if name.lower() in PACKAGED:
             raise DatasetError(f"hf:{name} names a file format, not a dataset (it would read "
                                f"every matching file in the working directory); give the file: "
@@ -138,5 +178,5 @@ def read_hf(name: str, config: Optional[str], split: Optional[str]) -> RawSource
     if len(ds) == 0:
         raise DatasetError(f"{where} has no rows")
     return RawSource(num_rows=len(ds), columns=list(ds.column_names),
-                     get_rows=lambda idx: ds.select(idx).to_list(),
+                     get_rows=_rows(ds, name, path if path.exists() else None),
                      label=lambda i: f"{name} row {i}")

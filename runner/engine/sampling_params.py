@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import numbers
 from dataclasses import dataclass
 from enum import IntEnum
@@ -56,9 +57,18 @@ def _check_int(name: str, value: Any, *, optional: bool = False) -> int | None:
 
 
 def _check_real(name: str, value: Any) -> float:
+    # Every float field scales or bounds the logits, so NaN and infinity are refused as vLLM
+    # refuses them for temperature and repetition_penalty (an int too big for a float too).
     if not _is_real(value):
         raise ValueError(f"{name} must be a number (float), got {_describe(value)}.")
-    return float(value)
+    try:
+        result = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be a finite number, got an int too large for a "
+                         "float.") from None
+    if not math.isfinite(result):
+        raise ValueError(f"{name} must be a finite number, got {value!r}.")
+    return result
 
 
 def _check_bool(name: str, value: Any) -> bool:
@@ -151,6 +161,10 @@ class SamplingParams:
                 raise ValueError(
                     "logits_processors must be a list of callables, got a single callable; "
                     "wrap it in a list.")
+            if not isinstance(self.logits_processors, (list, tuple)):
+                raise ValueError(
+                    "logits_processors must be a list of callables or None, got "
+                    f"{_describe(self.logits_processors)}.")
             processors = list(self.logits_processors)
             for fn in processors:
                 if not callable(fn):

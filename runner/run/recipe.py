@@ -1,7 +1,9 @@
 """Recipes are data: reading and checking a recipe file, and writing a run's own recipe.yaml.
 
     recipe file (YAML) --load_recipe--> {"choices": {group: option}, "config": {...}}
-      checks, each refused with one line naming the key:
+      read within runner/yaml_limits.py's bounds (unreadable, not UTF-8, too deep, alias
+      bombs: one line naming the file and line), then checks, each refused with one line
+      naming the key:
         - only recipe_version / description / choices / config at the top
         - choices name groups (model, engine, sampling, dataset, task) with option names
           ("..": refused, except in a dataset spec or a task=lmeval: spec, whose path is data)
@@ -26,6 +28,7 @@ from typing import Any
 import yaml
 
 from runner.run.secrets import recipe_refs
+from runner.yaml_limits import load_bounded, read_yaml_text, yaml_error
 
 RECIPE_VERSION = 2
 GROUPS = ("model", "engine", "sampling", "dataset", "task")
@@ -39,6 +42,10 @@ ALLOWED_CALLBACKS = ("runner.summary.SweepSummaryCallback",)
 
 class RecipeError(ValueError):
     """A recipe file the runner refuses; the message is one line naming the key."""
+
+
+class _Located(ValueError):
+    """runner/yaml_limits.py's "PATH[:LINE]: problem", made a RecipeError by load_recipe."""
 
 
 def _special(key: Any) -> bool:
@@ -115,16 +122,17 @@ def load_recipe(path: str) -> dict:
     """{"choices", "config"} of a recipe file; RecipeError (one line) when it is refused."""
     where = f"recipe={path}"
     p = Path(path).expanduser()
-    if not p.is_file():
+    if not p.exists():
         raise RecipeError(f"{where}: file not found")
     try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError as e:
-        raise RecipeError(f"{where}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+        text = read_yaml_text(p, _Located, "recipe file")
+        doc = load_bounded(text, p, _Located) or {}
+    except _Located as e:
+        raise RecipeError(f"recipe={e}") from None
     except yaml.YAMLError as e:
-        raise RecipeError(f"{where}: not valid YAML ({str(e).splitlines()[0]})") from None
-    except RecursionError:
-        raise RecipeError(f"{where}: nested too deeply to be a recipe") from None
+        line, problem = yaml_error(e, text)
+        raise RecipeError(f"{where}{f':{line}' if line else ''}: not valid YAML ({problem})"
+                          ) from None
     if not isinstance(doc, dict):
         raise RecipeError(f"{where}: expected a mapping with 'choices' and 'config'")
     unknown = set(doc) - RECIPE_KEYS

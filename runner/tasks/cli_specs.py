@@ -25,7 +25,7 @@ SCHEME = "lmeval:"
 def task_node(spec: str) -> dict:
     """The TaskConfig-shaped node that `task=SPEC` stands for (SPEC starts with lmeval:)."""
     from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
     from runner.tasks.config import TaskConfig
 
@@ -47,7 +47,10 @@ def task_node(spec: str) -> dict:
     else:
         raise TaskFileError(f"task={spec}: no such task file: {path.absolute()}")
     try:
-        OmegaConf.merge(OmegaConf.structured(TaskConfig), node)
+        # typed as the run will type it (to_object: a required key left out fails here too)
+        OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TaskConfig), node))
+    except MissingMandatoryValue as e:
+        raise TaskFileError(f"task={spec}: {e.full_key} is required but not set") from None
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         msg = str(e).splitlines()[0]

@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import csv
 import glob
+import hashlib
 import io
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from runner.datasets import lone_surrogate
 from runner.tasks.natives import native
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "data" / "tasks"
@@ -118,50 +121,73 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def _check_json_row(row: Any, where: str) -> None:
+def _check_json_row(row: Any, where: str, error: type) -> None:
     if not isinstance(row, dict):
-        raise TaskDataError(f"{where}: a row must be a JSON object, got {type(row).__name__}; "
-                            "write one object per line")
+        raise error(f"{where}: a row must be a JSON object, got {type(row).__name__}; "
+                    "write one object per line")
     depth = _depth(row)
     if depth > MAX_ROW_NESTING:
-        raise TaskDataError(f"{where}: the row is nested {depth} levels deep; datasets (Arrow) "
-                            f"reads at most {MAX_ROW_NESTING}; flatten the nested fields")
+        raise error(f"{where}: the row is nested {depth} levels deep; datasets (Arrow) "
+                    f"reads at most {MAX_ROW_NESTING}; flatten the nested fields")
 
 
-def check_data_file(path: str, builder: str) -> None:
-    """Raise TaskDataError naming the file and line if `path` cannot give rows to `builder`."""
+def _check_text(value: Any, where: str, error: type) -> None:
+    if lone_surrogate(value):  # Arrow refuses these ("the surrogate pair in string is invalid")
+        raise error(f"{where}: a \\u escape is half of a UTF-16 surrogate pair (not text); "
+                    "write the character itself or its full pair")
+
+
+def _check_csv(p: Path, text: str, error: type) -> None:
+    reader = csv.reader(io.StringIO(text))
+    # the csv module's own field limit (128 KiB) is not one of datasets' (pandas has none)
+    limit = csv.field_size_limit(sys.maxsize)
+    rows = 0
+    try:
+        width = None
+        for row in reader:
+            rows += bool(row)
+            if not row:
+                continue
+            width = len(row) if width is None else width
+            if len(row) != width:
+                raise error(f"{p}:{reader.line_num}: malformed CSV row ({len(row)} fields, the "
+                            f"header has {width}); quote fields that contain commas")
+    except csv.Error as e:
+        raise error(f"{p}:{reader.line_num}: malformed CSV ({e}); fix the quoting") from None
+    finally:
+        csv.field_size_limit(limit)
+    if rows < 2:
+        raise error(f"{p}: a header row and no data rows; add the rows under the header")
+
+
+def check_data_file(path: str, builder: str, error: type = TaskDataError) -> None:
+    """Raise `error` naming the file and line if `path` cannot give rows to `builder` (json,
+    csv; other builders: only that the file is readable). runner/hf_source.py checks its local
+    files here too, with error=DatasetError."""
     p = Path(path).expanduser()
     try:
         raw = p.read_bytes()
     except FileNotFoundError:
-        raise TaskDataError(f"{p}: data file not found; check dataset_kwargs.data_files "
-                            f"(relative paths are from {os.getcwd()})") from None
+        raise error(f"{p}: data file not found; check dataset_kwargs.data_files (relative "
+                    f"paths are from {os.getcwd()})") from None
+    except IsADirectoryError:
+        raise error(f"{p}: is a directory, not a data file; name the file itself (or a glob "
+                    "such as DIR/*.jsonl)") from None
     except OSError as e:
-        raise TaskDataError(f"{p}: cannot read the data file ({e.strerror or e}); check its "
-                            "permissions") from None
+        raise error(f"{p}: cannot read the data file ({e.strerror or e}); check its "
+                    "permissions") from None
     if builder not in ("json", "csv"):
         return
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
-        raise TaskDataError(f"{p}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x}); re-encode the "
-                            "file as UTF-8") from None
+        raise error(f"{p}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x}); re-encode the file "
+                    "as UTF-8") from None
+    if not text.strip():
+        raise error(f"{p}: the data file is empty; it needs a row (a header row for CSV)")
     if builder == "csv":
-        reader = csv.reader(io.StringIO(text))
-        try:
-            width = None
-            for row in reader:
-                if not row:
-                    continue
-                width = len(row) if width is None else width
-                if len(row) != width:
-                    raise TaskDataError(f"{p}:{reader.line_num}: malformed CSV row ({len(row)} "
-                                        f"fields, the header has {width}); quote fields that "
-                                        "contain commas")
-        except csv.Error as e:
-            raise TaskDataError(f"{p}:{reader.line_num}: malformed CSV ({e}); fix the "
-                                "quoting") from None
+        _check_csv(p, text, error)
         return
     stripped = text.lstrip()
     if stripped.startswith("[") or (p.suffix == ".json" and stripped.startswith("{")
@@ -169,19 +195,23 @@ def check_data_file(path: str, builder: str) -> None:
         try:
             doc = json.loads(text)
         except RecursionError:
-            raise TaskDataError(f"{p}: nested too deeply for a JSON reader; flatten the "
-                                "rows") from None
+            raise error(f"{p}: nested too deeply for a JSON reader; flatten the rows") from None
         except json.JSONDecodeError as e:
             if not stripped.startswith("["):
                 doc = None  # maybe JSON Lines after all: checked line by line below
             else:
-                raise TaskDataError(f"{p}:{e.lineno}: malformed JSON ({e.msg}); fix the "
-                                    "row") from None
+                raise error(f"{p}:{e.lineno}: malformed JSON ({e.msg}); fix the row") from None
         if isinstance(doc, list):
+            if not doc:
+                raise error(f"{p}: an empty JSON list; it needs at least one row")
             for i, row in enumerate(doc):
-                _check_json_row(row, f"{p}: row {i}")
+                _check_json_row(row, f"{p}: row {i}", error)
+            if "\\u" in text:
+                _check_text(doc, f"{p}", error)
             return
         if isinstance(doc, dict):
+            if "\\u" in text:
+                _check_text(doc, f"{p}", error)
             return  # a JSON object (datasets' `field` option picks the rows)
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -189,17 +219,39 @@ def check_data_file(path: str, builder: str) -> None:
         try:
             row = json.loads(line)
         except RecursionError:
-            raise TaskDataError(f"{p}:{lineno}: the row is nested too deeply for a JSON "
-                                "reader; flatten the nested fields") from None
+            raise error(f"{p}:{lineno}: the row is nested too deeply for a JSON reader; "
+                        "flatten the nested fields") from None
         except json.JSONDecodeError as e:
-            raise TaskDataError(f"{p}:{lineno}: malformed JSON ({e.msg} at column {e.colno}); "
-                                "fix the row or remove it") from None
-        _check_json_row(row, f"{p}:{lineno}")
+            raise error(f"{p}:{lineno}: malformed JSON (column {e.colno}: {e.msg}); fix the "
+                        "row or remove it") from None
+        _check_json_row(row, f"{p}:{lineno}", error)
+        if "\\u" in line:
+            _check_text(row, f"{p}:{lineno}", error)
+
+
+def local_cache_dir(folder: Path) -> str:
+    """A datasets cache of its own for one local dataset folder in its current state (the
+    paths, sizes and mtimes of its files). datasets keys the prepared copy of a local folder
+    by its dataset card alone (huggingface/datasets#2956): an edited folder, or another folder
+    of the same name, would silently be read from the copy prepared before."""
+    import datasets
+
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts):
+            st = p.stat()
+            h.update(f"{p.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return os.path.join(datasets.config.HF_DATASETS_CACHE, "local_folders", h.hexdigest()[:16])
 
 
 def _load(path: str, name: Optional[str], kwargs: dict, where: str):
     import datasets
 
+    if os.path.isdir(path) and "cache_dir" not in kwargs:
+        kwargs = {**kwargs, "cache_dir": local_cache_dir(Path(path))}
+    files = _local_files(kwargs.get("data_files"))
+    if files:  # a failure names the data files it read
+        where = f"{where}: {', '.join(files)}"
     try:
         return datasets.load_dataset(path=path, name=name, **kwargs)
     except (ConnectionError, FileNotFoundError) as e:

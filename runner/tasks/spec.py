@@ -198,7 +198,11 @@ def _task_spec(v: dict, metadata: Optional[dict]) -> TaskSpec:
         # model's 256; do_sample/temperature stay as given (runner/tasks/sampling.py reads them)
         gen = {k: x for k, x in (gen or {}).items() if x is not None}
         until = gen.get("until", [fewshot_delim])
-        gen["until"] = [until] if isinstance(until, str) else list(until)
+        until = [until] if isinstance(until, str) else until
+        if not isinstance(until, (list, tuple)) or not all(isinstance(u, str) for u in until):
+            raise TaskSpecError(f"{where}: generation_kwargs.until must be a string or a list "
+                                f"of strings, got {until!r:.80}")
+        gen["until"] = list(until)
         gen.setdefault("max_gen_toks", DEFAULT_MAX_GEN_TOKS)
     elif gen is not None and any(x is not None for x in gen.values()):
         raise TaskSpecError(f"{where}: generation_kwargs are set but output_type is "

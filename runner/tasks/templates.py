@@ -24,6 +24,16 @@ class TemplateFieldError(ValueError):
     """A template or field reference that a row cannot satisfy; the message is one line."""
 
 
+# The renderings lm-eval turns into an int (its `isdigit()` then ast.literal_eval): the
+# integer literals Python reads. Other digit strings ("007", "²", 5000 digits), on which
+# lm-eval's literal_eval raises, stay the text they are.
+_INT_TEXT = re.compile(r"0|[1-9][0-9]{0,4000}")
+
+
+def _as_index(out: str) -> Any:
+    return int(out) if _INT_TEXT.fullmatch(out) else out
+
+
 def _regex_replace(string: str, pattern: str, repl: str, count: int = 0) -> str:
     return re.sub(pattern, repl, string, count=count)
 
@@ -77,9 +87,7 @@ class Renderer:
         if value is not None or spec in self.features or is_native(spec):
             return value
         out = self.render(spec, doc, key, doc_id)
-        if out.isdigit() and self.has_choices:
-            return ast.literal_eval(out)
-        return out
+        return _as_index(out) if self.has_choices else out
 
     def target(self, spec: Any, doc: dict, doc_id: Any, key: str = "doc_to_target") -> Any:
         if isinstance(spec, int) and not isinstance(spec, bool):
@@ -93,12 +101,12 @@ class Renderer:
         if value is not None or spec in self.features or is_native(spec):
             return value
         out = self.render(spec, doc, key, doc_id)
-        if out.isdigit() and self.has_choices:
-            return ast.literal_eval(out)
+        if self.has_choices and _INT_TEXT.fullmatch(out):
+            return int(out)
         if len(out) >= 2 and out[0] == "[" and out[-1] == "]":
             try:
                 return ast.literal_eval(out)
-            except (SyntaxError, ValueError):
+            except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
                 return out
         return out
 
@@ -115,7 +123,7 @@ class Renderer:
                 rendered = self.render(spec, doc, key, doc_id)
                 try:
                     out = ast.literal_eval(rendered)
-                except (SyntaxError, ValueError):
+                except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
                     raise TemplateFieldError(
                         f"{self.where}: {key}: template {spec!r} rendered {rendered[:80]!r} "
                         f"for doc {doc_id}, not a list of choices") from None

@@ -7,9 +7,11 @@
         non-structural keys applied to every member as lm-eval does, inline members namespaced
         "group::name" -> a dict for the ConfigStore (runner/tasks/cli_specs.py).
 
-Files are read with a safe YAML loader. `!function` is kept as a marker until the end and then
-refused with one line naming the file and the key, unless it names one of lm-eval's own module
-files (runner/tasks/natives.py maps those to native twins); nothing is imported or executed.
+Files are read with a safe YAML loader, within runner/yaml_limits.py's bounds (depth, values
+after alias expansion), so any file is a task or one line naming the file. `!function` is kept
+as a marker until the end and then refused with one line naming the file and the key, unless it
+names one of lm-eval's own module files (runner/tasks/natives.py maps those to native twins);
+nothing is imported or executed.
 Every key is checked against the schema: an unknown or unsupported key is an error naming it.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ import yaml
 from runner.tasks.config import (AggMetricConfig, FewshotConfig, FilterStep, GenerationKwargs,
                                  MetricConfig, TaskConfig)
 from runner.tasks.natives import NATIVES, native_for_function_ref
+from runner.yaml_limits import load_bounded, read_yaml_text, yaml_error
 
 GROUP_FIELDS = {"group", "group_alias", "task", "aggregate_metric_list", "metadata"}
 TASK_FIELDS = {f.name for f in fields(TaskConfig)} - {"subtasks", "group", "group_alias",
@@ -59,28 +62,23 @@ _SafeLoader.add_constructor(
     "!function", lambda loader, node: _FunctionRef(loader.construct_scalar(node), Path(".")))
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
 def read_yaml(path: Path) -> dict:
+    text = read_yaml_text(path, TaskFileError, "task file")
     try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise TaskFileError(f"{path}: cannot read the task file ({e.strerror or e}); check "
-                            "the path and its permissions") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise TaskFileError(f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x}); save the "
-                            "file as UTF-8") from None
-    try:
-        cfg = yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
+        cfg = load_bounded(text, path, TaskFileError, _SafeLoader)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        line, problem = yaml_error(e, text)
+        where = f":{line}" if line is not None else ""
         raise TaskFileError(f"{path}{where}: not valid YAML ({problem})") from None
     if not isinstance(cfg, dict):
-        raise TaskFileError(f"{path}: expected a mapping of task keys, got "
-                            f"{type(cfg).__name__}")
+        got = "an empty file" if cfg is None else type(cfg).__name__
+        raise TaskFileError(f"{path}: expected a mapping of task keys (task: NAME, "
+                            f"dataset_path: ...), got {got}")
     return _rebase(cfg, path.parent)
 
 
@@ -108,6 +106,9 @@ def load_task_file(path: Path, _seen: Optional[set] = None) -> dict:
         return cfg
     merged: dict = {}
     for inc in includes if isinstance(includes, list) else [includes]:
+        if not isinstance(inc, str) or not inc:
+            raise TaskFileError(f"{path}: include must be a file name or a list of file names, "
+                                f"got {_short(inc)}")
         inc_path = Path(inc) if Path(inc).is_absolute() else path.parent / inc
         if not inc_path.is_file():
             raise TaskFileError(f"{path}: include {inc!r}: no such file {inc_path}")
@@ -140,43 +141,58 @@ def build_index(root: Path) -> tuple[dict[str, Entry], dict[Path, str]]:
             continue
         try:
             cfg = load_task_file(path)
+            _register(cfg, path.resolve(), index)
         except TaskFileError as e:
             errors[path.resolve()] = str(e)
-            continue
-        _register(cfg, path.resolve(), index)
     return index, errors
 
 
 def _register(cfg: dict, path: Path, index: dict[str, Entry]) -> None:
     if "group" in cfg:
+        if not isinstance(cfg["group"], str):
+            raise TaskFileError(f"{path}: group must be a name (a string), got "
+                                f"{_short(cfg['group'])}")
         index.setdefault(cfg["group"], Entry(cfg["group"], "group", path, cfg))
     elif isinstance(cfg.get("task"), str):
         name = cfg["task"]
+        tags = cfg.get("tag")
+        tags = [tags] if isinstance(tags, str) else tags or []
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise TaskFileError(f"{path} (task {name}): tag must be a name or a list of names, "
+                                f"got {_short(cfg.get('tag'))}")
         if name in index:
             return
         index[name] = Entry(name, "task", path, cfg)
-        tags = cfg.get("tag")
-        for tag in ([tags] if isinstance(tags, str) else tags or []):
+        for tag in tags:
             index.setdefault(tag, Entry(tag, "tag", None)).members.add(name)
 
 
 def lmeval_node(path: str | Path, name: Optional[str] = None) -> dict:
     """The config node for an lm-eval file (or for `name` defined in the folder `path`)."""
     path = Path(path).expanduser()
+    name_given = name
     if name is None:
         if not path.is_file():
             raise TaskFileError(f"{path}: no such task file")
         cfg = load_task_file(path)
-        name = cfg.get("group") if "group" in cfg else cfg.get("task")
-        if not isinstance(name, str):
+        key = "group" if "group" in cfg else "task"
+        name = cfg.get(key)
+        if name is None:
             raise TaskFileError(f"{path.resolve()}: the file names no task (a `task: NAME` "
                                 "or `group: NAME` key)")
+        if not isinstance(name, str):
+            raise TaskFileError(f"{path.resolve()}: {key} must be a name (a string), got "
+                                f"{_short(name)}" + ("; a group file sets `group: NAME` and "
+                                                     "lists its members under `task`"
+                                                     if key == "task" else ""))
         root = path.resolve().parent
     else:
         if not path.is_dir():
             raise TaskFileError(f"{path}: no such folder of task files")
         root = path.resolve()
     index, errors = build_index(root)
+    if name_given is None and path.resolve() in errors:
+        raise TaskFileError(errors[path.resolve()])  # the file itself is broken
     if name not in index:
         broken = f"; unreadable files: {'; '.join(errors.values())}" if errors else ""
         raise TaskFileError(f"{root}: no task, group or tag named {name!r}{broken}")
@@ -212,8 +228,12 @@ def _unsupported(cfg: dict, where: Any) -> None:
 
 
 def _group_node(name: str, cfg: dict, path: Optional[Path], index: dict, overrides: dict,
-                errors: dict) -> dict:
+                errors: dict, chain: tuple = ()) -> dict:
     where = path or f"group {name}"
+    if name in chain:
+        raise TaskFileError(f"{where}: group {name} contains itself "
+                            f"({' -> '.join((*chain, name))}); remove it from its members")
+    chain = (*chain, name)
     node = {k: v for k, v in cfg.items() if k in GROUP_FIELDS - {"task"}}
     node["group"] = name
     for key in set(node) - {"group"}:
@@ -226,7 +246,7 @@ def _group_node(name: str, cfg: dict, path: Optional[Path], index: dict, overrid
         raise TaskFileError(f"{where}: group {name}: `task` must list the group's members")
     subtasks: dict[str, dict] = {}
     for item in members:
-        for child_name, child in _member(item, name, where, index, merged, errors):
+        for child_name, child in _member(item, name, where, index, merged, errors, chain):
             if child_name in subtasks:
                 raise TaskFileError(f"{where}: group {name}: {child_name!r} appears twice")
             subtasks[child_name] = child
@@ -236,27 +256,35 @@ def _group_node(name: str, cfg: dict, path: Optional[Path], index: dict, overrid
     return node
 
 
-def _member(item: Any, group: str, where: Any, index: dict, overrides: dict, errors: dict):
+def _member(item: Any, group: str, where: Any, index: dict, overrides: dict, errors: dict,
+            chain: tuple):
     """(name, node) pairs for one entry of a group's `task:` list (lm-eval's rules)."""
     if isinstance(item, dict) and "group" in item:
+        if not isinstance(item["group"], str):
+            raise TaskFileError(f"{where}: group {group}: a member's group must be a name, got "
+                                f"{_short(item['group'])}")
         inline = {k: v for k, v in item.items() if k != "group"}
         if item["group"] in index:
             entry = index[item["group"]]
             yield entry.name, _group_node(entry.name, entry.cfg, entry.path, index,
-                                          {**overrides, **inline}, errors)
+                                          {**overrides, **inline}, errors, chain)
         else:
             full = f"{group}::{item['group']}"
-            yield full, _group_node(full, item, None, index, overrides, errors)
+            yield full, _group_node(full, item, None, index, overrides, errors, chain)
         return
     if isinstance(item, dict):
         if "task" not in item:
             raise TaskFileError(f"{where}: group {group}: a member needs a `task` or `group` "
-                                f"key, got {sorted(item)}")
+                                f"key, got {sorted(map(str, item))}")
         base, item_overrides = item["task"], {**overrides, **item}
+        if not isinstance(base, str):
+            raise TaskFileError(f"{where}: group {group}: a member's task must be a name, got "
+                                f"{_short(base)}")
     elif isinstance(item, str):
         base, item_overrides = item, dict(overrides)
     else:
-        raise TaskFileError(f"{where}: group {group}: unsupported member {item!r}")
+        raise TaskFileError(f"{where}: group {group}: unsupported member {_short(item)}; a "
+                            "member is a name or a mapping with `task` or `group`")
     if base not in index:
         if isinstance(item, dict):  # an inline task, defined right here
             full = f"{group}::{base}"
@@ -269,7 +297,8 @@ def _member(item: Any, group: str, where: Any, index: dict, overrides: dict, err
         raise TaskFileError(f"{where}: group {group}: unknown task, group or tag {base!r}{hint}")
     entry = index[base]
     if entry.kind == "group":
-        yield base, _group_node(base, entry.cfg, entry.path, index, item_overrides, errors)
+        yield base, _group_node(base, entry.cfg, entry.path, index, item_overrides, errors,
+                                chain)
     elif entry.kind == "tag":
         for task in sorted(entry.members):
             yield task, _task_node(index[task], index, {"task": task, **item_overrides})
@@ -346,11 +375,22 @@ def check_task_keys(cfg: dict, where: Any) -> dict:
     gen = out.get("generation_kwargs")
     if gen is not None and isinstance(gen.get("until"), str):
         out["generation_kwargs"] = {**gen, "until": [gen["until"]]}
-    for i, flt in enumerate(out.get("filter_list") or []):
+    filters = out.get("filter_list")
+    if filters is not None and not isinstance(filters, list):
+        raise TaskFileError(f"{where}: filter_list must be a list of mappings with `name` and "
+                            "`filter`")
+    for i, flt in enumerate(filters or []):
         if not isinstance(flt, dict) or set(flt) - {"name", "filter"}:
             raise TaskFileError(f"{where}: filter_list[{i}] must have exactly `name` and "
                                 "`filter` (a list of steps)")
-        for j, step in enumerate(flt.get("filter") or []):
+        steps = flt.get("filter")
+        if steps is not None and not isinstance(steps, list):
+            raise TaskFileError(f"{where}: filter_list[{i}].filter must be a list of steps "
+                                "(mappings with `function`)")
+        for j, step in enumerate(steps or []):
+            if not isinstance(step, dict):
+                raise TaskFileError(f"{where}: filter_list[{i}].filter[{j}] must be a mapping "
+                                    f"with `function`, got {_short(step)}")
             _unknown(step, {f.name for f in fields(FilterStep)},
                      f"{where}: filter_list[{i}].filter[{j}]", "filter")
     return out

@@ -85,6 +85,13 @@ def test_output_text_buffer_length():
     (dict(early_stopping="sometimes"), ["early_stopping", "'never'", "'sometimes'"]),
     (dict(logits_processors=[1]), ["logits_processors", "callable"]),
     (dict(logits_processors=lambda ids, row: row), ["logits_processors", "list"]),
+    (dict(logits_processors=3), ["logits_processors", "list", "3 (int)"]),
+    # non-finite numbers (vLLM refuses them for temperature and repetition_penalty)
+    (dict(temperature=float("inf")), ["temperature", "finite", "inf"]),
+    (dict(repetition_penalty=float("nan")), ["repetition_penalty", "finite", "nan"]),
+    (dict(use_beam_search=True, best_of=2, temperature=0.0, length_penalty=float("-inf")),
+     ["length_penalty", "finite"]),
+    (dict(presence_penalty=10 ** 400), ["presence_penalty", "finite", "too large"]),
 ])
 def test_general_validation(kwargs, words):
     with pytest.raises(ValueError) as err:

@@ -76,7 +76,7 @@ def test_missing_and_unreadable_files(tmp_path):
         build(helpers.run_config(node_for(tmp_path / "nope.jsonl"))).docs()
     assert "data file not found" in one_line(e) and "nope.jsonl" in one_line(e)
     (tmp_path / "dir.jsonl").mkdir()
-    with pytest.raises(TaskDataError, match="cannot read the data file"):
+    with pytest.raises(TaskDataError, match="dir.jsonl: is a directory, not a data file; name"):
         check_data_file(str(tmp_path / "dir.jsonl"), "json")
     bad_csv = tmp_path / "d.csv"
     bad_csv.write_text('q,gold\n"a, b",1\nhello, world,1\n')
