@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from runner.engine.prompt_logprobs import PromptLogprobChunk
 from runner.engine.sampling_params import SamplingParams
 
 # an input id whose token the step `placeholder_step` sampled and has not read back
@@ -98,5 +99,5 @@ class SchedulerOutput:
 class ModelRunnerOutput:
     """A step's results by sequence id."""
     sampled: dict[int, list[SampledToken]] = field(default_factory=dict)   # n at a fork
-    prompt_logprobs: dict[int, list] = field(default_factory=dict)   # (logprob, rank, top)
+    prompt_logprobs: dict[int, PromptLogprobChunk] = field(default_factory=dict)
     beam_candidates: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)

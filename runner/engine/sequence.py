@@ -28,6 +28,7 @@ import time
 from typing import Optional
 
 from runner.engine.outputs import Logprob, RequestMetrics
+from runner.engine.prompt_logprobs import PromptLogprobBuffer
 from runner.engine.sampling_params import SamplingParams
 from runner.engine.scheduler_output import PLACEHOLDER_TOKEN_ID, SampledToken
 
@@ -177,9 +178,10 @@ class SequenceGroup:
                                       first_scheduled_time=None, first_token_time=None,
                                       time_in_queue=None, finished_time=None)
         # prompt_logprobs[i] is for prompt token i (None for the first), filled chunk by chunk
-        # (or from the prefix cache) with raw entries (logprob, rank, [(id, logprob)] top-k)
-        self.prompt_logprobs: Optional[list] = (
-            [None] if sampling_params.prompt_logprobs is not None else None)
+        # (or from the prefix cache) with raw entries (logprob, rank, top-k), as arrays
+        self.prompt_logprobs: Optional[PromptLogprobBuffer] = (
+            PromptLogprobBuffer(len(self.prompt_token_ids))
+            if sampling_params.prompt_logprobs is not None else None)
         # of those, the leading full blocks already offered to the prefix cache's store
         self.num_logprob_blocks = 0
         self.prompt_logprob_dicts: list = []     # the entries as vLLM's Logprob dicts

@@ -16,6 +16,7 @@ from runner.engine.beam_search import BeamSearchState
 from runner.engine.block_manager import BlockManager
 from runner.engine.config import SchedulerConfig
 from runner.engine.sampling_params import SamplingParams
+from runner.engine.prompt_logprobs import PromptLogprobChunk
 from runner.engine.scheduler import Scheduler
 from runner.engine.scheduler_output import (PLACEHOLDER_TOKEN_ID, ModelRunnerOutput,
                                             SampledToken, SchedulerOutput)
@@ -43,7 +44,8 @@ def fake_output(out: SchedulerOutput, token=7) -> ModelRunnerOutput:
     result = ModelRunnerOutput()
     for s in out.scheduled:
         if s.prompt_logprobs is not None:
-            result.prompt_logprobs[s.seq_id] = [(-1.0, 1, []) for _ in s.prompt_logprobs.targets]
+            result.prompt_logprobs[s.seq_id] = PromptLogprobChunk.from_entries(
+                [(-1.0, 1, []) for _ in s.prompt_logprobs.targets])
         if s.sample is None:
             continue
         if s.sample.beam is not None:
