@@ -113,30 +113,31 @@ class RequestOutputBuilder:
         top alternatives best first (rank 1, 2, ...), the prompt token not twice."""
         lps, ranks = chunk.logprobs.tolist(), chunk.ranks.tolist()
         k = chunk.top_ids.shape[1]
+        top_ids = chunk.top_ids.ravel().tolist()        # position i's: [i * k, (i + 1) * k)
+        top_lps = chunk.top_logprobs.ravel().tolist()
+        if self.tokenizer is None:
+            tok_texts, top_texts = [None] * len(token_ids), [None] * len(top_ids)
+        else:
+            texts = self._decoded(token_ids + top_ids)
+            tok_texts, top_texts = [texts[t] for t in token_ids], [texts[t] for t in top_ids]
         out = []
         append = out.append
         if k == 0:
-            texts = self._decoded(token_ids)
-            for tok, lp, rank in zip(token_ids, lps, ranks):
-                append({tok: Logprob(lp, rank, texts[tok])})
+            for tok, lp, rank, text in zip(token_ids, lps, ranks, tok_texts):
+                append({tok: Logprob(lp, rank, text)})
         elif k == 1:                    # the common case (lm-eval): no inner loop
-            top_ids = chunk.top_ids[:, 0].tolist()
-            top_lps = chunk.top_logprobs[:, 0].tolist()
-            texts = self._decoded(token_ids + top_ids)
-            for tok, lp, rank, tid, tlp in zip(token_ids, lps, ranks, top_ids, top_lps):
-                d = {tok: Logprob(lp, rank, texts[tok])}
+            for tok, lp, rank, text, tid, tlp, ttext in zip(token_ids, lps, ranks, tok_texts,
+                                                            top_ids, top_lps, top_texts):
+                d = {tok: Logprob(lp, rank, text)}
                 if tid != tok:
-                    d[tid] = Logprob(tlp, 1, texts[tid])
+                    d[tid] = Logprob(tlp, 1, ttext)
                 append(d)
         else:
-            top_ids = chunk.top_ids.ravel().tolist()
-            top_lps = chunk.top_logprobs.ravel().tolist()
-            texts = self._decoded(token_ids + top_ids)
-            for i, (tok, lp, rank) in enumerate(zip(token_ids, lps, ranks)):
-                d = {tok: Logprob(lp, rank, texts[tok])}
+            for i, (tok, lp, rank, text) in enumerate(zip(token_ids, lps, ranks, tok_texts)):
+                d = {tok: Logprob(lp, rank, text)}
                 for r, j in enumerate(range(i * k, (i + 1) * k), start=1):
                     tid = top_ids[j]
                     if tid not in d:
-                        d[tid] = Logprob(top_lps[j], r, texts[tid])
+                        d[tid] = Logprob(top_lps[j], r, top_texts[j])
                 append(d)
         return out

@@ -81,8 +81,10 @@ def check_stop(seq: Sequence, token_id: int, eos_token_ids: tuple[int, ...],
     """The stop conditions a sampled token decides. The first EOS id is the primary one
     (stop_reason None); the others stop as vLLM's generation_config stop ids (stop_reason
     the id)."""
-    p = seq.sampling_params
-    if seq.num_output_tokens >= p.min_tokens:
+    p = seq.group.sampling_params
+    num_tokens = len(seq.token_ids)
+    num_output = num_tokens - seq.prompt_len
+    if num_output >= p.min_tokens:
         if token_id in eos_token_ids and not p.ignore_eos:
             seq.status = SequenceStatus.FINISHED_STOPPED
             if token_id != eos_token_ids[0]:
@@ -92,7 +94,7 @@ def check_stop(seq: Sequence, token_id: int, eos_token_ids: tuple[int, ...],
             seq.status = SequenceStatus.FINISHED_STOPPED
             seq.stop_reason = token_id
             return
-    if p.max_tokens is not None and seq.num_output_tokens >= p.max_tokens:
+    if p.max_tokens is not None and num_output >= p.max_tokens:
         seq.status = SequenceStatus.FINISHED_LENGTH_CAPPED
-    elif seq.num_tokens >= max_model_len:
+    elif num_tokens >= max_model_len:
         seq.status = SequenceStatus.FINISHED_LENGTH_CAPPED

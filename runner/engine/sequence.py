@@ -51,6 +51,9 @@ class SequenceStatus(enum.IntEnum):
                 SequenceStatus.FINISHED_ABORTED: "abort"}.get(self)
 
 
+_FINISHED = SequenceStatus.FINISHED_STOPPED     # this status and above are finished ones
+
+
 class Sequence:
     def __init__(self, seq_id: int, group: "SequenceGroup", prompt_token_ids: list[int],
                  index: int = 0):
@@ -121,7 +124,7 @@ class Sequence:
         return len(self.token_ids) - self.num_computed_tokens
 
     def is_finished(self) -> bool:
-        return self.status.is_finished
+        return self.status >= _FINISHED   # (asked for every sequence every step)
 
     def append_token(self, token_id: int, logprob: float) -> None:
         self.token_ids.append(token_id)
@@ -195,11 +198,17 @@ class SequenceGroup:
             self.prompt_token_ids)
 
     def is_finished(self) -> bool:
-        if self.seqs and all(s.status == SequenceStatus.FINISHED_ABORTED for s in self.seqs):
+        """All its sequences aborted, its beam search done, or (no beams) all of its
+        sequences there and finished. (Asked for every progressed request every step.)"""
+        seqs = self.seqs
+        if self.beam is None and len(seqs) >= self.num_seqs:
+            for s in seqs:            # (aborted sequences are finished ones)
+                if s.status < _FINISHED:
+                    return False
             return True
-        if self.beam is not None:
-            return self.beam.done
-        return len(self.seqs) >= self.num_seqs and all(s.is_finished() for s in self.seqs)
+        if seqs and all(s.status == SequenceStatus.FINISHED_ABORTED for s in seqs):
+            return True
+        return self.beam is not None and self.beam.done
 
     def maybe_set_first_scheduled(self, now: float) -> None:
         if self.metrics.first_scheduled_time is None:
