@@ -25,6 +25,7 @@ from typing import Optional
 
 from runner.engine.block_manager import BlockManager, cdiv
 from runner.engine.prefix_cache import PromptLogprobStore, extend_block_hashes
+from runner.engine.prompt_logprobs import PromptLogprobChunk
 from runner.engine.sequence import Sequence, SequenceGroup
 
 HOLD = None      # get_computed_blocks: admit this sequence a step later
@@ -83,8 +84,7 @@ class KVCacheManager:
         self.block_manager.allocate(seq, blocks, num_hit)
         if served:
             group = seq.group
-            for chunk in served:
-                group.prompt_logprobs.extend(chunk)
+            group.prompt_logprobs.extend(PromptLogprobChunk.concat(served))
             # (taken from the store: they are there already)
             group.num_logprob_blocks = max(group.num_logprob_blocks,
                                            len(group.prompt_logprobs) // self.block_size)

@@ -49,6 +49,17 @@ class PromptLogprobChunk:
             chunk.top_logprobs[i, :len(top)] = [v for _, v in top]
         return chunk
 
+    @classmethod
+    def concat(cls, chunks: list["PromptLogprobChunk"]) -> "PromptLogprobChunk":
+        """Consecutive chunks as one (a request's blocks from the prefix cache: one copy into
+        its buffer instead of one per block)."""
+        if len(chunks) == 1:
+            return chunks[0]
+        return cls(np.concatenate([c.logprobs for c in chunks]),
+                   np.concatenate([c.ranks for c in chunks]),
+                   np.concatenate([c.top_ids for c in chunks]),
+                   np.concatenate([c.top_logprobs for c in chunks]))
+
     def entries(self) -> list[tuple[float, int, list[tuple[int, float]]]]:
         """The same as (logprob, rank, [(id, logprob)]) tuples; NaN (position 0) is None."""
         tops = [list(zip(i, v)) for i, v in zip(self.top_ids.tolist(),

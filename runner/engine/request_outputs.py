@@ -5,6 +5,7 @@ the raw logprobs the scheduler keeps. Used by the output processor
 (runner/engine/output_processor.py)."""
 from __future__ import annotations
 
+import itertools
 from typing import Optional
 
 from runner.engine.outputs import CompletionOutput, Logprob, RequestOutput
@@ -120,24 +121,21 @@ class RequestOutputBuilder:
         else:
             texts = self._decoded(token_ids + top_ids)
             tok_texts, top_texts = [texts[t] for t in token_ids], [texts[t] for t in top_ids]
+        # (the Logprobs are made by map, a loop in C: this runs for every prompt position)
+        first = map(Logprob, lps, ranks, tok_texts)
+        if k == 0:
+            return [{tok: lp} for tok, lp in zip(token_ids, first)]
+        if k == 1:                    # the common case (lm-eval): no inner loop
+            best = map(Logprob, top_lps, itertools.repeat(1), top_texts)
+            return [{tok: lp} if tok == tid else {tok: lp, tid: top}
+                    for tok, lp, tid, top in zip(token_ids, first, top_ids, best)]
         out = []
         append = out.append
-        if k == 0:
-            for tok, lp, rank, text in zip(token_ids, lps, ranks, tok_texts):
-                append({tok: Logprob(lp, rank, text)})
-        elif k == 1:                    # the common case (lm-eval): no inner loop
-            for tok, lp, rank, text, tid, tlp, ttext in zip(token_ids, lps, ranks, tok_texts,
-                                                            top_ids, top_lps, top_texts):
-                d = {tok: Logprob(lp, rank, text)}
-                if tid != tok:
-                    d[tid] = Logprob(tlp, 1, ttext)
-                append(d)
-        else:
-            for i, (tok, lp, rank, text) in enumerate(zip(token_ids, lps, ranks, tok_texts)):
-                d = {tok: Logprob(lp, rank, text)}
-                for r, j in enumerate(range(i * k, (i + 1) * k), start=1):
-                    tid = top_ids[j]
-                    if tid not in d:
-                        d[tid] = Logprob(top_lps[j], r, top_texts[j])
-                append(d)
+        for i, (tok, lp) in enumerate(zip(token_ids, first)):
+            d = {tok: lp}
+            for r, j in enumerate(range(i * k, (i + 1) * k), start=1):
+                tid = top_ids[j]
+                if tid not in d:
+                    d[tid] = Logprob(top_lps[j], r, top_texts[j])
+            append(d)
         return out
