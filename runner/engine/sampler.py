@@ -273,7 +273,7 @@ class PromptLogprobs:
         self._at += n
 
     def chunk(self) -> PromptLogprobChunk:
-        """Everything added, read back at once: one device-to-host copy per array."""
+        """Everything added, read back at once: one device-to-host copy per array, one wait."""
         if not self._parts:
             return PromptLogprobChunk(np.zeros(0, np.float32), np.zeros(0, np.int64),
                                       np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32))
@@ -285,8 +285,11 @@ class PromptLogprobs:
         else:
             vals = lps.new_zeros((lps.shape[0], 0))
             ids = ranks.new_zeros((lps.shape[0], 0))
-        return PromptLogprobChunk(lps.cpu().numpy(), ranks.cpu().numpy(), ids.cpu().numpy(),
-                                  vals.cpu().numpy())
+        arrays = [lps, ranks, ids, vals]
+        if lps.is_cuda:       # four copies to pinned memory, one wait for all of them
+            arrays = [t.to("cpu", non_blocking=True) for t in arrays]
+            torch.cuda.current_stream(lps.device).synchronize()
+        return PromptLogprobChunk(*(t.numpy() for t in arrays))
 
 
 def compute_prompt_logprobs(
