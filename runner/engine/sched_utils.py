@@ -2,12 +2,15 @@
 the token stop checks (vLLM v1 keeps check_stop in core/sched/utils.py as well).
 
 `scheduled_seq` turns a chunk of a Sequence into plain data (runner/engine/scheduler_output.py):
-its input ids, a copy of its block table, the prompt positions whose logits score the prompt's
+its input ids, a copy of its block table (a read-only int32 array, made again only when the
+table changed: the model runner stacks them without converting each), the prompt positions whose logits score the prompt's
 next tokens, and, when the chunk reaches the sequence's end, what its sample needs.
 `check_stop` ends a sequence on a sampled token: every EOS id of the model, stop_token_ids,
 max_tokens, max_model_len (stop strings are the output processor's).
 """
 from __future__ import annotations
+
+import numpy as np
 
 from runner.engine.scheduler_output import (BeamSpec, PromptLogprobSpec, SampleSpec,
                                             ScheduledSeq)
@@ -33,7 +36,8 @@ def scheduled_seq(seq: Sequence, start: int, num_new_tokens: int) -> ScheduledSe
     group = seq.group
     table = seq.table_snapshot
     if table is None:
-        table = seq.table_snapshot = tuple(seq.block_table)
+        table = seq.table_snapshot = np.array(seq.block_table, np.int32)
+        table.flags.writeable = False
     return ScheduledSeq(seq.seq_id, group.request_id, start, token_ids[start:end],
                         table, placeholder, sample,
                         None if group.prompt_logprobs is None else

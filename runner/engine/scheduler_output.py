@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
+
 from runner.engine.prompt_logprobs import PromptLogprobChunk
 from runner.engine.sampling_params import SamplingParams
 
@@ -65,7 +67,7 @@ class ScheduledSeq:
     request_id: str
     start: int                       # this step computes positions [start, start + len)
     token_ids: list[int]             # their input ids
-    block_table: tuple[int, ...]
+    block_table: np.ndarray          # [num blocks] int32, read-only
     placeholder_step: int = -1       # >= 0: its last input id is that step's unread sample
     sample: Optional[SampleSpec] = None
     prompt_logprobs: Optional[PromptLogprobSpec] = None

@@ -66,7 +66,7 @@ class Sequence:
         self.block_table: list[int] = []
         # an immutable copy for the step's plain output, made again only after the block
         # manager changed the table (it resets this)
-        self.table_snapshot: Optional[tuple[int, ...]] = None
+        self.table_snapshot = None       # (a read-only numpy array)
         # automatic prefix caching: the hashes of this sequence's full, known blocks, and how
         # many leading blocks of block_table the block manager has registered or taken cached
         self.block_hashes: list[bytes] = []

@@ -188,7 +188,7 @@ def test_first_sample_forks_and_the_last_partial_block_is_copied_on_write():
     shared_last = out.blocks_to_copy[0][0]
     assert all(src == shared_last for src, _ in out.blocks_to_copy)
     assert bm.ref_counts[shared_last] == 1
-    tables = [s.block_table for s in out.scheduled]
+    tables = [list(s.block_table) for s in out.scheduled]
     assert tables[0][:2] == tables[1][:2] == tables[2][:2]     # full blocks stay shared
     assert len({t[2] for t in tables}) == 3                    # last blocks are private
     fake_step(sched, out=out)
