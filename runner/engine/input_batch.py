@@ -57,13 +57,16 @@ class InputBuilder:
         np.cumsum(qlens, out=qsl[1:])
         num_tokens = int(qsl[-1])
         seq_lens = starts + qlens
-        width = max(len(s.block_table) for s in scheduled)
+        lens = np.fromiter((len(s.block_table) for s in scheduled), np.int64, n)
+        width = int(lens.max())
         self._ensure(num_tokens, n, width)
         tables = self._tables.numpy()[:n, :width]
-        tables.fill(0)
-        for b, s in enumerate(scheduled):
-            bt = s.block_table
-            tables[b, :len(bt)] = bt
+        flat = np.concatenate([s.block_table for s in scheduled])     # one copy, no loop
+        if len(flat) == n * width:
+            tables[:] = flat.reshape(n, width)
+        else:                       # ragged: row b holds lens[b] blocks, zeros after
+            tables.fill(0)
+            tables[np.arange(width)[None, :] < lens[:, None]] = flat
         seq_of_token = np.repeat(np.arange(n), qlens)
         positions = np.arange(num_tokens) - np.repeat(qsl[:-1] - starts, qlens)
         slots = tables[seq_of_token, positions // bs].astype(np.int64) * bs + positions % bs

@@ -25,6 +25,7 @@ from typing import Optional
 
 from runner.engine.block_manager import BlockManager, cdiv
 from runner.engine.prefix_cache import PromptLogprobStore, extend_block_hashes
+from runner.engine.prompt_logprobs import PromptLogprobChunk
 from runner.engine.sequence import Sequence, SequenceGroup
 
 HOLD = None      # get_computed_blocks: admit this sequence a step later
@@ -60,10 +61,10 @@ class KVCacheManager:
             store = self.logprob_store
             avail = len(group.prompt_logprobs)      # entries of tokens [0, avail) are there
             b = avail // bs
-            served = []
+            served = []                             # PromptLogprobChunks
             while (b < len(blocks) and (b + 1) * bs <= seq.prompt_len
                    and store.has(seq.block_hashes[b], k)):
-                served += store.get(seq.block_hashes[b], k, avail - b * bs)
+                served.append(store.get(seq.block_hashes[b], k, avail - b * bs))
                 avail = (b + 1) * bs
                 b += 1
             if (b < len(blocks) and (b + 1) * bs <= seq.prompt_len
@@ -83,7 +84,7 @@ class KVCacheManager:
         self.block_manager.allocate(seq, blocks, num_hit)
         if served:
             group = seq.group
-            group.prompt_logprobs.extend(served)
+            group.prompt_logprobs.extend(PromptLogprobChunk.concat(served))
             # (taken from the store: they are there already)
             group.num_logprob_blocks = max(group.num_logprob_blocks,
                                            len(group.prompt_logprobs) // self.block_size)
@@ -130,7 +131,7 @@ class KVCacheManager:
             h = seq.block_hashes[i]
             if h not in bm.cached:
                 break       # the block fills in a later chunk (its entries are done first)
-            self.logprob_store.put(h, k, entries[i * bs:(i + 1) * bs])
+            self.logprob_store.put(h, k, entries.chunk(i * bs, (i + 1) * bs))
             i += 1
         group.num_logprob_blocks = i
 

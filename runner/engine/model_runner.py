@@ -38,6 +38,7 @@ from runner.engine.distributed import StepInput, TensorParallelGroup
 from runner.engine.input_batch import InputBuilder
 from runner.engine.model_loader import get_model
 from runner.engine.parallel import ParallelContext
+from runner.engine.prompt_logprobs import PromptLogprobChunk
 from runner.engine.sampler import PromptLogprobs, Sampler, SamplerTensors, SamplingRequest
 from runner.engine.scheduler_output import ModelRunnerOutput, SchedulerOutput
 
@@ -254,14 +255,13 @@ class ModelRunner:
         out, logits = step.out, step.logits
         result = ModelRunnerOutput()
         if step.prompt_logprobs is not None:
-            entries = step.prompt_logprobs.entries()
+            c = step.prompt_logprobs.chunk()        # the step's rows, on the host
             for i, at in step.prompt_rows:
                 s = out.scheduled[i]
-                spec = s.prompt_logprobs
-                cut = spec.k < step.prompt_logprobs.k
-                result.prompt_logprobs[s.seq_id] = [
-                    (lp, rank, top[:spec.k]) if cut else (lp, rank, top)
-                    for lp, rank, top in entries[at:at + len(spec.targets)]]
+                k, end = s.prompt_logprobs.k, at + len(s.prompt_logprobs.targets)
+                result.prompt_logprobs[s.seq_id] = PromptLogprobChunk(
+                    c.logprobs[at:end], c.ranks[at:end], c.top_ids[at:end, :k],
+                    c.top_logprobs[at:end, :k])
         if logits is not None:
             beam_rows = [(i, at) for i, at in step.sample_rows
                          if out.scheduled[i].sample.beam is not None]

@@ -80,7 +80,9 @@ class OutputProcessor:
                 finished = rid in d.finished
                 if rid in d.aborted and not finished:
                     continue
-                if group.beam is None:
+                p = group.sampling_params
+                if group.beam is None and (p.logprobs is not None or (
+                        p.detokenize and self.tokenizer is not None)):
                     for seq in group.seqs:
                         self._detokenize(seq)
                         self._logprob_dicts(seq)

@@ -12,7 +12,8 @@ prompt_logprobs needs, for every prompt token t, log p(token t | tokens before t
 from the logits at position t - 1. A cached block holds keys and values, not logits, so vLLM
 v1 skips the cache for such requests. Here, when a request computes prompt logprobs for the
 tokens of a full prompt block, they are kept beside the block, keyed by its hash: per token its
-logprob, rank and top-k alternatives, for the k that request asked for. Entry t depends only on
+logprob, rank and top-k alternatives, for the k that request asked for (as arrays:
+runner/engine/prompt_logprobs.py). Entry t depends only on
 tokens 0..t, which the hash covers, so any later request whose prefix hits that block can take
 the entries instead of recomputing the block, provided they were computed with k >= its own.
 The logits at the position just before the first uncached token still have to be computed, so
@@ -27,10 +28,11 @@ them (the choices of a multiple-choice item, admitted together, share their cont
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+
+from runner.engine.prompt_logprobs import PromptLogprobChunk
 
 # the parent of a sequence's first block
 ROOT_HASH = b"runner-engine-prefix-cache-v1"
@@ -65,22 +67,13 @@ def extend_block_hashes(hashes: list[bytes], token_ids: list[int], num_known: in
         hashes.append(parent)
 
 
-@dataclass
-class _BlockEntries:
-    """Prompt logprobs of one block's tokens: [B] logprobs and ranks, [B, k] top ids / logprobs
-    (numpy, compact: a full cache of entries stays small and out of the garbage collector's
-    way). float32 is lossless here: the values come from float32 log_softmax."""
-    k: int
-    logprobs: np.ndarray
-    ranks: np.ndarray
-    top_ids: np.ndarray
-    top_logprobs: np.ndarray
-
-
 class PromptLogprobStore:
     def __init__(self, block_size: int):
         self.block_size = block_size
-        self._entries: dict[bytes, _BlockEntries] = {}
+        # hash -> (k, the block's B entries: position 0 of a sequence has a NaN logprob).
+        # numpy, compact: a full cache of entries stays small and out of the garbage
+        # collector's way
+        self._entries: dict[bytes, tuple[int, PromptLogprobChunk]] = {}
         self._pending: dict[bytes, int] = {}     # hash -> k of entries this step computes
 
     def __len__(self) -> int:
@@ -88,7 +81,7 @@ class PromptLogprobStore:
 
     def has(self, block_hash: bytes, k: int) -> bool:
         e = self._entries.get(block_hash)
-        return e is not None and e.k >= k
+        return e is not None and e[0] >= k
 
     def is_pending(self, block_hash: bytes, k: int) -> bool:
         return self._pending.get(block_hash, -1) >= k
@@ -101,39 +94,19 @@ class PromptLogprobStore:
         """A new schedule(): what the last step computed is stored by now."""
         self._pending.clear()
 
-    def put(self, block_hash: bytes, k: int, entries: list) -> None:
-        """entries: the block's B raw entries (logprob, rank, [(id, logprob)] * k), None for
-        a sequence's first token (it has no logprob)."""
+    def put(self, block_hash: bytes, k: int, entries: PromptLogprobChunk) -> None:
+        """entries: the block's B raw entries, computed with top-k (copied)."""
         if self.has(block_hash, k):
             return
-        bs = self.block_size
-        lps = np.full(bs, np.nan, np.float32)
-        ranks = np.zeros(bs, np.int32)
-        top_ids = np.zeros((bs, k), np.int32)
-        top_lps = np.zeros((bs, k), np.float32)
-        for i, e in enumerate(entries):
-            if e is None:
-                continue
-            lp, rank, top = e
-            lps[i], ranks[i] = lp, rank
-            if k:
-                top_ids[i, :len(top)] = [t for t, _ in top]
-                top_lps[i, :len(top)] = [v for _, v in top]
-        self._entries[block_hash] = _BlockEntries(k, lps, ranks, top_ids, top_lps)
+        self._entries[block_hash] = (k, PromptLogprobChunk(
+            entries.logprobs.copy(), entries.ranks.copy(), entries.top_ids.copy(),
+            entries.top_logprobs.copy()))
 
-    def get(self, block_hash: bytes, k: int, first: int = 0) -> list:
-        """Raw entries of the block's tokens [first, B), top-k cut to `k`."""
-        e = self._entries[block_hash]
-        lps = e.logprobs[first:].tolist()
-        ranks = e.ranks[first:].tolist()
-        if k:
-            ids = e.top_ids[first:, :k].tolist()
-            vals = e.top_logprobs[first:, :k].tolist()
-            tops = [list(zip(a, b)) for a, b in zip(ids, vals)]
-        else:
-            tops = [[] for _ in lps]
-        return [None if lp != lp else (lp, rank, top)        # NaN: a first token
-                for lp, rank, top in zip(lps, ranks, tops)]
+    def get(self, block_hash: bytes, k: int, first: int = 0) -> PromptLogprobChunk:
+        """Raw entries of the block's tokens [first, B), top-k cut to `k` (views)."""
+        e = self._entries[block_hash][1]
+        return PromptLogprobChunk(e.logprobs[first:], e.ranks[first:], e.top_ids[first:, :k],
+                                  e.top_logprobs[first:, :k])
 
     def drop(self, block_hash: bytes) -> None:
         self._entries.pop(block_hash, None)

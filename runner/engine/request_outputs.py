@@ -5,24 +5,43 @@ the raw logprobs the scheduler keeps. Used by the output processor
 (runner/engine/output_processor.py)."""
 from __future__ import annotations
 
+import itertools
 from typing import Optional
 
 from runner.engine.outputs import CompletionOutput, Logprob, RequestOutput
+from runner.engine.prompt_logprobs import PromptLogprobChunk
 from runner.engine.sequence import SequenceGroup
+
+
+class _NoText(dict):
+    """decoded_token without a tokenizer: None for every id."""
+
+    def __missing__(self, token_id):
+        return None
 
 
 class RequestOutputBuilder:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
+        # decoded_token of each id seen (vLLM decodes every id alone, with the tokenizer's
+        # defaults, so the text of an id never changes): one decode per id, not per position
+        self._texts: dict[int, Optional[str]] = {} if tokenizer is not None else _NoText()
 
-    def _decode_token(self, token_id: int) -> Optional[str]:
-        return None if self.tokenizer is None else self.tokenizer.decode([token_id])
+    def _decoded(self, token_ids) -> dict[int, Optional[str]]:
+        """The id -> decoded_token map, holding every id of `token_ids`."""
+        texts = self._texts
+        if self.tokenizer is not None:
+            for t in set(token_ids).difference(texts):
+                texts[t] = self.tokenizer.decode([t])
+        return texts
 
     def logprob_dict(self, token_id: int, lp: float, rank: int, top) -> dict[int, Logprob]:
-        d = {token_id: Logprob(lp, rank, self._decode_token(token_id))}
-        for r, (tid, tlp) in enumerate(top or [], start=1):
+        top = top or []
+        texts = self._decoded([token_id, *(tid for tid, _ in top)])
+        d = {token_id: Logprob(lp, rank, texts[token_id])}
+        for r, (tid, tlp) in enumerate(top, start=1):
             if tid not in d:
-                d[tid] = Logprob(tlp, r, self._decode_token(tid))
+                d[tid] = Logprob(tlp, r, texts[tid])
         return d
 
     def make_output(self, group: SequenceGroup, finished: bool) -> RequestOutput:
@@ -52,14 +71,19 @@ class RequestOutputBuilder:
             outputs=completions, finished=finished, metrics=group.metrics)
 
     def _prompt_logprobs(self, group: SequenceGroup) -> Optional[list]:
-        """The request's raw prompt-logprob entries as dicts (built once each)."""
+        """The request's raw prompt-logprob entries as dicts (built once each, in bulk: the
+        arrays are read once, each id decoded once)."""
         if group.prompt_logprobs is None:
             return None
         dicts = group.prompt_logprob_dicts
-        ids = group.prompt_token_ids
-        for i in range(len(dicts), len(group.prompt_logprobs)):
-            e = group.prompt_logprobs[i]
-            dicts.append(None if e is None else self.logprob_dict(ids[i], *e))
+        raw = group.prompt_logprobs
+        start = len(dicts)
+        if not start and len(raw):
+            dicts.append(None)              # nothing predicts the first token
+            start = 1
+        if start < len(raw):
+            dicts += self.prompt_logprob_dicts(raw.chunk(start, len(raw)),
+                                               group.prompt_token_ids[start:len(raw)])
         return list(dicts)
 
     def _beam_completions(self, group: SequenceGroup, finished: bool) -> list[CompletionOutput]:
@@ -84,3 +108,34 @@ class RequestOutputBuilder:
                                         finish_reason=reason))
         return out
 
+    def prompt_logprob_dicts(self, chunk: PromptLogprobChunk,
+                             token_ids: list[int]) -> list[dict[int, Logprob]]:
+        """vLLM's dict per position: the prompt token with its logprob and rank first, then the
+        top alternatives best first (rank 1, 2, ...), the prompt token not twice."""
+        lps, ranks = chunk.logprobs.tolist(), chunk.ranks.tolist()
+        k = chunk.top_ids.shape[1]
+        top_ids = chunk.top_ids.ravel().tolist()        # position i's: [i * k, (i + 1) * k)
+        top_lps = chunk.top_logprobs.ravel().tolist()
+        if self.tokenizer is None:
+            tok_texts, top_texts = [None] * len(token_ids), [None] * len(top_ids)
+        else:
+            texts = self._decoded(token_ids + top_ids)
+            tok_texts, top_texts = [texts[t] for t in token_ids], [texts[t] for t in top_ids]
+        # (the Logprobs are made by map, a loop in C: this runs for every prompt position)
+        first = map(Logprob, lps, ranks, tok_texts)
+        if k == 0:
+            return [{tok: lp} for tok, lp in zip(token_ids, first)]
+        if k == 1:                    # the common case (lm-eval): no inner loop
+            best = map(Logprob, top_lps, itertools.repeat(1), top_texts)
+            return [{tok: lp} if tok == tid else {tok: lp, tid: top}
+                    for tok, lp, tid, top in zip(token_ids, first, top_ids, best)]
+        out = []
+        append = out.append
+        for i, (tok, lp) in enumerate(zip(token_ids, first)):
+            d = {tok: lp}
+            for r, j in enumerate(range(i * k, (i + 1) * k), start=1):
+                tid = top_ids[j]
+                if tid not in d:
+                    d[tid] = Logprob(top_lps[j], r, top_texts[j])
+            append(d)
+        return out

@@ -50,9 +50,11 @@ import inspect
 import itertools
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from runner.engine.device_copy import host_to_device, to_device
+from runner.engine.prompt_logprobs import PromptLogprobChunk
 from runner.engine.sampling_params import SamplingParams, SamplingType
 from runner.engine.scheduler_output import SampledToken
 
@@ -251,8 +253,8 @@ class PromptLogprobs:
     model runner bounds the [rows, vocab] float32 transients this way).
 
     targets [P] on the logits' device: row i scores targets[i]; `add` takes the next rows'
-    logits [n, vocab]; `entries` reads everything back at once: per row (logprob of the
-    target, its 1-based rank, the k best (id, logprob), best first)."""
+    logits [n, vocab]; `chunk` reads everything back at once: per row the logprob of the
+    target, its 1-based rank, the k best ids and logprobs, best first."""
 
     def __init__(self, targets: torch.Tensor, k: int):
         self.targets = targets
@@ -270,18 +272,24 @@ class PromptLogprobs:
         self._parts.append((target_lp.squeeze(1), ranks, top))
         self._at += n
 
-    def entries(self) -> list[tuple[float, int, list[tuple[int, float]]]]:
+    def chunk(self) -> PromptLogprobChunk:
+        """Everything added, read back at once: one device-to-host copy per array, one wait."""
         if not self._parts:
-            return []
-        lps = torch.cat([p[0] for p in self._parts]).tolist()
-        ranks = torch.cat([p[1] for p in self._parts]).tolist()
+            return PromptLogprobChunk(np.zeros(0, np.float32), np.zeros(0, np.int64),
+                                      np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32))
+        lps = torch.cat([p[0] for p in self._parts])                       # [P]
+        ranks = torch.cat([p[1] for p in self._parts])                     # [P]
         if self._parts[0][2] is not None:
-            vals = torch.cat([p[2].values for p in self._parts]).tolist()
-            ids = torch.cat([p[2].indices for p in self._parts]).tolist()
-            tops = [list(zip(i, v)) for i, v in zip(ids, vals)]
+            vals = torch.cat([p[2].values for p in self._parts])           # [P, k]
+            ids = torch.cat([p[2].indices for p in self._parts])           # [P, k]
         else:
-            tops = [[] for _ in lps]
-        return list(zip(lps, ranks, tops))
+            vals = lps.new_zeros((lps.shape[0], 0))
+            ids = ranks.new_zeros((lps.shape[0], 0))
+        arrays = [lps, ranks, ids, vals]
+        if lps.is_cuda:       # four copies to pinned memory, one wait for all of them
+            arrays = [t.to("cpu", non_blocking=True) for t in arrays]
+            torch.cuda.current_stream(lps.device).synchronize()
+        return PromptLogprobChunk(*(t.numpy() for t in arrays))
 
 
 def compute_prompt_logprobs(
@@ -300,7 +308,7 @@ def compute_prompt_logprobs(
                          num_logprobs)
     if logits.shape[0]:
         acc.add(logits)
-    return acc.entries()
+    return acc.chunk().entries()
 
 
 # ---------------------------------------------------------------------- processing steps

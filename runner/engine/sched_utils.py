@@ -2,12 +2,15 @@
 the token stop checks (vLLM v1 keeps check_stop in core/sched/utils.py as well).
 
 `scheduled_seq` turns a chunk of a Sequence into plain data (runner/engine/scheduler_output.py):
-its input ids, a copy of its block table, the prompt positions whose logits score the prompt's
+its input ids, a copy of its block table (a read-only int32 array, made again only when the
+table changed: the model runner stacks them without converting each), the prompt positions whose logits score the prompt's
 next tokens, and, when the chunk reaches the sequence's end, what its sample needs.
 `check_stop` ends a sequence on a sampled token: every EOS id of the model, stop_token_ids,
 max_tokens, max_model_len (stop strings are the output processor's).
 """
 from __future__ import annotations
+
+import numpy as np
 
 from runner.engine.scheduler_output import (BeamSpec, PromptLogprobSpec, SampleSpec,
                                             ScheduledSeq)
@@ -33,7 +36,8 @@ def scheduled_seq(seq: Sequence, start: int, num_new_tokens: int) -> ScheduledSe
     group = seq.group
     table = seq.table_snapshot
     if table is None:
-        table = seq.table_snapshot = tuple(seq.block_table)
+        table = seq.table_snapshot = np.array(seq.block_table, np.int32)
+        table.flags.writeable = False
     return ScheduledSeq(seq.seq_id, group.request_id, start, token_ids[start:end],
                         table, placeholder, sample,
                         None if group.prompt_logprobs is None else
@@ -81,8 +85,10 @@ def check_stop(seq: Sequence, token_id: int, eos_token_ids: tuple[int, ...],
     """The stop conditions a sampled token decides. The first EOS id is the primary one
     (stop_reason None); the others stop as vLLM's generation_config stop ids (stop_reason
     the id)."""
-    p = seq.sampling_params
-    if seq.num_output_tokens >= p.min_tokens:
+    p = seq.group.sampling_params
+    num_tokens = len(seq.token_ids)
+    num_output = num_tokens - seq.prompt_len
+    if num_output >= p.min_tokens:
         if token_id in eos_token_ids and not p.ignore_eos:
             seq.status = SequenceStatus.FINISHED_STOPPED
             if token_id != eos_token_ids[0]:
@@ -92,7 +98,7 @@ def check_stop(seq: Sequence, token_id: int, eos_token_ids: tuple[int, ...],
             seq.status = SequenceStatus.FINISHED_STOPPED
             seq.stop_reason = token_id
             return
-    if p.max_tokens is not None and seq.num_output_tokens >= p.max_tokens:
+    if p.max_tokens is not None and num_output >= p.max_tokens:
         seq.status = SequenceStatus.FINISHED_LENGTH_CAPPED
-    elif seq.num_tokens >= max_model_len:
+    elif num_tokens >= max_model_len:
         seq.status = SequenceStatus.FINISHED_LENGTH_CAPPED

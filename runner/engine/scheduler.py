@@ -413,16 +413,17 @@ class Scheduler:
         """The step's forward pass is running: its positions count as computed, and with
         async_sample each sequence that samples gets a placeholder for its token."""
         max_len = self.config.max_model_len
+        get, async_sample, step_id = self.seqs.get, out.async_sample, out.step_id
         for s in out.scheduled:
-            seq = self.seqs.get(s.seq_id)
+            seq = get(s.seq_id)
             if seq is None:                   # ended by the step before, read meanwhile
                 continue
-            seq.num_computed_tokens = s.start + s.num_new_tokens
-            if out.async_sample and s.sample is not None and not seq.is_finished():
-                max_tokens = seq.sampling_params.max_tokens
+            seq.num_computed_tokens = s.start + len(s.token_ids)
+            if async_sample and s.sample is not None and not seq.is_finished():
+                max_tokens = s.sample.params.max_tokens
                 limit = max_len if max_tokens is None else min(max_len,
                                                                seq.prompt_len + max_tokens)
-                seq.append_placeholder(out.step_id, limit)
+                seq.append_placeholder(step_id, limit)
 
     def update_from_output(self, out: SchedulerOutput,
                            runner_out: ModelRunnerOutput) -> list[SequenceGroup]:
@@ -433,29 +434,36 @@ class Scheduler:
         beam_groups: dict[str, SequenceGroup] = {}
         ended_preempted = []
         now = time.time()
+        # (every scheduled sequence, every step: the lookups are hoisted)
+        get, sampled = self.seqs.get, runner_out.sampled
+        prompt_logprobs, beam_candidates = runner_out.prompt_logprobs, runner_out.beam_candidates
+        running = SequenceStatus.RUNNING
         for s in out.scheduled:
-            seq = self.seqs.get(s.seq_id)
+            seq = get(s.seq_id)
             if seq is None or seq.is_finished():      # aborted while its step was in flight
                 continue
             group = seq.group
-            entries = runner_out.prompt_logprobs.get(s.seq_id)
-            if entries:
-                group.prompt_logprobs.extend(entries)
-                self.kv_cache.store_prompt_logprobs(group)
-            cands = runner_out.beam_candidates.get(s.seq_id)
-            if cands is not None:
-                seq.beam_candidates = cands
-                beam_groups[group.request_id] = group
-                continue
-            tokens = runner_out.sampled.get(s.seq_id)
+            if prompt_logprobs:
+                entries = prompt_logprobs.get(s.seq_id)
+                if entries:
+                    group.prompt_logprobs.extend(entries)
+                    self.kv_cache.store_prompt_logprobs(group)
+            if beam_candidates:
+                cands = beam_candidates.get(s.seq_id)
+                if cands is not None:
+                    seq.beam_candidates = cands
+                    beam_groups[group.request_id] = group
+                    continue
+            tokens = sampled.get(s.seq_id)
             if not tokens:
                 continue
             progressed[group.request_id] = group
-            if group.metrics.first_token_time is None:
-                group.metrics.first_token_time = now
-            group.metrics.last_token_time = now
-            # (preempted while its token was in flight)
-            was_preempted = seq.status in (SequenceStatus.WAITING, SequenceStatus.SWAPPED)
+            metrics = group.metrics
+            if metrics.first_token_time is None:
+                metrics.first_token_time = now
+            metrics.last_token_time = now
+            # (preempted while its token was in flight: waiting or swapped)
+            was_preempted = seq.status != running
             if len(s.sample.indices) > 1:
                 group.forked = True
                 for idx, tok in zip(s.sample.indices[1:], tokens[1:]):
@@ -494,7 +502,7 @@ class Scheduler:
         else:
             seq.append_token(tok.token_id, tok.logprob)
         self.num_generation_tokens += 1
-        if seq.sampling_params.logprobs is not None:
+        if seq.group.sampling_params.logprobs is not None:
             seq.sampled_logprobs.append(tok)
         check_stop(seq, tok.token_id, self.eos_token_ids, self.config.max_model_len)
 

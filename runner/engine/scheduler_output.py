@@ -16,6 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
+
+from runner.engine.prompt_logprobs import PromptLogprobChunk
 from runner.engine.sampling_params import SamplingParams
 
 # an input id whose token the step `placeholder_step` sampled and has not read back
@@ -64,7 +67,7 @@ class ScheduledSeq:
     request_id: str
     start: int                       # this step computes positions [start, start + len)
     token_ids: list[int]             # their input ids
-    block_table: tuple[int, ...]
+    block_table: np.ndarray          # [num blocks] int32, read-only
     placeholder_step: int = -1       # >= 0: its last input id is that step's unread sample
     sample: Optional[SampleSpec] = None
     prompt_logprobs: Optional[PromptLogprobSpec] = None
@@ -98,5 +101,5 @@ class SchedulerOutput:
 class ModelRunnerOutput:
     """A step's results by sequence id."""
     sampled: dict[int, list[SampledToken]] = field(default_factory=dict)   # n at a fork
-    prompt_logprobs: dict[int, list] = field(default_factory=dict)   # (logprob, rank, top)
+    prompt_logprobs: dict[int, PromptLogprobChunk] = field(default_factory=dict)
     beam_candidates: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)

@@ -28,6 +28,7 @@ import time
 from typing import Optional
 
 from runner.engine.outputs import Logprob, RequestMetrics
+from runner.engine.prompt_logprobs import PromptLogprobBuffer
 from runner.engine.sampling_params import SamplingParams
 from runner.engine.scheduler_output import PLACEHOLDER_TOKEN_ID, SampledToken
 
@@ -50,6 +51,9 @@ class SequenceStatus(enum.IntEnum):
                 SequenceStatus.FINISHED_ABORTED: "abort"}.get(self)
 
 
+_FINISHED = SequenceStatus.FINISHED_STOPPED     # this status and above are finished ones
+
+
 class Sequence:
     def __init__(self, seq_id: int, group: "SequenceGroup", prompt_token_ids: list[int],
                  index: int = 0):
@@ -62,7 +66,7 @@ class Sequence:
         self.block_table: list[int] = []
         # an immutable copy for the step's plain output, made again only after the block
         # manager changed the table (it resets this)
-        self.table_snapshot: Optional[tuple[int, ...]] = None
+        self.table_snapshot = None       # (a read-only numpy array)
         # automatic prefix caching: the hashes of this sequence's full, known blocks, and how
         # many leading blocks of block_table the block manager has registered or taken cached
         self.block_hashes: list[bytes] = []
@@ -120,7 +124,7 @@ class Sequence:
         return len(self.token_ids) - self.num_computed_tokens
 
     def is_finished(self) -> bool:
-        return self.status.is_finished
+        return self.status >= _FINISHED   # (asked for every sequence every step)
 
     def append_token(self, token_id: int, logprob: float) -> None:
         self.token_ids.append(token_id)
@@ -177,9 +181,10 @@ class SequenceGroup:
                                       first_scheduled_time=None, first_token_time=None,
                                       time_in_queue=None, finished_time=None)
         # prompt_logprobs[i] is for prompt token i (None for the first), filled chunk by chunk
-        # (or from the prefix cache) with raw entries (logprob, rank, [(id, logprob)] top-k)
-        self.prompt_logprobs: Optional[list] = (
-            [None] if sampling_params.prompt_logprobs is not None else None)
+        # (or from the prefix cache) with raw entries (logprob, rank, top-k), as arrays
+        self.prompt_logprobs: Optional[PromptLogprobBuffer] = (
+            PromptLogprobBuffer(len(self.prompt_token_ids))
+            if sampling_params.prompt_logprobs is not None else None)
         # of those, the leading full blocks already offered to the prefix cache's store
         self.num_logprob_blocks = 0
         self.prompt_logprob_dicts: list = []     # the entries as vLLM's Logprob dicts
@@ -193,11 +198,17 @@ class SequenceGroup:
             self.prompt_token_ids)
 
     def is_finished(self) -> bool:
-        if self.seqs and all(s.status == SequenceStatus.FINISHED_ABORTED for s in self.seqs):
+        """All its sequences aborted, its beam search done, or (no beams) all of its
+        sequences there and finished. (Asked for every progressed request every step.)"""
+        seqs = self.seqs
+        if self.beam is None and len(seqs) >= self.num_seqs:
+            for s in seqs:            # (aborted sequences are finished ones)
+                if s.status < _FINISHED:
+                    return False
             return True
-        if self.beam is not None:
-            return self.beam.done
-        return len(self.seqs) >= self.num_seqs and all(s.is_finished() for s in self.seqs)
+        if seqs and all(s.status == SequenceStatus.FINISHED_ABORTED for s in seqs):
+            return True
+        return self.beam is not None and self.beam.done
 
     def maybe_set_first_scheduled(self, now: float) -> None:
         if self.metrics.first_scheduled_time is None:

@@ -40,8 +40,8 @@ def parse_prompt(prompt: Union[str, dict], tokenizer, vocab_size: int
             raise ValueError("skip_tokenizer_init=True: give prompts as "
                              "{'prompt_token_ids': [...]}.")
         ids = tokenizer(text).input_ids
-    ids = [int(t) for t in ids]
-    bad = [t for t in ids if not 0 <= t < vocab_size]
-    if bad:
+    ids = list(map(int, ids))
+    if ids and (min(ids) < 0 or max(ids) >= vocab_size):
+        bad = [t for t in ids if not 0 <= t < vocab_size]
         raise ValueError(f"prompt token ids out of range [0, {vocab_size}): {bad[:5]}")
     return text, ids

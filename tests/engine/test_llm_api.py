@@ -191,6 +191,48 @@ def test_prompt_longer_than_max_model_len(llm):
     assert llm.generate("ok", SamplingParams(**GREEDY), use_tqdm=False)[0].finished
 
 
+def test_generate_freezes_the_collector_per_step_and_restores_it(llm):
+    """Inside generate the collector skips what lived before the step (gc.freeze); afterwards,
+    on success and on an error alike, nothing stays frozen; a process that froze objects or
+    disabled collection itself is left as it was."""
+    import gc
+    seen = []
+
+    def watch(output_ids, row):
+        seen.append(gc.get_freeze_count())
+        return row
+
+    def fail(output_ids, row):
+        raise RuntimeError("processor failed")
+
+    params = SamplingParams(**GREEDY, logits_processors=[watch])
+    assert gc.get_freeze_count() == 0
+    llm.generate("Paris is", params, use_tqdm=False)
+    assert len(seen) == GREEDY["max_tokens"] and min(seen) > 0
+    assert gc.get_freeze_count() == 0
+    with pytest.raises(RuntimeError, match="processor failed"):
+        llm.generate("Paris is", SamplingParams(**GREEDY, logits_processors=[fail]),
+                     use_tqdm=False)
+    assert gc.get_freeze_count() == 0
+    # the process's own policy wins: frozen objects stay frozen (some are freed meanwhile),
+    # none are added
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        seen.clear()
+        llm.generate("Paris is", params, use_tqdm=False)
+        assert 0 < gc.get_freeze_count() <= frozen and max(seen) <= frozen
+    finally:
+        gc.unfreeze()
+    gc.disable()
+    try:
+        seen.clear()
+        llm.generate("Paris is", params, use_tqdm=False)
+        assert set(seen) == {0} and not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_missing_model_folder_and_bad_config(tmp_path):
     with pytest.raises(ValueError, match="model folder not found"):
         LLM(str(tmp_path / "nope"))

@@ -18,6 +18,7 @@ from runner.engine import LLM, BeamSearchParams, SamplingParams
 from runner.engine.block_manager import BlockManager
 from runner.engine.config import SchedulerConfig
 from runner.engine.prefix_cache import ROOT_HASH, extend_block_hashes, hash_block
+from runner.engine.prompt_logprobs import PromptLogprobChunk
 from runner.engine.scheduler import Scheduler
 from runner.engine.scheduler_output import ModelRunnerOutput, SampledToken
 from runner.engine.sequence import Sequence, SequenceGroup
@@ -169,9 +170,9 @@ def _step(sched, out, prompt_logprob_value=-1.0):
     for s in out.scheduled:
         spec = s.prompt_logprobs
         if spec is not None:
-            result.prompt_logprobs[s.seq_id] = [
-                (prompt_logprob_value * (spec.first + 1 + j), 1, [(7, -0.5)])
-                for j in range(len(spec.targets))]
+            result.prompt_logprobs[s.seq_id] = PromptLogprobChunk.from_entries([
+                (prompt_logprob_value * (spec.first + 1 + j), 1, [(7, -0.5)][:spec.k])
+                for j in range(len(spec.targets))])
         if s.sample is not None:
             result.sampled[s.seq_id] = [SampledToken(7, 0.0, 1, None)]
     sched.on_step_launched(out)

@@ -16,6 +16,7 @@ from runner.engine.beam_search import BeamSearchState
 from runner.engine.block_manager import BlockManager
 from runner.engine.config import SchedulerConfig
 from runner.engine.sampling_params import SamplingParams
+from runner.engine.prompt_logprobs import PromptLogprobChunk
 from runner.engine.scheduler import Scheduler
 from runner.engine.scheduler_output import (PLACEHOLDER_TOKEN_ID, ModelRunnerOutput,
                                             SampledToken, SchedulerOutput)
@@ -43,7 +44,8 @@ def fake_output(out: SchedulerOutput, token=7) -> ModelRunnerOutput:
     result = ModelRunnerOutput()
     for s in out.scheduled:
         if s.prompt_logprobs is not None:
-            result.prompt_logprobs[s.seq_id] = [(-1.0, 1, []) for _ in s.prompt_logprobs.targets]
+            result.prompt_logprobs[s.seq_id] = PromptLogprobChunk.from_entries(
+                [(-1.0, 1, []) for _ in s.prompt_logprobs.targets])
         if s.sample is None:
             continue
         if s.sample.beam is not None:
@@ -186,7 +188,7 @@ def test_first_sample_forks_and_the_last_partial_block_is_copied_on_write():
     shared_last = out.blocks_to_copy[0][0]
     assert all(src == shared_last for src, _ in out.blocks_to_copy)
     assert bm.ref_counts[shared_last] == 1
-    tables = [s.block_table for s in out.scheduled]
+    tables = [list(s.block_table) for s in out.scheduled]
     assert tables[0][:2] == tables[1][:2] == tables[2][:2]     # full blocks stay shared
     assert len({t[2] for t in tables}) == 3                    # last blocks are private
     fake_step(sched, out=out)
