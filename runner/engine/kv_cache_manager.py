@@ -49,7 +49,8 @@ class KVCacheManager:
     def get_computed_blocks(self, seq: Sequence):
         """(hit blocks, tokens they stand for, prompt-logprob entries taken), or HOLD."""
         bm, bs = self.block_manager, self.block_size
-        if not self.enable_caching or seq.block_table:
+        if (not self.enable_caching or seq.block_table
+                or seq.sampling_params.skip_reading_prefix_cache):
             return [], 0, None
         extend_block_hashes(seq.block_hashes, seq.token_ids, seq.num_known_tokens, bs)
         blocks = bm.find_cached_prefix(seq.block_hashes)

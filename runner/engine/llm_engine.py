@@ -129,12 +129,7 @@ class LLMEngine:
         if (params.use_beam_search or beam_params is not None) and params.stop:
             raise ValueError("stop strings are not supported with beam search; use "
                              "stop_token_ids or max_tokens.")
-        max_logprobs = self.model_config.max_logprobs
-        for name in ("logprobs", "prompt_logprobs"):
-            val = getattr(params, name)
-            if val is not None and val > max_logprobs:
-                raise ValueError(f"{name}={val} exceeds max_logprobs={max_logprobs}; lower it "
-                                 "or raise the engine's max_logprobs.")
+        params = self._check_params(params)
         if params.detokenize is False and params.stop:
             raise ValueError("stop strings need detokenize=True.")
         text, ids = self._tokenize(prompt)
@@ -152,6 +147,30 @@ class LLMEngine:
             self._init_beam(group, params, beam_params, max_len - len(ids))
         self.scheduler.add_seq_group(group)
         self.requests[request_id] = group
+
+    def _check_params(self, params: SamplingParams) -> SamplingParams:
+        """The checks that need the model (vLLM's SamplingParams.verify): logprobs within
+        max_logprobs (-1: the whole vocabulary, resolved on a copy), token ids within the
+        vocabulary, bad_words tokenized."""
+        vocab_size = self.model_config.hf_config.vocab_size
+        max_logprobs = self.model_config.max_logprobs
+        limit = vocab_size if max_logprobs == -1 else max_logprobs
+        resolved = {}
+        for name in ("logprobs", "prompt_logprobs"):
+            val = getattr(params, name)
+            num = vocab_size if val == -1 else val
+            if num is not None and num > limit:
+                raise ValueError(f"{name}={val} asks for {num} logprobs, more than "
+                                 f"max_logprobs={max_logprobs} allows; lower it or raise the "
+                                 "engine's max_logprobs (-1: the whole vocabulary).")
+            if val == -1:
+                resolved[name] = vocab_size
+        params.check_for_model(vocab_size, self.tokenizer)
+        if resolved:
+            params = params.clone()
+            for name, num in resolved.items():
+                setattr(params, name, num)
+        return params
 
     def _init_beam(self, group: SequenceGroup, params: SamplingParams,
                    beam_params: Optional[BeamSearchParams], room: int) -> None:

@@ -58,6 +58,8 @@ from runner.engine.prompt_logprobs import PromptLogprobChunk
 from runner.engine.sampling_params import SamplingParams, SamplingType
 from runner.engine.scheduler_output import SampledToken
 
+_RANDOM = (SamplingType.RANDOM, SamplingType.RANDOM_SEED)
+
 
 @dataclass
 class SamplingRequest:
@@ -146,7 +148,7 @@ class Sampler:
         _apply_penalties(x, requests)
 
         token_ids = torch.empty(num_rows, dtype=torch.long, device=device)  # [R]
-        is_random = [r.params.sampling_type == SamplingType.RANDOM for r in requests]
+        is_random = [r.params.sampling_type in _RANDOM for r in requests]
         random_rows = [i for i, rand in enumerate(is_random) if rand]
         greedy_rows = [i for i, rand in enumerate(is_random) if not rand]
         if not random_rows:                   # all greedy: no row gathering
@@ -178,7 +180,7 @@ class Sampler:
         from kernels.sampling import sample as fused_sample  # Triton only on this path
 
         temperature = to_device(
-            [r.params.temperature if r.params.sampling_type == SamplingType.RANDOM else 0.0
+            [r.params.temperature if r.params.sampling_type in _RANDOM else 0.0
              for r in requests], torch.float32, logits.device)  # [R], 0 = greedy
         # >= 2^32: always passed as int64, so the kernel keeps one compiled variant
         seed = int(torch.randint(2 ** 32, 2 ** 62, (1,), generator=self._seed_generator))

@@ -4,9 +4,10 @@ ones that construct keep the documented invariants (vLLM's rules, DESIGN.md):
 
     sampling_type     BEAM iff use_beam_search, else GREEDY iff temperature < 1e-5, else RANDOM
     normalized types  stop a list of non-empty str, stop_token_ids a list of ints >= 0, the
-                      floats float, best_of an int >= n (None -> n), top_k -1 or >= 1
-    per-mode rules    greedy: best_of 1, top_p 1, top_k -1; beam: best_of > 1, temperature 0,
-                      top_p 1, top_k -1; otherwise early_stopping False, length_penalty 1
+                      floats float, best_of an int >= n (None -> n), top_k -1, 0 or >= 1
+    per-mode rules    greedy (vLLM 0.24): n 1, best_of 1, top_p 1, top_k 0, min_p 0 (reset);
+                      beam: best_of > 1, temperature 0, top_p 1, top_k -1 or 0; otherwise
+                      early_stopping False, length_penalty 1; temperature in (0, 0.01) -> 0.01
     ranges            every number finite where a sampler divides or scales by it
     idempotent        rebuilding from the normalized fields gives an equal object and repr
     clone             equal, independent lists
@@ -23,11 +24,13 @@ import hypothesis.strategies as st
 import pytest
 
 from runner.engine.sampling_params import (
-    _SAMPLING_EPS, BeamSearchParams, SamplingParams, SamplingType,
+    _SAMPLING_EPS, BeamSearchParams, RepetitionDetectionParams, RequestOutputKind,
+    SamplingParams, SamplingType, StructuredOutputsParams,
 )
 from tests.fuzz import SIZES, fuzz
 
-FIELDS = [f.name for f in dataclasses.fields(SamplingParams)]
+# the constructor's arguments (output_text_buffer_length and the EOS books are derived)
+FIELDS = [f.name for f in dataclasses.fields(SamplingParams) if f.init]
 
 # Values of a wrong type for any field: each must be refused with the field's name.
 junk = st.one_of(
@@ -61,6 +64,25 @@ plausible = {
     "logits_processors": st.one_of(st.none(), st.lists(st.just(lambda ids, row: row),
                                                        max_size=2)),
     "truncate_prompt_tokens": st.one_of(st.none(), st.integers(-2, 64)),
+    # vLLM 0.24's newer fields
+    "logprob_token_ids": st.one_of(st.none(), st.lists(st.integers(0, 5), max_size=2)),
+    "flat_logprobs": st.booleans(),
+    "output_kind": st.sampled_from(list(RequestOutputKind)), "skip_clone": st.booleans(),
+    "structured_outputs": st.one_of(st.none(), st.builds(StructuredOutputsParams,
+                                                         regex=st.just("[ab]+"))),
+    "logit_bias": st.one_of(st.none(), st.dictionaries(st.integers(0, 50),
+                                                       st.floats(-100, 100), max_size=3)),
+    "allowed_token_ids": st.one_of(st.none(), st.lists(st.integers(-1, 50), max_size=3)),
+    "extra_args": st.one_of(st.none(), st.dictionaries(st.text(max_size=3), st.integers(),
+                                                       max_size=2)),
+    "routed_experts_prompt_start": st.sampled_from([0, 0, 1, -1]),
+    "bad_words": st.one_of(st.none(), st.lists(st.text(max_size=4), max_size=3)),
+    "_bad_words_token_ids": st.one_of(st.none(), st.lists(st.lists(st.integers(0, 50),
+                                                                   min_size=1, max_size=3),
+                                                          max_size=2)),
+    "skip_reading_prefix_cache": st.one_of(st.none(), st.booleans()),
+    "thinking_token_budget": st.one_of(st.none(), st.sampled_from([-1, 0, 5])),
+    "repetition_detection": st.one_of(st.none(), st.just(RepetitionDetectionParams())),
 }
 assert set(plausible) == set(FIELDS), "a new SamplingParams field needs a strategy here"
 
@@ -83,15 +105,18 @@ def _check_invariants(p: SamplingParams) -> None:
     kind = p.sampling_type
     if p.use_beam_search:
         assert kind == SamplingType.BEAM
-        assert p.best_of > 1 and p.temperature <= _SAMPLING_EPS and p.top_k == -1
+        assert p.best_of > 1 and p.temperature <= _SAMPLING_EPS and p.top_k in (-1, 0)
         assert p.top_p >= 1.0 - _SAMPLING_EPS
         assert p.early_stopping in (True, False, "never")
     else:
         assert kind == (SamplingType.GREEDY if p.temperature < _SAMPLING_EPS
+                        else SamplingType.RANDOM_SEED if p.seed is not None
                         else SamplingType.RANDOM)
+        assert p.temperature == 0.0 or p.temperature >= 0.01     # vLLM 0.24's floor
         assert p.early_stopping is False and abs(p.length_penalty - 1.0) < _SAMPLING_EPS
         if kind == SamplingType.GREEDY:
-            assert p.best_of == 1 and p.top_p >= 1.0 - _SAMPLING_EPS and p.top_k == -1
+            assert p.best_of == 1 and p.n == 1
+            assert (p.top_p, p.top_k, p.min_p) == (1.0, 0, 0.0)   # reset, as vLLM 0.24
     for name in ("presence_penalty", "frequency_penalty", "repetition_penalty", "temperature",
                  "top_p", "min_p", "length_penalty"):
         value = getattr(p, name)
@@ -101,7 +126,7 @@ def _check_invariants(p: SamplingParams) -> None:
     assert 0 < p.top_p <= 1 and 0 <= p.min_p <= 1
     for name in ("n", "best_of", "top_k", "min_tokens"):
         assert type(getattr(p, name)) is int, name
-    assert 1 <= p.n <= p.best_of and (p.top_k == -1 or p.top_k >= 1)
+    assert 1 <= p.n <= p.best_of and p.top_k >= -1 and p.temperature <= 2
     assert p.max_tokens is None or p.min_tokens <= p.max_tokens
     assert isinstance(p.stop, list) and all(isinstance(s, str) and s for s in p.stop)
     assert isinstance(p.stop_token_ids, list)
@@ -156,8 +181,8 @@ def valid_kwargs(draw):
                   early_stopping=draw(st.sampled_from([True, False, "never"])),
                   length_penalty=draw(st.floats(-2, 2)))
     elif mode == "greedy":
-        kw.update(temperature=draw(st.floats(0, _SAMPLING_EPS / 2)),
-                  top_k=draw(st.sampled_from([0, -1])))
+        kw.update(temperature=0.0,   # vLLM 0.24 raises any positive one to 0.01
+                  top_k=draw(st.sampled_from([0, -1, 7])))
     else:
         n = draw(st.integers(1, 4))
         kw.update(n=n, best_of=draw(st.one_of(st.none(), st.integers(n, 8))),
@@ -169,11 +194,15 @@ def valid_kwargs(draw):
 def _valid(drawn) -> None:
     mode, kw = drawn
     p = SamplingParams(**kw)
-    assert p.sampling_type == {"greedy": SamplingType.GREEDY, "random": SamplingType.RANDOM,
-                               "beam": SamplingType.BEAM}[mode]
+    expected = {"greedy": SamplingType.GREEDY, "random": SamplingType.RANDOM,
+                "beam": SamplingType.BEAM}[mode]
+    if mode == "random" and p.seed is not None:
+        expected = SamplingType.RANDOM_SEED
+    assert p.sampling_type == expected
     if kw.get("best_of") is None:
         assert p.best_of == p.n
-    assert p.top_k == (-1 if kw.get("top_k", -1) in (0, -1) else kw["top_k"])
+    # vLLM 0.24 keeps top_k as given, and greedy resets it to 0
+    assert p.top_k == (0 if mode == "greedy" else kw.get("top_k", 0))
     _check_invariants(p)
 
 

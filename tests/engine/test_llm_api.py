@@ -275,14 +275,15 @@ def test_unsupported_architecture(tmp_path, tiny_llama):
 
 
 def test_sampling_params_rules_surface_as_value_errors():
+    # vLLM 0.24 resets greedy's top_p instead of refusing it; a top_p outside (0, 1] raises
     with pytest.raises(ValueError, match="top_p"):
-        SamplingParams(temperature=0, top_p=0.5)
+        SamplingParams(temperature=0.5, top_p=1.5)
     with pytest.raises(ValueError, match="best_of"):
         SamplingParams(use_beam_search=True, best_of=1, temperature=0)
     with pytest.raises(ValueError, match="max_tokens"):
         SamplingParams(max_tokens=0)
     with pytest.raises(ValueError, match="logprobs"):
-        SamplingParams(logprobs=-1)
+        SamplingParams(logprobs=-2)          # vLLM 0.24: -1 is the whole vocabulary
 
 
 def test_dtype_auto_is_float32_on_cpu_and_explicit_dtype_honoured(tiny_llama):

@@ -100,7 +100,7 @@ def assert_matches(freq, expected):
 @pytest.mark.parametrize("kwargs", [
     dict(temperature=1.0),
     dict(temperature=0.5),
-    dict(temperature=2.5),
+    dict(temperature=1.9),  # vLLM 0.24 caps temperature at 2
     dict(top_k=1),
     dict(top_k=3),
     dict(top_k=3, temperature=0.7),

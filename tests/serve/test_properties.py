@@ -173,9 +173,10 @@ def _parses(name: str, parse, examples: int) -> None:
             assert e.param is None or e.param in known, (e.param, e.message)
             return
         p = req.params
-        assert p.best_of >= p.n >= 1 and p.top_k != 0
+        assert p.best_of >= p.n >= 1 and p.top_k >= -1
         if p.temperature < 1e-5 and not p.use_beam_search:
-            assert p.best_of == 1 and p.top_k == -1 and p.top_p == 1.0
+            # vLLM 0.24 resets greedy's filters: top_k 0, top_p 1
+            assert p.best_of == 1 and p.top_k == 0 and p.top_p == 1.0
         for key in ("n", "seed", "min_tokens", "ignore_eos"):
             if key in f:
                 assert getattr(p, key) == f[key]
