@@ -82,6 +82,7 @@ class LLMEngine:
         # output work that runs while the GPU computes is left out of execute_s
         self.step_times = {"schedule_s": 0.0, "execute_s": 0.0, "process_s": 0.0}
         self._inflight = None          # async scheduling: (SchedulerOutput, unread results)
+        self._so_manager = None        # structured outputs (runner/engine/structured_output.py)
         self._in_output_work = False
 
     @classmethod
@@ -143,10 +144,21 @@ class LLMEngine:
                              f"max_model_len={max_len} allows (it needs room for at least one "
                              "generated token); shorten it or raise max_model_len.")
         group = SequenceGroup(request_id, text, ids, params, arrival_time)
+        if params.structured_outputs is not None:
+            group.grammar = self._structured_outputs().compile(params.structured_outputs)
+            group.grammar_vocab_size = self.model_config.hf_config.vocab_size
         if params.use_beam_search or beam_params is not None:
             self._init_beam(group, params, beam_params, max_len - len(ids))
         self.scheduler.add_seq_group(group)
         self.requests[request_id] = group
+
+    def _structured_outputs(self):
+        """The structured-output grammar compiler, made on the first request that needs it."""
+        if self._so_manager is None:
+            from runner.engine.structured_output import StructuredOutputManager
+            self._so_manager = StructuredOutputManager(
+                self.tokenizer, self.model_config.hf_config.vocab_size, self.eos_token_ids)
+        return self._so_manager
 
     def _check_params(self, params: SamplingParams) -> SamplingParams:
         """The checks that need the model (vLLM's SamplingParams.verify): logprobs within

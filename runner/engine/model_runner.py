@@ -343,7 +343,7 @@ class ModelRunner:
                 requests.append(SamplingRequest(
                     params=p, prompt_token_ids=spec.prompt_token_ids,
                     output_token_ids=history or [], generator=gen,
-                    eos_token_ids=self.eos_token_ids))
+                    eos_token_ids=self.eos_token_ids, grammar_bitmask=spec.grammar_bitmask))
                 owners.append(i)
                 logit_rows.append(at)
         return owners, requests, logit_rows

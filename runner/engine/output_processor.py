@@ -9,7 +9,10 @@ After Scheduler.update_from_output the engine hands over the requests that progr
       then: every other sequence's new tokens are detokenized (runner/engine/detokenizer.py),
             raw logprobs become vLLM's Logprob dicts, and a RequestOutput is made for each
             request that finished, or for each that progressed when streaming
-            (`stream_outputs`, vLLM's default; LLM.generate asks for finished ones only).
+            (`stream_outputs`, vLLM's default; LLM.generate asks for finished ones only),
+            as each request's output_kind says: CUMULATIVE (all so far), DELTA (what is new
+            since its last output: tokens, text, logprobs; prompt_logprobs in the first one
+            only) or FINAL_ONLY (nothing until it finishes).
 
 Async output processing (vLLM's; on unless disable_async_output_proc) defers the second half:
 the engine runs `run_deferred` while the GPU computes the next step's forward pass (handed to
@@ -27,6 +30,7 @@ from typing import Optional
 from runner.engine.detokenizer import IncrementalDetokenizer, find_stop_string
 from runner.engine.outputs import RequestOutput
 from runner.engine.request_outputs import RequestOutputBuilder
+from runner.engine.sampling_params import RequestOutputKind
 from runner.engine.sequence import Sequence, SequenceGroup, SequenceStatus
 
 
@@ -86,8 +90,12 @@ class OutputProcessor:
                     for seq in group.seqs:
                         self._detokenize(seq)
                         self._logprob_dicts(seq)
-                if finished or self.stream_outputs:
-                    self._ready.append(self.builder.make_output(group, finished))
+                # output_kind (vLLM's RequestOutputKind): FINAL_ONLY streams nothing before
+                # the end, DELTA only what is new since the request's last output
+                kind = p.output_kind
+                if finished or (self.stream_outputs and kind is not RequestOutputKind.FINAL_ONLY):
+                    self._ready.append(self.builder.make_output(
+                        group, finished, delta=kind is RequestOutputKind.DELTA))
         finally:
             self.busy = False
         self.output_proc_s += time.perf_counter() - t

@@ -44,7 +44,10 @@ class RequestOutputBuilder:
                 d[tid] = Logprob(tlp, r, texts[tid])
         return d
 
-    def make_output(self, group: SequenceGroup, finished: bool) -> RequestOutput:
+    def make_output(self, group: SequenceGroup, finished: bool,
+                    delta: bool = False) -> RequestOutput:
+        """The request's output as it stands; `delta` (RequestOutputKind.DELTA): only the
+        tokens, text and logprobs that no earlier output of it held."""
         p = group.sampling_params
         if group.beam is not None:
             completions = self._beam_completions(group, finished)
@@ -58,16 +61,28 @@ class RequestOutputBuilder:
                 text = seq.output_text
                 if not seq.is_finished() and p.output_text_buffer_length:
                     text = text[:-p.output_text_buffer_length] or ""
+                token_ids = seq.token_ids[seq.prompt_len:seq.num_known_tokens]
+                logprobs = list(seq.output_logprobs) if p.logprobs is not None else None
+                if delta:
+                    sent_tokens, sent_chars = seq.num_sent
+                    seq.num_sent = (len(token_ids), max(len(text), sent_chars))
+                    token_ids, text = token_ids[sent_tokens:], text[sent_chars:]
+                    if logprobs is not None:
+                        logprobs = logprobs[sent_tokens:]
                 completions.append(CompletionOutput(
-                    index=i if finished else seq.index, text=text,
-                    token_ids=seq.token_ids[seq.prompt_len:seq.num_known_tokens],
-                    cumulative_logprob=seq.cumulative_logprob,
-                    logprobs=list(seq.output_logprobs) if p.logprobs is not None else None,
+                    index=i if finished else seq.index, text=text, token_ids=token_ids,
+                    cumulative_logprob=seq.cumulative_logprob, logprobs=logprobs,
                     finish_reason=seq.status.finish_reason, stop_reason=seq.stop_reason))
+        prompt_logprobs = self._prompt_logprobs(group)
+        if delta and prompt_logprobs is not None:
+            # (vLLM's DELTA: the prompt's logprobs come with the first output only)
+            if group.prompt_logprobs_sent:
+                prompt_logprobs = None
+            group.prompt_logprobs_sent = True
         return RequestOutput(
             request_id=group.request_id, prompt=group.prompt,
             prompt_token_ids=group.prompt_token_ids,
-            prompt_logprobs=self._prompt_logprobs(group),
+            prompt_logprobs=prompt_logprobs,
             outputs=completions, finished=finished, metrics=group.metrics)
 
     def _prompt_logprobs(self, group: SequenceGroup) -> Optional[list]:

@@ -49,6 +49,7 @@ from __future__ import annotations
 import inspect
 import itertools
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -70,6 +71,9 @@ class SamplingRequest:
     output_token_ids: list[int]  # tokens this sequence generated before this step
     generator: torch.Generator | None = None  # per-sequence, for seeded requests
     eos_token_ids: tuple[int, ...] = ()  # the model's EOS ids: min_tokens bans them all
+    # structured outputs: [W] int32 packed mask of the allowed tokens (bit j of word w: token
+    # 32 w + j), made by the scheduler side (runner/engine/structured_output.py)
+    grammar_bitmask: Optional[np.ndarray] = None
 
 
 # What one sampler call returns, one entry per logits row (the DESIGN's "SamplerOutput").
@@ -140,11 +144,18 @@ class Sampler:
         device = logits.device
         if self.use_triton and num_rows > 0 and _all_plain(requests, vocab_size):
             return self._sample_fused(logits, requests)
+        if any(r.grammar_bitmask is not None for r in requests):
+            # before the raw logprobs, as vLLM applies the grammar to the logits it samples
+            logits = logits.to(torch.float32, copy=True)
+            _apply_grammar_bitmasks(logits, requests)
         raw_logprobs = torch.log_softmax(logits.float(), dim=-1)  # [R, V]
         x = logits.to(torch.float32, copy=True)  # [R, V], processed in place below
 
+        _apply_allowed_token_ids(x, requests)
+        _apply_bad_words(x, requests)
         _apply_logits_processors(x, requests)
         _apply_min_tokens(x, requests)
+        _apply_logit_bias(x, requests)
         _apply_penalties(x, requests)
 
         token_ids = torch.empty(num_rows, dtype=torch.long, device=device)  # [R]
@@ -321,7 +332,8 @@ def _all_plain(requests: list[SamplingRequest], vocab_size: int) -> bool:
     the rows the fused kernel serves."""
     for r in requests:
         p = r.params
-        if (p.logits_processors or r.generator is not None
+        if (p.logits_processors or r.generator is not None or r.grammar_bitmask is not None
+                or p.logit_bias or p.allowed_token_ids is not None or p.bad_words
                 or len(r.output_token_ids) < p.min_tokens
                 or p.repetition_penalty != 1.0 or p.frequency_penalty != 0.0
                 or p.presence_penalty != 0.0 or 0 < p.top_k < vocab_size or p.top_p < 1.0
@@ -353,6 +365,70 @@ def _apply_logits_processors(x: torch.Tensor, requests: list[SamplingRequest]) -
             else:
                 row = fn(req.output_token_ids, row)
         x[i] = row
+
+
+def _apply_grammar_bitmasks(x: torch.Tensor, requests: list[SamplingRequest]) -> None:
+    """Structured outputs: tokens outside each row's grammar mask -> -inf."""
+    rows = [i for i, r in enumerate(requests) if r.grammar_bitmask is not None]
+    words = torch.from_numpy(np.stack([requests[i].grammar_bitmask for i in rows]))  # [r, W]
+    bits = (words.long()[:, :, None] >> torch.arange(32)) & 1       # [r, W, 32]
+    vocab_size = x.shape[1]
+    allowed = bits.reshape(len(rows), -1)[:, :vocab_size].bool()    # [r, V]
+    if allowed.shape[1] < vocab_size:     # (a mask narrower than the logits: the rest banned)
+        allowed = torch.nn.functional.pad(allowed, (0, vocab_size - allowed.shape[1]))
+    idx = to_device(rows, torch.long, x.device)
+    x[idx] = x[idx].masked_fill(~host_to_device(allowed, x.device), float("-inf"))
+
+
+def _apply_allowed_token_ids(x: torch.Tensor, requests: list[SamplingRequest]) -> None:
+    """allowed_token_ids: every other token -> -inf (vLLM's whitelist, before bad words)."""
+    for i, req in enumerate(requests):
+        allowed = req.params.allowed_token_ids
+        if allowed is None:
+            continue
+        keep = torch.ones(x.shape[1], dtype=torch.bool)
+        keep[torch.tensor(allowed, dtype=torch.long)] = False
+        x[i].masked_fill_(host_to_device(keep, x.device), float("-inf"))
+
+
+def _apply_bad_words(x: torch.Tensor, requests: list[SamplingRequest]) -> None:
+    """bad_words (as token sequences): the last token of a sequence -> -inf when the tokens
+    generated so far end with the rest of it (vLLM 0.24's rule: output tokens only)."""
+    rows: list[int] = []
+    cols: list[int] = []
+    for i, req in enumerate(requests):
+        seqs = req.params.bad_words_token_ids
+        if not seqs:
+            continue
+        past = req.output_token_ids
+        for ids in seqs:
+            prefix = len(ids) - 1
+            if prefix > len(past):
+                continue
+            if prefix == 0 or past[-prefix:] == ids[:prefix]:
+                rows.append(i)
+                cols.append(ids[-1])
+    if rows:
+        x[to_device(rows, torch.long, x.device), to_device(cols, torch.long, x.device)] = \
+            float("-inf")
+
+
+def _apply_logit_bias(x: torch.Tensor, requests: list[SamplingRequest]) -> None:
+    """logit_bias: logit += bias for each listed token (before the penalties, as vLLM)."""
+    rows: list[int] = []
+    cols: list[int] = []
+    vals: list[float] = []
+    for i, req in enumerate(requests):
+        bias = req.params.logit_bias
+        if not bias:
+            continue
+        rows += [i] * len(bias)
+        cols += list(bias)
+        vals += list(bias.values())
+    if rows:
+        r = to_device(rows, torch.long, x.device)
+        c = to_device(cols, torch.long, x.device)
+        x.index_put_((r, c), to_device(vals, torch.float32, x.device), accumulate=True)
 
 
 def _apply_min_tokens(x: torch.Tensor, requests: list[SamplingRequest]) -> None:

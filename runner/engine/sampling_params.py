@@ -343,8 +343,14 @@ class SamplingParams:
         if self.top_k not in (-1, 0):
             raise ValueError(f"top_k must be -1 or 0 (disabled) when using beam search, got "
                              f"{self.top_k}.")
-        if self.structured_outputs is not None:
-            raise ValueError("structured_outputs is not supported with use_beam_search=True.")
+        for name in ("structured_outputs", "logit_bias", "allowed_token_ids"):
+            if getattr(self, name) is not None:
+                raise ValueError(f"{name} is not supported with use_beam_search=True.")
+        if self.bad_words:
+            raise ValueError("bad_words is not supported with use_beam_search=True.")
+        if self.output_kind is RequestOutputKind.DELTA:
+            raise ValueError("output_kind=DELTA is not supported with use_beam_search=True "
+                             "(beams change their tokens); use CUMULATIVE or FINAL_ONLY.")
 
     def _verify_non_beam_search(self) -> None:
         if self.early_stopping is not False:

@@ -15,13 +15,15 @@ import numpy as np
 from runner.engine.scheduler_output import (BeamSpec, PromptLogprobSpec, SampleSpec,
                                             ScheduledSeq)
 from runner.engine.sequence import Sequence, SequenceStatus
+from runner.engine.structured_output import SequenceGrammar
 
 
 def needs_history(p) -> bool:
     """Whether sampling reads the sequence's output tokens (penalties, min_tokens, logits
     processors): only then are they copied into the step."""
     return bool(p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0
-                or p.min_tokens or p.logits_processors)
+                or p.min_tokens or p.logits_processors or p.bad_words
+                or p.structured_outputs is not None)
 
 
 def scheduled_seq(seq: Sequence, start: int, num_new_tokens: int) -> ScheduledSeq:
@@ -58,8 +60,13 @@ def sample_spec(seq: Sequence) -> SampleSpec:
     indices = tuple(range(group.num_seqs)) if fork else (seq.index,)
     if needs_history(p):
         # copying the generated tokens costs O(length) per step: only when a rule reads them
-        return SampleSpec(p, indices, group.prompt_token_ids,
-                          seq.token_ids[seq.prompt_len:seq.num_known_tokens])
+        history = seq.token_ids[seq.prompt_len:seq.num_known_tokens]
+        mask = None
+        if group.grammar is not None:
+            if seq.grammar is None:
+                seq.grammar = SequenceGrammar(group.grammar, group.grammar_vocab_size)
+            mask = seq.grammar.bitmask(history)
+        return SampleSpec(p, indices, group.prompt_token_ids, history, grammar_bitmask=mask)
     spec = SampleSpec(p, indices, group.prompt_token_ids)
     if not fork:
         seq.sample_spec = spec

@@ -322,9 +322,11 @@ class Scheduler:
                 "gpu_memory_utilization or lower max_model_len.")
         now = time.time()
         out.scheduled = [self._plain(c, now) for c in chunks]
+        # (a structured request's next mask needs this step's token: no async step for it)
         out.async_sample = self.async_scheduling and all(
             s.prompt_logprobs is None and (s.sample is None or (
-                s.sample.beam is None and len(s.sample.indices) == 1)) for s in out.scheduled)
+                s.sample.beam is None and len(s.sample.indices) == 1
+                and s.sample.params.structured_outputs is None)) for s in out.scheduled)
         return out
 
     def _admit(self, chunks: list[_Chunk], out: SchedulerOutput, budget: int) -> None:

@@ -51,6 +51,9 @@ class SampleSpec:
     prompt_token_ids: list[int]      # (the repetition penalty reads them)
     history: Optional[list[int]] = None   # output tokens so far, when a rule reads them
     beam: Optional[BeamSpec] = None
+    # structured outputs: [W] int32 packed mask of the tokens allowed next (bit j of word w:
+    # token 32 w + j), None when unconstrained
+    grammar_bitmask: Optional[np.ndarray] = None
 
 
 @dataclass(slots=True)

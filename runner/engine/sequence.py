@@ -84,6 +84,8 @@ class Sequence:
         self.placeholder_step: Optional[int] = None
         self.finishing = False
         self.sample_spec = None                 # the scheduler's, while it does not change
+        self.grammar = None                     # structured outputs: its SequenceGrammar
+        self.num_sent = (0, 0)                  # DELTA outputs: (tokens, chars) sent so far
         # the output processor's
         self.output_logprobs: list[dict[int, Logprob]] = []
         self.output_text = ""
@@ -176,6 +178,9 @@ class SequenceGroup:
         self.beam_temperature = 0.0
         self.beam_include_eos = True
         self.beam_results: Optional[list] = None
+        self.grammar = None               # structured outputs: the compiled grammar
+        self.grammar_vocab_size = 0
+        self.prompt_logprobs_sent = False   # DELTA outputs: prompt_logprobs went out
         now = time.time() if arrival_time is None else arrival_time
         self.metrics = RequestMetrics(arrival_time=now, last_token_time=now,
                                       first_scheduled_time=None, first_token_time=None,
