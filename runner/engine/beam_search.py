@@ -145,7 +145,10 @@ def advance_beams(group, live: list, fork: Callable) -> None:
     Log-probabilities are kept raw (SampledToken); the output builder makes their dicts."""
     from runner.engine.sequence import SequenceStatus
     state = group.beam
+    # (vLLM's beam search returns every step's logprobs dict: its state asks for them)
     want_lps = group.sampling_params.logprobs
+    if want_lps is None and getattr(state, "all_candidates_in_logprobs", False):
+        want_lps = state.num_candidates
     cands = [list(zip(*q.beam_candidates)) for q in live]
     running = state.step([q.cumulative_logprob for q in live], cands, live[0].num_output_tokens)
     for hyp in state.finished:
@@ -155,7 +158,7 @@ def advance_beams(group, live: list, fork: Callable) -> None:
         parent = live[c.parent]
         hyp.token_ids = parent.output_token_ids + [c.token_id]
         if want_lps is not None:
-            hyp.logprobs = parent.sampled_logprobs + [_raw_logprob(parent, c)]
+            hyp.logprobs = parent.sampled_logprobs + [_raw_logprob(parent, c, want_lps)]
         del hyp._candidate
     new_beams = []
     if not state.done:
@@ -172,7 +175,7 @@ def advance_beams(group, live: list, fork: Callable) -> None:
             assigned.append((beam, c))
         for beam, c in assigned:
             if want_lps is not None:
-                beam.sampled_logprobs.append(_raw_logprob(live[c.parent], c))
+                beam.sampled_logprobs.append(_raw_logprob(live[c.parent], c, want_lps))
             beam.append_token(c.token_id, c.logprob)
             new_beams.append(beam)
         group.forked = True
@@ -191,8 +194,7 @@ def advance_beams(group, live: list, fork: Callable) -> None:
         group.seqs = new_beams
 
 
-def _raw_logprob(parent, c: BeamCandidate) -> SampledToken:
+def _raw_logprob(parent, c: BeamCandidate, k: int) -> SampledToken:
     ids, lps = parent.beam_candidates
-    k = parent.sampling_params.logprobs or 0
     rank = ids.index(c.token_id) + 1 if c.token_id in ids else None
     return SampledToken(c.token_id, c.logprob, rank, list(zip(ids[:k], lps[:k])))

@@ -181,9 +181,12 @@ class LLM:
     # --------------------------------------------------------------- beam search
     def beam_search(self, prompts: Union[str, dict, Sequence[Union[str, dict]]],
                     params: BeamSearchParams, use_tqdm: bool = False) -> list[BeamSearchOutput]:
-        """Beam search inside the engine: the beams of every prompt decode together, sharing
-        their prompt's KV blocks. Returns, per prompt, beam_width sequences best first; each
-        sequence's tokens and text include the prompt, as vLLM's do."""
+        """vLLM 0.24's beam search (runner/engine/beam_search_vllm.py) inside the engine: the
+        beams of every prompt decode together, sharing their prompt's KV blocks. Returns, per
+        prompt, a BeamSearchOutput of beam_width BeamSearchSequences, best first by
+        length-penalized score; each holds all its tokens (prompt included, a final EOS kept),
+        their text decoded with special tokens, each step's logprobs dict (the 2 * beam_width
+        best tokens), cum_logprob, and finish_reason / stop_reason None, as vLLM's do."""
         self._check_generative("beam_search")
         if not isinstance(params, BeamSearchParams):
             raise ValueError(f"params must be BeamSearchParams, got {type(params).__name__}.")
@@ -192,25 +195,20 @@ class LLM:
         prompts = list(prompts)
         if not prompts:
             raise ValueError("prompts is empty: give at least one prompt.")
+        # (the engine decodes nothing: the text is made below, from all the tokens)
         sp = SamplingParams(n=params.beam_width, temperature=1.0, max_tokens=params.max_tokens,
-                            ignore_eos=params.ignore_eos)
+                            ignore_eos=params.ignore_eos, detokenize=False)
         ids = self._add_requests(prompts, [sp] * len(prompts), beam_params=params)
         outputs = self._run_engine(ids, use_tqdm)
         tok = self.get_tokenizer()
-        eos = self.llm_engine.eos_token_ids
         results = []
         for out in outputs:
             seqs = []
             for c in out.outputs:
-                gen = list(c.token_ids)
-                if gen and gen[-1] in eos and c.finish_reason == "stop" and \
-                        not params.include_stop_str_in_output:
-                    gen = gen[:-1]
-                tokens = list(out.prompt_token_ids) + gen
-                text = tok.decode(tokens, skip_special_tokens=True) if tok is not None else None
-                seqs.append(BeamSearchSequence(tokens=tokens, logprobs=[],
-                                               cum_logprob=c.cumulative_logprob, text=text,
-                                               finish_reason=c.finish_reason))
+                tokens = list(out.prompt_token_ids) + list(c.token_ids)
+                text = tok.decode(tokens) if tok is not None else None
+                seqs.append(BeamSearchSequence(tokens=tokens, logprobs=list(c.logprobs or []),
+                                               cum_logprob=c.cumulative_logprob, text=text))
             results.append(BeamSearchOutput(sequences=seqs))
         return results
 

@@ -32,6 +32,7 @@ import time
 from typing import Iterable, Optional, Union
 
 from runner.engine.beam_search import BeamSearchState
+from runner.engine.beam_search_vllm import VllmBeamSearchState
 from runner.engine.block_manager import BlockManager
 from runner.engine.config import EngineArgs, EngineConfig
 from runner.engine.executor import Executor
@@ -187,10 +188,23 @@ class LLMEngine:
     def _init_beam(self, group: SequenceGroup, params: SamplingParams,
                    beam_params: Optional[BeamSearchParams], room: int) -> None:
         if beam_params is not None:
-            width, lp, es = beam_params.beam_width, beam_params.length_penalty, False
-            max_tokens, ignore_eos = beam_params.max_tokens, beam_params.ignore_eos
-            group.beam_temperature = beam_params.temperature
-            group.beam_include_eos = beam_params.include_stop_str_in_output
+            # LLM.beam_search: vLLM 0.24's algorithm (runner/engine/beam_search_vllm.py)
+            if beam_params.temperature > 0.0:
+                raise ValueError(
+                    f"BeamSearchParams(temperature={beam_params.temperature}) is not supported "
+                    "yet (vLLM draws one extra candidate per beam at that temperature); use "
+                    "temperature=0.0.")
+            eos = None
+            if not beam_params.ignore_eos:
+                # vLLM's: the tokenizer's EOS token completes a beam
+                eos = (self.tokenizer.eos_token_id if self.tokenizer is not None
+                       and self.tokenizer.eos_token_id is not None else self.eos_token_id)
+            group.beam = VllmBeamSearchState(
+                beam_width=beam_params.beam_width, length_penalty=beam_params.length_penalty,
+                max_tokens=min(beam_params.max_tokens, room), eos_token_id=eos,
+                prompt_len=len(group.prompt_token_ids))
+            group.num_seqs = beam_params.beam_width
+            return
         else:
             width, lp, es = params.best_of, params.length_penalty, params.early_stopping
             max_tokens, ignore_eos = params.max_tokens, params.ignore_eos
