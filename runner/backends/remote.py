@@ -21,6 +21,8 @@ sampling. Connection errors, 429 and 5xx are retried; any other 4xx fails the re
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import os
@@ -38,10 +40,11 @@ logger = logging.getLogger("runner.remote")
 
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 # vLLM's extra request fields and their defaults: sent only when a request differs.
-_VLLM_EXTRAS = {"top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0, "use_beam_search": False,
+_VLLM_EXTRAS = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0, "use_beam_search": False,
                 "length_penalty": 1.0, "early_stopping": False, "stop_token_ids": [],
                 "ignore_eos": False, "min_tokens": 0, "skip_special_tokens": True,
-                "include_stop_str_in_output": False, "prompt_logprobs": None}
+                "include_stop_str_in_output": False, "prompt_logprobs": None,
+                "logit_bias": None, "allowed_token_ids": None, "bad_words": []}
 REMOTE_PROMPTS = ("token_ids", "text")
 
 
@@ -84,8 +87,16 @@ def request_body(model: str, prompt: Union[str, list], p: SamplingParams, stream
         body["logprobs"] = p.logprobs
     for name, default in _VLLM_EXTRAS.items():
         value = getattr(p, name, default)
+        if name == "top_k" and value == -1:
+            continue                        # -1 and 0 both disable top-k (vLLM 0.24)
         if value != default and not (value in (None, []) and default in (None, [])):
+            if isinstance(value, dict):     # logit_bias: JSON keys are strings
+                value = {str(k): v for k, v in value.items()}
             body[name] = list(value) if isinstance(value, (list, tuple)) else value
+    so = getattr(p, "structured_outputs", None)
+    if so is not None:                      # vLLM 0.24's server field of the same name
+        body["structured_outputs"] = {k: v for k, v in dataclasses.asdict(so).items()
+                                      if not k.startswith("_") and v not in (None, False)}
     if return_token_ids:
         body["return_token_ids"] = True
     if stream:

@@ -162,3 +162,17 @@ def test_a_server_without_prompt_logprobs_is_named():
                 backend.results()
     finally:
         backend.close()
+
+
+def test_request_body_sends_vllm_0_24_fields():
+    from runner.engine import SamplingParams
+    from runner.engine.sampling_params import StructuredOutputsParams
+
+    p = SamplingParams(temperature=0.5, max_tokens=4, top_k=-1, logit_bias={5: 2.0},
+                       allowed_token_ids=[5, 6], bad_words=["no"],
+                       structured_outputs=StructuredOutputsParams(choice=["a", "b"]))
+    body = request_body("m", "x", p, True, False)
+    assert "top_k" not in body                         # -1 and 0 both mean disabled
+    assert body["logit_bias"] == {"5": 2.0} and body["allowed_token_ids"] == [5, 6]
+    assert body["bad_words"] == ["no"]
+    assert body["structured_outputs"] == {"choice": ["a", "b"]}
