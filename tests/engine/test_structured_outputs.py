@@ -94,3 +94,17 @@ def test_unsupported_and_invalid_constraints_raise(llm):
     with pytest.raises(ValueError, match="use_beam_search"):
         SamplingParams(use_beam_search=True, best_of=2, temperature=0.0,
                        structured_outputs=StructuredOutputsParams(regex="a"))
+
+
+def test_mixed_batch_with_async_scheduling(llm):
+    """Structured and plain requests in one batch (async scheduling on, the default): the
+    structured ones follow their grammar, the plain ones are what they are alone."""
+    assert llm.llm_engine.config.async_scheduling
+    plain = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
+    choice = SamplingParams(temperature=0.0, max_tokens=10,
+                            structured_outputs=StructuredOutputsParams(choice=["yes", "no"]))
+    prompts = ["Hello there", "Once upon", "Paris is", "A B C"]
+    alone = [o.outputs[0].token_ids for o in llm.generate(prompts[::2], plain, use_tqdm=False)]
+    mixed = llm.generate(prompts, [plain, choice, plain, choice], use_tqdm=False)
+    assert [mixed[0].outputs[0].token_ids, mixed[2].outputs[0].token_ids] == alone
+    assert {mixed[1].outputs[0].text, mixed[3].outputs[0].text} <= {"yes", "no"}
