@@ -186,7 +186,9 @@ class LLM:
         prompt, a BeamSearchOutput of beam_width BeamSearchSequences, best first by
         length-penalized score; each holds all its tokens (prompt included, a final EOS kept),
         their text decoded with special tokens, each step's logprobs dict (the 2 * beam_width
-        best tokens), cum_logprob, and finish_reason / stop_reason None, as vLLM's do."""
+        best tokens), cum_logprob, and finish_reason / stop_reason None, as vLLM's do.
+        BeamSearchParams.include_stop_str_in_output shapes vLLM's server responses only: offline
+        vLLM keeps a final EOS in `tokens` whatever its value, and so does this."""
         self._check_generative("beam_search")
         if not isinstance(params, BeamSearchParams):
             raise ValueError(f"params must be BeamSearchParams, got {type(params).__name__}.")
