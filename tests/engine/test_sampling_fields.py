@@ -169,3 +169,17 @@ def test_output_kind_streaming(llm, n):
     assert delta[0].prompt_logprobs is not None
     assert all(o.prompt_logprobs is None for o in delta[1:])
     assert all(o.prompt_logprobs is not None for o in cumulative)
+
+
+def test_skip_reading_prefix_cache(llm):
+    stats = llm.llm_engine.scheduler.prefix_cache_stats
+    prompt = {"prompt_token_ids": list(range(10, 60))}          # several full blocks
+    p = SamplingParams(temperature=0.0, max_tokens=2)
+    first = llm.generate(prompt, p, use_tqdm=False)[0].outputs[0].token_ids
+    hits = stats["prefix_cache_hits"]
+    llm.generate(prompt, p, use_tqdm=False)
+    assert stats["prefix_cache_hits"] > hits                     # read from the cache
+    hits = stats["prefix_cache_hits"]
+    skip = SamplingParams(temperature=0.0, max_tokens=2, skip_reading_prefix_cache=True)
+    out = llm.generate(prompt, skip, use_tqdm=False)[0].outputs[0].token_ids
+    assert stats["prefix_cache_hits"] == hits and out == first   # recomputed, same tokens
