@@ -147,9 +147,16 @@ def advance_beams(group, live: list, fork: Callable) -> None:
     state = group.beam
     # (vLLM's beam search returns every step's logprobs dict: its state asks for them)
     want_lps = group.sampling_params.logprobs
-    if want_lps is None and getattr(state, "all_candidates_in_logprobs", False):
+    every = getattr(state, "all_candidates_in_logprobs", False)
+    if want_lps is None and every:
         want_lps = state.num_candidates
     cands = [list(zip(*q.beam_candidates)) for q in live]
+    if every:
+        # vLLM's proposal order: the sampled token first (when one was drawn), then the rest
+        for i, q in enumerate(live):
+            tok = getattr(q.beam_candidates, "sampled", None)
+            if tok is not None:
+                cands[i].sort(key=lambda pair: pair[0] != tok)
     running = state.step([q.cumulative_logprob for q in live], cands, live[0].num_output_tokens)
     for hyp in state.finished:
         c = getattr(hyp, "_candidate", None)
@@ -195,6 +202,12 @@ def advance_beams(group, live: list, fork: Callable) -> None:
 
 
 def _raw_logprob(parent, c: BeamCandidate, k: int) -> SampledToken:
-    ids, lps = parent.beam_candidates
+    cands = parent.beam_candidates
+    ids, lps = cands
+    extra = getattr(cands, "extra_rank", None)
+    if extra is not None:                   # vLLM's: the drawn token is in the dict too
+        k = len(ids)
+        if c.token_id == ids[-1]:
+            return SampledToken(c.token_id, c.logprob, extra, list(zip(ids, lps)))
     rank = ids.index(c.token_id) + 1 if c.token_id in ids else None
     return SampledToken(c.token_id, c.logprob, rank, list(zip(ids[:k], lps[:k])))

@@ -6,7 +6,8 @@ use_beam_search. `LLM.beam_search` (BeamSearchParams) follows vLLM instead, whos
 (vllm/entrypoints/generate/beam_search) is, per step and per request:
 
 - every live beam proposes its 2 * beam_width most likely next tokens (raw log-probabilities:
-  vLLM asks its engine for logprobs=2 * beam_width of one greedy token);
+  vLLM asks its engine for logprobs=2 * beam_width of one token sampled at the temperature;
+  at temperature > 0 that drawn token is proposed too, first, when it is not among them);
 - a proposal of the tokenizer's EOS token (unless ignore_eos) is a completed beam, EOS kept:
   every such proposal is kept, not only the best ones;
 - the other proposals, best first by get_beam_search_score, become the beam_width next beams
@@ -69,7 +70,7 @@ class VllmBeamSearchState:
         new_len = gen_len + 1
         running = []
         for i, cands in enumerate(beam_candidates):
-            for tok, lp in cands[:self.num_candidates]:
+            for tok, lp in cands:
                 c = BeamCandidate(i, tok, lp, beam_totals[i] + lp)
                 if tok == self.eos_token_id:
                     c.ends, c.finish_reason = True, None

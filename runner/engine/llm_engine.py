@@ -189,11 +189,7 @@ class LLMEngine:
                    beam_params: Optional[BeamSearchParams], room: int) -> None:
         if beam_params is not None:
             # LLM.beam_search: vLLM 0.24's algorithm (runner/engine/beam_search_vllm.py)
-            if beam_params.temperature > 0.0:
-                raise ValueError(
-                    f"BeamSearchParams(temperature={beam_params.temperature}) is not supported "
-                    "yet (vLLM draws one extra candidate per beam at that temperature); use "
-                    "temperature=0.0.")
+            group.beam_temperature = beam_params.temperature
             eos = None
             if not beam_params.ignore_eos:
                 # vLLM's: the tokenizer's EOS token completes a beam

@@ -40,7 +40,7 @@ from runner.engine.model_loader import get_model
 from runner.engine.parallel import ParallelContext
 from runner.engine.prompt_logprobs import PromptLogprobChunk
 from runner.engine.sampler import PromptLogprobs, Sampler, SamplerTensors, SamplingRequest
-from runner.engine.scheduler_output import ModelRunnerOutput, SchedulerOutput
+from runner.engine.scheduler_output import BeamCandidates, ModelRunnerOutput, SchedulerOutput
 
 logger = logging.getLogger("runner.engine")
 
@@ -368,8 +368,32 @@ class ModelRunner:
         k = max(b.num_candidates for b in specs)
         vals, ids = lps.topk(min(k, lps.shape[-1]), dim=-1)
         ids, vals = ids.tolist(), vals.tolist()       # one transfer each, not one per beam
+        drawn = [r for r, b in enumerate(specs) if b.sample_temperature > 0.0]
+        sampled = {}
+        if drawn:
+            # vLLM's beam search at temperature > 0: one token drawn from the row at that
+            # temperature joins the raw-logprob candidates (with its raw logprob and rank)
+            idx = torch.tensor(drawn, device=rows.device)
+            t = torch.tensor([specs[r].sample_temperature for r in drawn],
+                             device=rows.device).view(-1, 1)
+            probs = torch.softmax(rows[idx].float() / t, dim=-1)
+            gen = self.sampler.generator if self.sampler is not None else None
+            toks = torch.multinomial(probs, 1, generator=gen).squeeze(1)     # [d]
+            tok_lps = lps[idx].gather(1, toks[:, None]).squeeze(1)
+            tok_ranks = (lps[idx] > tok_lps[:, None]).sum(-1) + 1
+            for r, tok, lp, rank in zip(drawn, toks.tolist(), tok_lps.tolist(),
+                                        tok_ranks.tolist()):
+                sampled[r] = (tok, lp, rank)
         for r, (i, _) in enumerate(beam_rows):
-            result.beam_candidates[out.scheduled[i].seq_id] = (ids[r], vals[r])
+            cands = BeamCandidates((ids[r], vals[r]))
+            if r in sampled:
+                tok, lp, rank = sampled[r]
+                cands.sampled = tok
+                if tok not in ids[r]:
+                    ids[r].append(tok)
+                    vals[r].append(lp)
+                    cands.extra_rank = rank
+            result.beam_candidates[out.scheduled[i].seq_id] = cands
 
     # ------------------------------------------------------------ every rank's step
     @torch.inference_mode()

@@ -53,8 +53,13 @@ def sample_spec(seq: Sequence) -> SampleSpec:
     p = group.sampling_params
     if group.beam is not None:
         masked = group.beam.eos_token_ids if seq.num_output_tokens < p.min_tokens else ()
-        beam = BeamSpec(max(group.beam_temperature, 0.0) or 1.0,
-                        max(group.beam.num_candidates, p.logprobs or 0), tuple(masked))
+        if getattr(group.beam, "all_candidates_in_logprobs", False):
+            # LLM.beam_search (vLLM's): raw logprobs, plus one token drawn at the temperature
+            beam = BeamSpec(1.0, group.beam.num_candidates, tuple(masked),
+                            max(group.beam_temperature, 0.0))
+        else:
+            beam = BeamSpec(max(group.beam_temperature, 0.0) or 1.0,
+                            max(group.beam.num_candidates, p.logprobs or 0), tuple(masked))
         return SampleSpec(p, (seq.index,), group.prompt_token_ids, None, beam)
     fork = not group.forked and group.num_seqs > 1
     indices = tuple(range(group.num_seqs)) if fork else (seq.index,)

@@ -41,6 +41,18 @@ class BeamSpec:
     temperature: float
     num_candidates: int
     masked_ids: tuple[int, ...]      # EOS / stop ids, -inf while fewer than min_tokens are out
+    # LLM.beam_search at temperature > 0 (vLLM's): one token drawn at this temperature joins
+    # the candidates, as vLLM's sampled token joins its top-logprobs dict
+    sample_temperature: float = 0.0
+
+
+class BeamCandidates(tuple):
+    """(ids, raw logprobs) of a beam's candidates, best first; `sampled` is the token drawn at
+    the sample temperature (None without one), `extra_rank` its raw rank when it was not among
+    the best and was appended last."""
+
+    sampled: Optional[int] = None
+    extra_rank: Optional[int] = None
 
 
 @dataclass(slots=True)

@@ -129,7 +129,7 @@ def test_eos_is_kept_in_tokens_and_text(models):
     assert ended[0].text.endswith(tok.decode([eos]))
 
 
-def test_str_prompts_and_temperature(models):
+def test_str_prompts_equal_token_prompts(models):
     path, hf, _ = models["plain"]
     llm = _llm(path)
     tok = llm.get_tokenizer()
@@ -138,6 +138,27 @@ def test_str_prompts_and_temperature(models):
                         BeamSearchParams(beam_width=2, max_tokens=4))
     assert [[s.tokens for s in o.sequences] for o in a] == \
         [[s.tokens for s in o.sequences] for o in b]
-    with pytest.raises(ValueError, match="temperature"):
-        llm.beam_search(PROMPTS[0], BeamSearchParams(beam_width=2, max_tokens=4,
-                                                     temperature=0.7))
+
+
+def test_temperature_adds_one_drawn_candidate(models):
+    """vLLM's beam search at temperature > 0: each beam's proposals are its 2 * width best
+    tokens plus one drawn at that temperature (its dict then has 2 * width + 1 entries)."""
+    path, _, _ = models["plain"]
+    params = BeamSearchParams(beam_width=2, max_tokens=6, temperature=2.0)
+    runs = [LLM(path, device="cpu", max_model_len=128, seed=0).beam_search(PROMPTS, params)
+            for _ in range(2)]
+    assert [[s.tokens for s in o.sequences] for o in runs[0]] == \
+        [[s.tokens for s in o.sequences] for o in runs[1]]          # the engine seed decides
+    sizes = set()
+    for out in runs[0]:
+        for s in out.sequences:
+            gen = s.tokens[-len(s.logprobs):]
+            assert s.cum_logprob == pytest.approx(
+                sum(d[t].logprob for d, t in zip(s.logprobs, gen)), abs=1e-5)
+            for d in s.logprobs:
+                sizes.add(len(d))
+                ranks = sorted(lp.rank for lp in d.values())
+                assert ranks[:4] == [1, 2, 3, 4] and all(r > 4 for r in ranks[4:])
+                best = sorted(d.values(), key=lambda lp: -lp.logprob)
+                assert [lp.rank for lp in best] == ranks              # ranks follow logprobs
+    assert sizes <= {4, 5} and 5 in sizes
