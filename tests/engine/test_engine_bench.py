@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from runner import engine_bench
+from runner import engine_bench, engine_bench_eval
 
 
 
@@ -51,9 +51,9 @@ def test_prefix_prompts_are_the_peers(monkeypatch):
         def reset_prefix_cache(self):
             return True
 
-    monkeypatch.setattr(engine_bench, "_prefix_stats", lambda llm: dict.fromkeys(
+    monkeypatch.setattr(engine_bench_eval, "_prefix_stats", lambda llm: dict.fromkeys(
         ("prefix_cache_queries", "prefix_cache_hits", "num_prompt_tokens", "num_steps"), 0))
-    engine_bench.run_prefix(FakeLLM(), 5, 3, 2, 70, 1000, seed=0)
+    engine_bench_eval.run_prefix(FakeLLM(), 5, 3, 2, 70, 1000, seed=0)
     rng = random.Random(0)
     shared = [rng.randrange(10, 990) for _ in range(5)]
     warm = [shared + [rng.randrange(10, 990) for _ in range(3)] for _ in range(64)]
