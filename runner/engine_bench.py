@@ -163,13 +163,15 @@ def _time_cuda(fn, iters: int) -> float:
 
 
 # ---------------------------------------------------------------------------- workloads
-def run_throughput(llm, prompts: list, output_len: int) -> dict:
+def run_throughput(llm, prompts: list, output_len: int, lora: Optional[list] = None) -> dict:
+    """`lora`: one LoRARequest per prompt (--lora-adapters), or None for the base model."""
     from runner.engine import SamplingParams
     sp = SamplingParams(temperature=1.0, top_p=1.0, ignore_eos=True, max_tokens=output_len,
                         detokenize=False)
+    kw = {} if lora is None else {"lora_request": lora[:len(prompts)]}
     _sync()
     start = time.perf_counter()
-    outs = llm.generate(prompts, sp, use_tqdm=False)
+    outs = llm.generate(prompts, sp, use_tqdm=False, **kw)
     _sync()
     elapsed = time.perf_counter() - start
     n_in = sum(len(o.prompt_token_ids) for o in outs)
@@ -284,6 +286,8 @@ def build_llm(folder: str, args, enforce_eager: bool):
               quantization=getattr(args, "quantization", None),
               cpu_offload_gb=getattr(args, "cpu_offload_gb", 0),
               enable_prefix_caching=not getattr(args, "no_prefix_caching", False))
+    if getattr(args, "lora_adapters", 0):
+        kw.update(enable_lora=True, max_loras=args.lora_adapters, max_lora_rank=args.lora_rank)
     if args.max_num_batched_tokens:
         kw["max_num_batched_tokens"] = args.max_num_batched_tokens
     if args.max_model_len:
@@ -359,14 +363,23 @@ def run(args) -> dict:
     vocab = hf_config.vocab_size
     if args.workload == "throughput":
         prompts = random_prompts(args.num_prompts, args.input_len, vocab, args.seed)
+        lora = None
+        if args.lora_adapters:
+            from runner.engine_bench_lora import lora_requests, write_random_adapters
+            where = tempfile.mkdtemp(prefix="bench-lora-")
+            lora = lora_requests(write_random_adapters(
+                hf_config, args.lora_adapters, args.lora_rank, where, args.seed,
+                getattr(torch, args.dtype)), len(prompts))
+            result["lora"] = {"adapters": args.lora_adapters, "rank": args.lora_rank,
+                              "targets": "q,k,v,o,gate,up,down", "assignment": "round robin"}
         llm = build_llm(folder, args, args.enforce_eager)
         # Warm-up: the workload scaled down, wide enough that steps mix decodes with prompt
         # chunks that have a cached prefix, so the timed run meets no step shape first (the
         # kernels themselves no longer recompile for step-varying arguments)
         budget = llm.llm_engine.scheduler_config.max_num_batched_tokens
         num_warm = min(len(prompts), max(64, 2 * budget // max(args.input_len, 1)), 1024)
-        run_throughput(llm, prompts[:num_warm], min(args.output_len, 32))
-        res = run_throughput(llm, prompts, args.output_len)
+        run_throughput(llm, prompts[:num_warm], min(args.output_len, 32), lora)
+        res = run_throughput(llm, prompts, args.output_len, lora)
         res.update(engine_facts(llm))
         result["engine"] = res
         if "matmul_tflops" in result["ceilings"]:
@@ -488,6 +501,10 @@ def parse_args(argv: Optional[list] = None):
                          "weights in that checkpoint layout (4 bits, groups of 128)")
     ap.add_argument("--cpu-offload-gb", type=float, default=0,
                     help="GiB of weights kept in pinned CPU memory, streamed in per layer")
+    ap.add_argument("--lora-adapters", type=int, default=0,
+                    help="throughput: this many random LoRA adapters (all projections), one "
+                         "per prompt round robin, in mixed batches (0: the base model)")
+    ap.add_argument("--lora-rank", type=int, default=16, help="rank of --lora-adapters")
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--disable-async-output-proc", action="store_true",
                     help="process each step's outputs before the next step starts")
@@ -506,7 +523,14 @@ def parse_args(argv: Optional[list] = None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="outputs/bench")
     ap.add_argument("--command", default=None, help=argparse.SUPPRESS)
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.lora_adapters < 0 or args.lora_rank < 1:
+        ap.error("--lora-adapters must be >= 0 and --lora-rank >= 1")
+    if args.lora_adapters and args.workload != "throughput":
+        ap.error(f"--lora-adapters runs with --workload throughput only, not {args.workload}")
+    if args.lora_adapters and args.hf_num_prompts:
+        ap.error("--hf-num-prompts compares the base model; leave it out with --lora-adapters")
+    return args
 
 
 def main(argv: Optional[list] = None) -> dict:

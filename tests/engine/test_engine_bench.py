@@ -73,7 +73,10 @@ def test_mc_workload_serves_prompt_logprobs_from_the_cache(tiny_llama, tmp_path)
     assert on["prefix_cache_hit_rate"] > 0.5
 
 
-@pytest.mark.parametrize("bad", [["--workload", "nope"]])
+@pytest.mark.parametrize("bad", [["--workload", "nope"],
+                                 ["--workload", "beam", "--lora-adapters", "2"],
+                                 ["--lora-adapters", "-1"], ["--lora-rank", "0"],
+                                 ["--lora-adapters", "2", "--hf-num-prompts", "8"]])
 def test_unknown_workload(bad):
     with pytest.raises(SystemExit):
         engine_bench.parse_args(bad)
