@@ -118,9 +118,8 @@ class LLMEngine:
         return parse_prompt(prompt, self.tokenizer, self.model_config.hf_config.vocab_size)
 
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams,
-                    arrival_time: Optional[float] = None,
-                    beam_params: Optional[BeamSearchParams] = None,
-                    lora_request=None) -> None:
+                    arrival_time: Optional[float] = None, lora_request=None,
+                    beam_params: Optional[BeamSearchParams] = None) -> None:
         """Queue one request. `beam_params` (from LLM.beam_search) runs it as a beam search;
         so does params.use_beam_search=True (the legacy form: best_of beams, n returned).
         `lora_request` (a LoRARequest) runs it with that adapter, loaded here on first use."""
