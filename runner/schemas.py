@@ -60,6 +60,9 @@ class ModelConfig:
     revision: Optional[str] = None
     tokenizer_revision: Optional[str] = None
     max_model_len: Optional[int] = None
+    # a PEFT LoRA adapter folder: every request runs with it (the engine's enable_lora turns on;
+    # its path and files' sha256 go into manifest.json). Sweep adapters with -m model.lora=A,B
+    lora: Optional[str] = None
 
 
 @dataclass
