@@ -69,3 +69,35 @@ def peft_merged_greedy(base_path: str, adapter: str | None, prompts: list[str],
                                  pad_token_id=tok.pad_token_id)
             outs.append(out[0, ids.shape[1]:].tolist())
     return outs
+
+
+def peft_saved_adapter(folder, base_path: str, target_modules, r: int, lora_alpha: float,
+                       seed: int) -> str:
+    """An adapter folder written by PEFT itself (get_peft_model + save_pretrained), with its
+    zero-initialized B made random so that it changes the model."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=r, lora_alpha=lora_alpha,
+                                                  target_modules=list(target_modules),
+                                                  lora_dropout=0.0, task_type="CAUSAL_LM"))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.copy_(0.15 * torch.randn(p.shape, generator=gen))
+    peft_model.save_pretrained(folder)
+    return os.fspath(folder)
+
+
+def merged_model_folder(folder, base_path: str, adapter: str) -> str:
+    """The base model with the adapter merged by PEFT, saved as a plain model folder."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    merged.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(base_path).save_pretrained(folder)
+    return os.fspath(folder)

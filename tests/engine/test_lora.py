@@ -212,3 +212,33 @@ def test_one_id_two_adapters_is_an_error(setup, lora_llm):
     with pytest.raises(ValueError, match="lora_int_id 21 is adapter 'first'.*its own lora_int_id"):
         lora_llm.generate("Hi", GREEDY, use_tqdm=False,
                           lora_request=LoRARequest("second", 21, folders["mlp_r4"]))
+
+
+def test_a_folder_saved_by_peft_and_beam_search_equal_the_merged_model(tiny_model_factory,
+                                                                        tmp_path):
+    """PEFT's own save_pretrained output loads; beam search and seeded sampling with the
+    adapter equal the engine on the PEFT-merged model saved as a plain folder."""
+    from runner.engine import BeamSearchParams
+    from tests.engine.lora_utils import merged_model_folder, peft_saved_adapter
+
+    base = tiny_model_factory("qwen2")           # q/k/v biases, tied embeddings
+    adapter = peft_saved_adapter(tmp_path / "peft", base, ("q_proj", "k_proj", "o_proj",
+                                                           "gate_proj"), 8, 8, seed=9)
+    merged = merged_model_folder(tmp_path / "merged", base, adapter)
+    kw = dict(block_size=4, max_model_len=128)
+    lora_llm = LLM(base, enable_lora=True, **kw)
+    ref_llm = LLM(merged, **kw)
+    req = LoRARequest("peft", 1, adapter)
+    beams = BeamSearchParams(beam_width=3, max_tokens=8)
+    got = lora_llm.beam_search([{"prompt": p} for p in PROMPTS], beams, lora_request=req)
+    want = ref_llm.beam_search([{"prompt": p} for p in PROMPTS], beams)
+    assert [[s.tokens for s in o.sequences] for o in got] == \
+        [[s.tokens for s in o.sequences] for o in want]
+    sampled = SamplingParams(temperature=0.8, top_p=0.9, seed=3, n=2, max_tokens=8)
+    assert [[c.token_ids for c in o.outputs] for o in lora_llm.generate(
+        PROMPTS, sampled, use_tqdm=False, lora_request=req)] == \
+        [[c.token_ids for c in o.outputs] for o in ref_llm.generate(PROMPTS, sampled,
+                                                                    use_tqdm=False)]
+    base_tokens = tokens(lora_llm.generate(PROMPTS, GREEDY, use_tqdm=False))
+    assert tokens(lora_llm.generate(PROMPTS, GREEDY, use_tqdm=False, lora_request=req)) == \
+        tokens(ref_llm.generate(PROMPTS, GREEDY, use_tqdm=False)) != base_tokens
