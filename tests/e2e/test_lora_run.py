@@ -46,3 +46,20 @@ def test_a_folder_that_is_not_an_adapter_stops_the_run(tiny_llama, tmp_path):
                              f"model.lora={tmp_path}"), cwd=tmp_path)
     assert proc.returncode != 0
     assert "adapter_config.json is missing" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_sweep_over_adapters(tiny_llama, tmp_path):
+    """-m model.lora=null,A,B: one job per adapter (and the base), each pinned to its own."""
+    adapters = [write_adapter(tmp_path / n, tiny_llama, mods, 8, 16, seed=i)
+                for i, (n, mods) in enumerate([("a", ("q_proj",)), ("b", ("up_proj",))])]
+    write_jsonl(tmp_path / "data.jsonl", 2)
+    out = tmp_path / "out"
+    run_cli(["-m", *tiny_args(tiny_llama, "data.jsonl", out, "sampling=greedy",
+                              f"model.lora=null,{adapters[0]},{adapters[1]}")],
+            cwd=tmp_path, check=True)
+    jobs = sorted(p.parent for p in out.glob("*/sweep_*/*/manifest.json"))
+    assert len(jobs) == 3
+    loras = [read_json(j / "manifest.json")["model"].get("lora") for j in jobs]
+    assert [None if x is None else x["path"] for x in loras] == [None, *adapters]
+    tokens = [[p["outputs"][0]["token_ids"] for p in read_predictions(j)] for j in jobs]
+    assert tokens[0] != tokens[1] and tokens[0] != tokens[2] and tokens[1] != tokens[2]
