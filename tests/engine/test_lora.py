@@ -242,3 +242,19 @@ def test_a_folder_saved_by_peft_and_beam_search_equal_the_merged_model(tiny_mode
     base_tokens = tokens(lora_llm.generate(PROMPTS, GREEDY, use_tqdm=False))
     assert tokens(lora_llm.generate(PROMPTS, GREEDY, use_tqdm=False, lora_request=req)) == \
         tokens(ref_llm.generate(PROMPTS, GREEDY, use_tqdm=False)) != base_tokens
+
+
+def test_mixed_batch_on_the_triton_kernels(setup):
+    """kernel_backend='triton' (the interpreter on CPU): the LoRA shrink/expand kernels inside
+    the engine, two adapters and the base in one batch, give PEFT's tokens."""
+    base, _, refs, requests = setup
+    llm = LLM(base, enable_lora=True, max_lora_rank=16, max_loras=2, block_size=4,
+              max_model_len=64, kernel_backend="triton", max_num_batched_tokens=16)
+    names = [None, "attn_r8", "all_r16_rslora"]
+    prompts = [p for _ in names for p in PROMPTS[1:]]
+    loras = [None if n is None else requests[n] for n in names for _ in PROMPTS[1:]]
+    short = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    got = tokens(llm.generate(prompts, short, use_tqdm=False, lora_request=loras))
+    assert llm.llm_engine.get_stats()["kernel_backend"] == "triton"
+    want = [r[:4] for n in names for r in refs[n][1:]]
+    assert got == want
