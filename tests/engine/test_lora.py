@@ -258,3 +258,28 @@ def test_mixed_batch_on_the_triton_kernels(setup):
     assert llm.llm_engine.get_stats()["kernel_backend"] == "triton"
     want = [r[:4] for n in names for r in refs[n][1:]]
     assert got == want
+
+
+def test_the_graph_mode_data_flow_on_the_cpu(setup):
+    """What CUDA graphs rely on, without a GPU: after prepare_capture every forward reads the
+    fixed segment buffers (cleared for base-only steps, refilled in place otherwise), and the
+    buffers and slot tensors never move."""
+    base, _, refs, requests = setup
+    llm = LLM(base, enable_lora=True, max_lora_rank=16, max_loras=2, block_size=4,
+              max_model_len=128)
+    manager = llm.llm_engine.executor.model_runner.lora_manager
+    manager.prepare_capture()
+    batch = manager.batch
+    addresses = [batch.sorted_token_ids.data_ptr(), batch.num_tokens_per_slot.data_ptr(),
+                 batch.slot_start.data_ptr()] + [
+        t.data_ptr() for layer in manager.layers.values() for t in (layer.lora_a, layer.lora_b)]
+    assert tokens(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == refs[None]
+    names = [None, *requests]
+    prompts = [p for _ in names for p in PROMPTS]
+    loras = [None if n is None else requests[n] for n in names for _ in PROMPTS]
+    got = tokens(llm.generate(prompts, GREEDY, use_tqdm=False, lora_request=loras))
+    assert got == [r for n in names for r in refs[n]]
+    assert manager.state.batch is batch
+    assert addresses == [batch.sorted_token_ids.data_ptr(), batch.num_tokens_per_slot.data_ptr(),
+                         batch.slot_start.data_ptr()] + [
+        t.data_ptr() for layer in manager.layers.values() for t in (layer.lora_a, layer.lora_b)]
