@@ -105,7 +105,9 @@ class LLM:
     # ------------------------------------------------------------------ generate
     def generate(self, prompts: Union[str, dict, Sequence[Union[str, dict]]],
                  sampling_params: Optional[Union[SamplingParams, Sequence[SamplingParams]]] = None,
-                 use_tqdm: bool = True) -> list[RequestOutput]:
+                 use_tqdm: bool = True, lora_request=None) -> list[RequestOutput]:
+        """`lora_request`: a LoRARequest for every prompt, or a list with one per prompt
+        (None entries run the base model); needs enable_lora=True."""
         self._check_generative("generate")
         if isinstance(prompts, (str, dict)):
             prompts = [prompts]
@@ -121,13 +123,20 @@ class LLM:
             if len(params) != len(prompts):
                 raise ValueError(f"got {len(params)} sampling_params for {len(prompts)} prompts; "
                                  "give one, or one per prompt.")
-        return self._run_engine(self._add_requests(prompts, params), use_tqdm)
+        return self._run_engine(self._add_requests(prompts, params, lora_request=lora_request),
+                                use_tqdm)
 
-    def _add_requests(self, prompts: list, params: list, **kwargs) -> list[str]:
+    def _add_requests(self, prompts: list, params: list, lora_request=None,
+                      **kwargs) -> list[str]:
+        loras = _per_prompt(lora_request, len(prompts), "lora_request")
         ids = []
         try:
-            for prompt, p in zip(prompts, params):
+            for prompt, p, lora in zip(prompts, params, loras):
                 rid = str(self.request_counter)
+                if lora is not None:
+                    kwargs["lora_request"] = lora
+                else:
+                    kwargs.pop("lora_request", None)
                 self.llm_engine.add_request(rid, prompt, p, **kwargs)
                 self.request_counter += 1
                 ids.append(rid)
@@ -180,7 +189,8 @@ class LLM:
 
     # --------------------------------------------------------------- beam search
     def beam_search(self, prompts: Union[str, dict, Sequence[Union[str, dict]]],
-                    params: BeamSearchParams, use_tqdm: bool = False) -> list[BeamSearchOutput]:
+                    params: BeamSearchParams, lora_request=None,
+                    use_tqdm: bool = False) -> list[BeamSearchOutput]:
         """Beam search inside the engine: the beams of every prompt decode together, sharing
         their prompt's KV blocks. Returns, per prompt, beam_width sequences best first; each
         sequence's tokens and text include the prompt, as vLLM's do."""
@@ -194,7 +204,8 @@ class LLM:
             raise ValueError("prompts is empty: give at least one prompt.")
         sp = SamplingParams(n=params.beam_width, temperature=1.0, max_tokens=params.max_tokens,
                             ignore_eos=params.ignore_eos)
-        ids = self._add_requests(prompts, [sp] * len(prompts), beam_params=params)
+        ids = self._add_requests(prompts, [sp] * len(prompts), lora_request=lora_request,
+                                 beam_params=params)
         outputs = self._run_engine(ids, use_tqdm)
         tok = self.get_tokenizer()
         eos = self.llm_engine.eos_token_ids
@@ -230,7 +241,7 @@ class LLM:
                                                               Sequence[SamplingParams]]] = None,
              use_tqdm: bool = True, chat_template: Optional[str] = None,
              add_generation_prompt: bool = True, continue_final_message: bool = False,
-             tools: Optional[list[dict]] = None) -> list[RequestOutput]:
+             tools: Optional[list[dict]] = None, lora_request=None) -> list[RequestOutput]:
         """Generate replies to one conversation (a list of {"role", "content"} messages) or a
         list of conversations, rendered with the tokenizer's chat template or `chat_template`
         (a Jinja string or a file path); `tools` are passed to the template. Returns one
@@ -238,7 +249,7 @@ class LLM:
         self._check_generative("chat")
         prompts = render_prompts(self.get_tokenizer(), messages, chat_template,
                                  add_generation_prompt, continue_final_message, tools)
-        return self.generate(prompts, sampling_params, use_tqdm)
+        return self.generate(prompts, sampling_params, use_tqdm, lora_request=lora_request)
 
     # -------------------------------------------------------------------- encode
     def encode(self, prompts: Union[str, dict, Sequence[Union[str, dict]]],
@@ -270,3 +281,14 @@ class LLM:
         ids = [str(self.request_counter + i) for i in range(len(prompts))]
         self.request_counter += len(prompts)
         return self.pooling_runner.encode(prompts, params, ids, use_tqdm)
+
+
+def _per_prompt(value, n: int, name: str) -> list:
+    """One value for every prompt, or a list of one per prompt (vLLM's rule for
+    lora_request)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(f"got {len(value)} {name}s for {n} prompts; give one, or one per "
+                             "prompt.")
+        return list(value)
+    return [value] * n
