@@ -18,9 +18,10 @@ counting frees everything as before; only reference cycles that become garbage d
 wait until it returns to be collected. A process that manages collection itself (collection
 disabled, or objects frozen already) is left as it is.
 
-An encoder architecture (BertModel) is an embedding model: __init__ builds a PoolingRunner
-(runner/engine/pooling.py: no KV cache, no scheduler) instead of the LLMEngine, and encode()
-returns one EmbeddingRequestOutput per prompt; generate/chat/beam_search refuse it.
+A pooling architecture (BertModel, BertForSequenceClassification, LlamaForSequenceClassification,
+...) builds a PoolingRunner (runner/engine/pooling.py: no KV cache, no scheduler) instead of the
+LLMEngine; embed/classify/score/reward/encode (runner/engine/pooling_api.py) run on it and
+generate/chat/beam_search refuse it.
 """
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ from runner.engine.config import EngineArgs
 from runner.engine.chat_utils import render_prompts
 from runner.engine.llm_engine import LLMEngine
 from runner.engine.models import is_embedding_model
-from runner.engine.outputs import (BeamSearchOutput, BeamSearchSequence,
-                                   EmbeddingRequestOutput, PoolingParams, RequestOutput)
+from runner.engine import pooling_api
+from runner.engine.outputs import BeamSearchOutput, BeamSearchSequence, RequestOutput
 from runner.engine.pooling import PoolingRunner
 from runner.engine.sampling_params import BeamSearchParams, SamplingParams
 
@@ -100,7 +101,7 @@ class LLM:
         if self.pooling_runner is not None:
             raise ValueError(f"model {self.model_name!r} is an embedding model "
                              f"({self.pooling_runner.model_config.architecture}); {api}() needs "
-                             "a generative model: use encode().")
+                             "a generative model: use embed(), classify(), score() or encode().")
 
     # ------------------------------------------------------------------ generate
     def generate(self, prompts: Union[str, dict, Sequence[Union[str, dict]]],
@@ -240,33 +241,43 @@ class LLM:
                                  add_generation_prompt, continue_final_message, tools)
         return self.generate(prompts, sampling_params, use_tqdm)
 
-    # -------------------------------------------------------------------- encode
-    def encode(self, prompts: Union[str, dict, Sequence[Union[str, dict]]],
-               pooling_params: Optional[Union[PoolingParams, Sequence[PoolingParams]]] = None,
-               use_tqdm: bool = True) -> list[EmbeddingRequestOutput]:
-        """Embed prompts (str, {"prompt": ...} or {"prompt_token_ids": [...]}) with an embedding
-        model; one EmbeddingRequestOutput per prompt, in order. Pooling and normalization follow
-        the model folder's sentence-transformers config; PoolingParams(normalize=...) overrides."""
-        if self.pooling_runner is None:
-            raise ValueError(
-                f"model {self.model_name!r} ({self.llm_engine.model_config.architecture}) is "
-                "generative; encode() needs an embedding model (an encoder such as BertModel). "
-                "Use generate() or chat().")
-        if isinstance(prompts, (str, dict)):
-            prompts = [prompts]
-        prompts = list(prompts)
-        if not prompts:
-            raise ValueError("prompts is empty: give at least one prompt.")
-        if pooling_params is None:
-            pooling_params = PoolingParams()
-        if isinstance(pooling_params, PoolingParams):
-            params = [pooling_params] * len(prompts)
-        else:
-            params = list(pooling_params)
-            if len(params) != len(prompts) or not all(isinstance(p, PoolingParams)
-                                                      for p in params):
-                raise ValueError(f"got {len(params)} pooling_params for {len(prompts)} prompts; "
-                                 "give one PoolingParams, or one per prompt.")
-        ids = [str(self.request_counter + i) for i in range(len(prompts))]
-        self.request_counter += len(prompts)
-        return self.pooling_runner.encode(prompts, params, ids, use_tqdm)
+    # ------------------------------------------------------------------- pooling
+    # vLLM 0.24's pooling methods; their logic lives in runner/engine/pooling_api.py
+    def encode(self, prompts, pooling_params=None, *, use_tqdm=True, lora_request=None,
+               pooling_task: Optional[str] = None, tokenization_kwargs=None):
+        """Pooled outputs (PoolingRequestOutput, data a tensor) for `pooling_task`
+        ("embed" or "classify"; required, as in vLLM 0.24), one per prompt, in order."""
+        return pooling_api.encode(self, prompts, pooling_params, use_tqdm=use_tqdm,
+                                  lora_request=lora_request, pooling_task=pooling_task,
+                                  tokenization_kwargs=tokenization_kwargs)
+
+    def embed(self, prompts, *, use_tqdm=True, pooling_params=None, lora_request=None,
+              tokenization_kwargs=None):
+        """One EmbeddingRequestOutput per prompt (L2-normalized unless use_activation=False
+        or the model folder's sentence-transformers modules have no Normalize)."""
+        return pooling_api.embed(self, prompts, use_tqdm=use_tqdm,
+                                 pooling_params=pooling_params, lora_request=lora_request,
+                                 tokenization_kwargs=tokenization_kwargs)
+
+    def classify(self, prompts, *, pooling_params=None, use_tqdm=True, lora_request=None,
+                 tokenization_kwargs=None):
+        """One ClassificationRequestOutput (class probabilities) per prompt."""
+        return pooling_api.classify(self, prompts, pooling_params=pooling_params,
+                                    use_tqdm=use_tqdm, lora_request=lora_request,
+                                    tokenization_kwargs=tokenization_kwargs)
+
+    def score(self, data_1, data_2, /, *, use_tqdm=True, pooling_params=None,
+              lora_request=None, tokenization_kwargs=None, chat_template=None):
+        """Similarity of each pair (1:1, 1:N or N:N): cosine of embeddings (bi-encoder) or a
+        one-label classifier over the text pair (cross-encoder)."""
+        return pooling_api.score(self, data_1, data_2, use_tqdm=use_tqdm,
+                                 pooling_params=pooling_params, lora_request=lora_request,
+                                 tokenization_kwargs=tokenization_kwargs,
+                                 chat_template=chat_template)
+
+    def reward(self, prompts, *, pooling_params=None, use_tqdm=True, lora_request=None,
+               tokenization_kwargs=None):
+        """A reward model's raw score per prompt (PoolingRequestOutput); see pooling_api."""
+        return pooling_api.reward(self, prompts, pooling_params=pooling_params,
+                                  use_tqdm=use_tqdm, lora_request=lora_request,
+                                  tokenization_kwargs=tokenization_kwargs)
