@@ -31,11 +31,13 @@ from typing import Optional, Sequence, Union
 
 from runner.engine.config import EngineArgs
 from runner.engine.chat_utils import render_prompts
+from runner.engine.engine_control import EngineControl
 from runner.engine.llm_engine import LLMEngine
 from runner.engine.models import is_embedding_model
 from runner.engine import pooling_api
 from runner.engine.outputs import BeamSearchOutput, BeamSearchSequence, RequestOutput
 from runner.engine.pooling import PoolingRunner
+from runner.engine.profiler import ProfilerConfig
 from runner.engine.sampling_params import BeamSearchParams, SamplingParams
 
 
@@ -49,6 +51,8 @@ class LLM:
                  cpu_offload_gb: float = 0, enforce_eager: Optional[bool] = None,
                  max_seq_len_to_capture: int = 8192, disable_custom_all_reduce: bool = False,
                  disable_async_output_proc: bool = False, **kwargs) -> None:
+        # vLLM 0.24's profiler_config (start_profile / stop_profile), read by EngineControl
+        profiler_config = ProfilerConfig.from_arg(kwargs.pop("profiler_config", None))
         unknown = set(kwargs) - EngineArgs.field_names()
         if unknown:
             raise TypeError(f"LLM() got unexpected engine arguments {sorted(unknown)}; see "
@@ -83,6 +87,8 @@ class LLM:
             self.llm_engine = LLMEngine(config)
         self.model_name = model
         self.request_counter = 0
+        self.log_stats = not engine_args.disable_log_stats
+        self._control = EngineControl(self, profiler_config)
 
     @property
     def is_embedding_model(self) -> bool:
@@ -125,6 +131,7 @@ class LLM:
         return self._run_engine(self._add_requests(prompts, params), use_tqdm)
 
     def _add_requests(self, prompts: list, params: list, **kwargs) -> list[str]:
+        self._control.check_awake("generate")
         ids = []
         try:
             for prompt, p in zip(prompts, params):
@@ -231,14 +238,17 @@ class LLM:
                                                               Sequence[SamplingParams]]] = None,
              use_tqdm: bool = True, chat_template: Optional[str] = None,
              add_generation_prompt: bool = True, continue_final_message: bool = False,
-             tools: Optional[list[dict]] = None) -> list[RequestOutput]:
+             tools: Optional[list[dict]] = None,
+             chat_template_kwargs: Optional[dict] = None) -> list[RequestOutput]:
         """Generate replies to one conversation (a list of {"role", "content"} messages) or a
         list of conversations, rendered with the tokenizer's chat template or `chat_template`
-        (a Jinja string or a file path); `tools` are passed to the template. Returns one
-        RequestOutput per conversation, in order."""
+        (a Jinja string or a file path); `tools` and `chat_template_kwargs` are passed to the
+        template; "developer" messages become system ones for templates without that role.
+        Returns one RequestOutput per conversation, in order."""
         self._check_generative("chat")
         prompts = render_prompts(self.get_tokenizer(), messages, chat_template,
-                                 add_generation_prompt, continue_final_message, tools)
+                                 add_generation_prompt, continue_final_message, tools,
+                                 chat_template_kwargs)
         return self.generate(prompts, sampling_params, use_tqdm)
 
     # ------------------------------------------------------------------- pooling
@@ -281,3 +291,50 @@ class LLM:
         return pooling_api.reward(self, prompts, pooling_params=pooling_params,
                                   use_tqdm=use_tqdm, lora_request=lora_request,
                                   tokenization_kwargs=tokenization_kwargs)
+
+    # ------------------------------------------------------- workers and control
+    # vLLM 0.24's engine control; the logic lives in runner/engine/engine_control.py
+    @classmethod
+    def from_engine_args(cls, engine_args: EngineArgs) -> "LLM":
+        """An LLM from EngineArgs (vLLM's: every field becomes a keyword argument)."""
+        return cls(**vars(engine_args))
+
+    def collective_rpc(self, method, timeout: Optional[float] = None, args: tuple = (),
+                       kwargs: Optional[dict] = None) -> list:
+        """Call `method` (a worker method's name, or a callable taking the worker first) on
+        every worker; one result per worker."""
+        return self._control.collective_rpc(method, timeout, args, kwargs)
+
+    def apply_model(self, func) -> list:
+        """func(model) in every worker; one result per worker."""
+        return self._control.apply_model(func)
+
+    def start_profile(self, profile_prefix: Optional[str] = None) -> None:
+        """Start the torch profiler (needs LLM(profiler_config={"profiler": "torch",
+        "torch_profiler_dir": DIR}))."""
+        self._control.start_profile(profile_prefix)
+
+    def stop_profile(self) -> None:
+        """Stop the profiler; its trace is written into torch_profiler_dir."""
+        self._control.stop_profile()
+
+    def sleep(self, level: int = 1, mode: str = "abort") -> None:
+        """Level 0: pause; 1: weights to host memory, KV cache freed; 2: weights discarded too
+        (after wake_up(["weights"]), collective_rpc("reload_weights"))."""
+        self._control.sleep(level, mode)
+
+    def wake_up(self, tags: Optional[list[str]] = None) -> None:
+        """Bring back "weights", "kv_cache" and "scheduling" (all when tags is None)."""
+        self._control.wake_up(tags)
+
+    def get_metrics(self) -> list:
+        """vLLM 0.24-style metrics (runner.engine.v1.metrics.reader); needs
+        LLM(disable_log_stats=False), as vLLM's does."""
+        from runner.engine.v1.metrics.reader import get_metrics_snapshot
+        if not self.log_stats:
+            raise RuntimeError("Stat logging disabled: build the LLM with "
+                               "disable_log_stats=False to use get_metrics().")
+        if self.llm_engine is None:
+            raise NotImplementedError("get_metrics() on a pooling model is not supported (no "
+                                      "scheduler): use a generative model.")
+        return get_metrics_snapshot(self.llm_engine, self.model_name)

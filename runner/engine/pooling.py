@@ -32,6 +32,7 @@ from runner.engine.config import EngineConfig
 from runner.engine.pooling_outputs import PoolingOutput, PoolingRequestOutput
 from runner.engine.pooling_params import PoolingModelInfo, PoolingParams
 from runner.engine.tokenizer import load_tokenizer, parse_prompt
+from runner.engine.worker_rpc import WorkerRPCMixin
 
 logger = logging.getLogger("runner.engine")
 
@@ -200,8 +201,9 @@ def classifier_activation(hf_config):
     return lambda x: F.softmax(x, dim=-1)
 
 
-class PoolingRunner:
-    """Loads a pooling model and its tokenizer; `run` turns token ids into pooled outputs."""
+class PoolingRunner(WorkerRPCMixin):
+    """Loads a pooling model and its tokenizer; `run` turns token ids into pooled outputs.
+    It is also a pooling LLM's one worker for collective_rpc (get_model, apply_model, ...)."""
 
     def __init__(self, config: EngineConfig):
         self.config = config
@@ -233,6 +235,9 @@ class PoolingRunner:
 
     def get_tokenizer(self):
         return self.tokenizer
+
+    def get_model(self) -> torch.nn.Module:
+        return self.model
 
     def model_info(self) -> PoolingModelInfo:
         hf = self.model_config.hf_config

@@ -34,6 +34,7 @@ def _runner(llm, api: str):
         raise ValueError(f"LLM.{api}() is only supported for pooling models. Model "
                          f"{llm.model_name!r} ({llm.llm_engine.model_config.architecture}) is "
                          "generative: use generate() or chat().")
+    llm._control.check_awake(api)
     return llm.pooling_runner
 
 
