@@ -9,9 +9,10 @@ workers, sleep / wake_up, start_profile / stop_profile.
       cache (and CUDA graphs); 2 discards the weights too (wake up "weights", reload them with
       collective_rpc("reload_weights"), then wake up "kv_cache")
     wake_up(tags): "weights" back to their devices, "kv_cache" reallocated (prefix cache
-      forgotten: its blocks are gone) and CUDA graphs recaptured, "scheduling" resumed
+      forgotten: its blocks are gone) and CUDA graphs recaptured; scheduling resumes once both
+      are back (a level-0 pause: with the "scheduling" tag)
 
-While asleep, generate / chat / beam_search and the pooling methods raise RuntimeError.
+sleep needs LLM(enable_sleep_mode=True), as in vLLM. While asleep, generate / chat / beam_search and the pooling methods raise RuntimeError.
 Tensor parallelism (worker processes) is not reachable from here yet: collective_rpc, sleep
 and profiling with tensor_parallel_size > 1 raise NotImplementedError.
 """
@@ -41,8 +42,9 @@ def _tensors(model: torch.nn.Module):
 
 
 class EngineControl:
-    def __init__(self, llm, profiler_config=None):
+    def __init__(self, llm, profiler_config=None, enable_sleep_mode: bool = False):
         self.llm = llm
+        self.enable_sleep_mode = enable_sleep_mode
         engine = llm.llm_engine
         device = (engine.device_config.device if engine is not None
                   else llm.pooling_runner.device)
@@ -105,6 +107,9 @@ class EngineControl:
                                f"{sorted(self.asleep)}); call wake_up() first.")
 
     def sleep(self, level: int = 1, mode: str = "abort") -> None:
+        if not self.enable_sleep_mode:
+            raise RuntimeError("Sleep mode is not enabled: build the LLM with "
+                               "enable_sleep_mode=True to use sleep() / wake_up().")
         if level not in (0, 1, 2):
             raise ValueError(f"sleep level must be 0, 1 or 2, got {level!r}.")
         if mode not in SLEEP_MODES:
@@ -150,7 +155,9 @@ class EngineControl:
             mr.initialize_kv_cache(mr.num_blocks, mr.num_cpu_blocks)
             engine.reset_prefix_cache()     # the cached blocks' contents are gone
             self.asleep.discard("kv_cache")
-        if "scheduling" in tags and self.asleep <= {"scheduling"}:
+        # as vLLM 0.24: scheduling resumes by itself once every allocation is back (levels
+        # 1 and 2); a level-0 pause ends with the "scheduling" tag (or tags=None)
+        if self.asleep <= {"scheduling"} and ("scheduling" in tags or self.level != 0):
             self.asleep.discard("scheduling")
         if not self.asleep:
             self.level = None

@@ -53,6 +53,11 @@ class LLM:
                  disable_async_output_proc: bool = False, **kwargs) -> None:
         # vLLM 0.24's profiler_config (start_profile / stop_profile), read by EngineControl
         profiler_config = ProfilerConfig.from_arg(kwargs.pop("profiler_config", None))
+        # vLLM 0.24's enable_sleep_mode: sleep() / wake_up() need it
+        enable_sleep_mode = kwargs.pop("enable_sleep_mode", False)
+        if not isinstance(enable_sleep_mode, bool):
+            raise ValueError(f"enable_sleep_mode must be True or False, got "
+                             f"{enable_sleep_mode!r}.")
         unknown = set(kwargs) - EngineArgs.field_names()
         if unknown:
             raise TypeError(f"LLM() got unexpected engine arguments {sorted(unknown)}; see "
@@ -88,7 +93,7 @@ class LLM:
         self.model_name = model
         self.request_counter = 0
         self.log_stats = not engine_args.disable_log_stats
-        self._control = EngineControl(self, profiler_config)
+        self._control = EngineControl(self, profiler_config, enable_sleep_mode)
 
     @property
     def is_embedding_model(self) -> bool:

@@ -23,7 +23,7 @@ GREEDY = SamplingParams(temperature=0, max_tokens=8)
 def llm(tiny_llama, tmp_path_factory):
     trace_dir = tmp_path_factory.mktemp("traces")
     return LLM(tiny_llama, device="cpu", max_model_len=128, disable_log_stats=False,
-               profiler_config={"profiler": "torch", "torch_profiler_dir": str(trace_dir)})
+               enable_sleep_mode=True, profiler_config={"profiler": "torch", "torch_profiler_dir": str(trace_dir)})
 
 
 def _tokens(outs):
@@ -63,6 +63,8 @@ def test_profile_needs_a_config(tiny_llama, tmp_path):
     plain = LLM(tiny_llama, device="cpu", max_model_len=64)
     with pytest.raises(RuntimeError, match="Profiling is not enabled"):
         plain.start_profile()
+    with pytest.raises(RuntimeError, match="enable_sleep_mode=True"):
+        plain.sleep()
     with pytest.raises(ValueError, match="torch_profiler_dir must be set"):
         ProfilerConfig(profiler="torch")
     with pytest.raises(ValueError, match="only applicable when profiler is set to 'torch'"):
@@ -90,8 +92,7 @@ def test_sleep_wake_up_same_outputs(llm):
     llm.collective_rpc("reload_weights")
     with pytest.raises(RuntimeError, match="while the engine sleeps"):
         llm.generate(PROMPTS, GREEDY, use_tqdm=False)
-    llm.wake_up(tags=["kv_cache"])
-    llm.wake_up(tags=["scheduling"])
+    llm.wake_up(tags=["kv_cache"])      # everything back: scheduling resumes by itself
     assert _tokens(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == before
     llm.sleep(level=2)
     with pytest.raises(RuntimeError, match="wake up 'weights' before 'kv_cache'"):
@@ -99,6 +100,13 @@ def test_sleep_wake_up_same_outputs(llm):
     llm.wake_up(tags=["weights"])
     llm.collective_rpc("reload_weights")
     llm.wake_up()
+    # level 0 pauses scheduling only, until wake_up(["scheduling"])
+    llm.sleep(level=0)
+    assert mr.kv_caches and llm._control.is_sleeping()
+    with pytest.raises(RuntimeError, match="while the engine sleeps"):
+        llm.generate(PROMPTS, GREEDY, use_tqdm=False)
+    llm.wake_up(tags=["scheduling"])
+    assert _tokens(llm.generate(PROMPTS, GREEDY, use_tqdm=False)) == before
     with pytest.raises(ValueError, match="sleep level"):
         llm.sleep(level=3)
     with pytest.raises(ValueError, match="wake_up tags"):
