@@ -186,3 +186,44 @@ def test_generative_refuses_pooling(tiny_llama):
                  lambda: llm.encode("a", pooling_task="embed")):
         with pytest.raises(ValueError, match="only supported for pooling models"):
             call()
+
+
+def test_prompt_forms_tokenization_kwargs_and_tqdm(bert, tiny_bert):
+    tok = _tok(tiny_bert)
+    ids = tok(TEXTS[1]).input_ids
+    a, b, c = bert.embed([TEXTS[1], {"prompt": TEXTS[1]}, {"prompt_token_ids": ids}],
+                         use_tqdm=False)
+    assert a.outputs.embedding == b.outputs.embedding
+    torch.testing.assert_close(torch.tensor(a.outputs.embedding),
+                               torch.tensor(c.outputs.embedding))
+    [d] = bert.embed(ids, use_tqdm=False)                 # a bare list of ids is one prompt
+    assert d.prompt_token_ids == ids
+    [cut] = bert.embed(TEXTS[1], use_tqdm=False,
+                       tokenization_kwargs={"truncation": True, "max_length": 4})
+    assert cut.prompt_token_ids == tok(TEXTS[1], truncation=True, max_length=4).input_ids
+    bars = []
+
+    def make_bar(**kw):
+        from tqdm import tqdm
+        bars.append(kw["total"])
+        return tqdm(disable=True, **kw)
+
+    bert.embed(TEXTS, use_tqdm=make_bar)
+    assert bars == [len(TEXTS)]
+
+
+def test_classifier_activation_follows_config():
+    from types import SimpleNamespace as NS
+
+    from runner.engine.pooling import classifier_activation
+    x = torch.tensor([0.5, -1.0, 2.0])
+    torch.testing.assert_close(classifier_activation(NS(num_labels=3))(x), x.softmax(-1))
+    torch.testing.assert_close(classifier_activation(NS(num_labels=1))(x), torch.sigmoid(x))
+    torch.testing.assert_close(classifier_activation(
+        NS(num_labels=3, problem_type="multi_label_classification"))(x), torch.sigmoid(x))
+    assert classifier_activation(NS(num_labels=1, problem_type="regression"))(x) is x
+    ident = classifier_activation(NS(num_labels=1, sentence_transformers={
+        "activation_fn": "torch.nn.modules.linear.Identity"}))
+    torch.testing.assert_close(ident(x), x)
+    with pytest.raises(ValueError, match="restricted to torch.nn.modules"):
+        classifier_activation(NS(num_labels=1, sentence_transformers={"activation_fn": "os.system"}))
