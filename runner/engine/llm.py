@@ -36,6 +36,7 @@ from runner.engine.llm_engine import LLMEngine
 from runner.engine.models import is_embedding_model
 from runner.engine import pooling_api
 from runner.engine.outputs import BeamSearchOutput, BeamSearchSequence, RequestOutput
+from runner.engine.pooler_config import PoolerConfig
 from runner.engine.pooling import PoolingRunner
 from runner.engine.profiler import ProfilerConfig
 from runner.engine.sampling_params import BeamSearchParams, SamplingParams
@@ -53,6 +54,8 @@ class LLM:
                  disable_async_output_proc: bool = False, **kwargs) -> None:
         # vLLM 0.24's profiler_config (start_profile / stop_profile), read by EngineControl
         profiler_config = ProfilerConfig.from_arg(kwargs.pop("profiler_config", None))
+        # vLLM 0.24's pooler_config (pooling models: runner/engine/pooler_config.py)
+        pooler_config = PoolerConfig.from_arg(kwargs.pop("pooler_config", None))
         # vLLM 0.24's enable_sleep_mode: sleep() / wake_up() need it
         enable_sleep_mode = kwargs.pop("enable_sleep_mode", False)
         if not isinstance(enable_sleep_mode, bool):
@@ -87,8 +90,11 @@ class LLM:
                 raise ValueError(
                     f"kv_cache_dtype={config.cache_config.kv_cache_dtype!r}: embedding models "
                     "keep no KV cache; use kv_cache_dtype='auto'.")
-            self.pooling_runner = PoolingRunner(config)
+            self.pooling_runner = PoolingRunner(config, pooler_config)
         else:
+            if pooler_config is not None:
+                raise ValueError(f"pooler_config is for pooling models; "
+                                 f"{config.model_config.architecture} is generative.")
             self.llm_engine = LLMEngine(config)
         self.model_name = model
         self.request_counter = 0

@@ -13,9 +13,10 @@
 
 An encoder reads each prompt once, so there is no KV cache, block manager or scheduler here
 (a decoder classifier builds a scratch cache for the one call: models/seq_cls.py).
-The PoolerConfig (vLLM 0.24's fields) comes from the model folder: the sentence-transformers
-files (modules.json, the Pooling module's config.json, a Normalize module) for embedding
-models, else the architecture's default pooling (CLS for BERT, LAST for decoders).
+The PoolerConfig (vLLM 0.24's fields, runner/engine/pooler_config.py) comes from the model
+folder: the sentence-transformers files (modules.json, the Pooling module's config.json, a
+Normalize module) for embedding models, else the architecture's default pooling (CLS for BERT,
+LAST for decoders); LLM(pooler_config=...) overrides it field by field.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from runner.engine.config import EngineConfig
+from runner.engine.pooler_config import POOLING_TYPES, PoolerConfig
 from runner.engine.pooling_outputs import PoolingOutput, PoolingRequestOutput
 from runner.engine.pooling_params import PoolingModelInfo, PoolingParams
 from runner.engine.tokenizer import load_tokenizer, parse_prompt
@@ -36,7 +38,6 @@ from runner.engine.worker_rpc import WorkerRPCMixin
 
 logger = logging.getLogger("runner.engine")
 
-POOLING_TYPES = ("MEAN", "CLS", "LAST", "MAX", "MEAN_SQRT_LEN")
 # sentence-transformers' Pooling config keys -> our pooling types
 _ST_POOLING_KEYS = {
     "pooling_mode_mean_tokens": "MEAN", "pooling_mode_cls_token": "CLS",
@@ -44,63 +45,6 @@ _ST_POOLING_KEYS = {
     "pooling_mode_mean_sqrt_len_tokens": "MEAN_SQRT_LEN",
 }
 _ST_PREFIX = "sentence_transformers.models."
-
-
-SEQ_POOLING_TYPES = ("CLS", "LAST", "MEAN")        # vLLM 0.24's; MAX, MEAN_SQRT_LEN are ours
-TOK_POOLING_TYPES = ("ALL", "STEP")
-
-
-@dataclass
-class PoolerConfig:
-    """How pooling models pool (vLLM 0.24's PoolerConfig fields); None fields take the model's
-    defaults. Token-wise pooling, chunked processing and step rewards are not supported and
-    raise when set."""
-
-    task: Optional[str] = None
-    pooling_type: Optional[str] = None
-    seq_pooling_type: Optional[str] = None
-    tok_pooling_type: Optional[str] = None
-    use_activation: Optional[bool] = None
-    dimensions: Optional[int] = None
-    enable_chunked_processing: bool = False
-    max_embed_len: Optional[int] = None
-    logit_mean: Optional[float] = None
-    logit_sigma: Optional[float] = None
-    step_tag_id: Optional[int] = None
-    returned_token_ids: Optional[list[int]] = None
-    max_seq_length: Optional[int] = None     # ours: sentence_bert_config.json's cap, if any
-
-    def __post_init__(self) -> None:
-        if self.logit_sigma is not None and self.logit_sigma == 0:
-            raise ValueError("logit_sigma cannot be 0 (division by zero)")
-        if self.pooling_type is not None:
-            if self.seq_pooling_type is not None or self.tok_pooling_type is not None:
-                raise ValueError("Cannot set both `pooling_type` and `seq_pooling_type` / "
-                                 "`tok_pooling_type`")
-            if self.pooling_type in TOK_POOLING_TYPES:
-                self.tok_pooling_type = self.pooling_type
-            elif self.pooling_type in POOLING_TYPES:
-                self.seq_pooling_type = self.pooling_type
-            else:
-                raise NotImplementedError(f"pooling_type={self.pooling_type!r}; supported: "
-                                          f"{list(POOLING_TYPES)}.")
-        if self.seq_pooling_type is not None and self.seq_pooling_type not in POOLING_TYPES:
-            raise NotImplementedError(f"seq_pooling_type={self.seq_pooling_type!r}; supported: "
-                                      f"{list(POOLING_TYPES)}.")
-        unsupported = {"tok_pooling_type": self.tok_pooling_type is not None,
-                       "enable_chunked_processing": self.enable_chunked_processing,
-                       "max_embed_len": self.max_embed_len is not None,
-                       "step_tag_id": self.step_tag_id is not None,
-                       "returned_token_ids": self.returned_token_ids is not None}
-        bad = [k for k, v in unsupported.items() if v]
-        if bad:
-            raise NotImplementedError(f"PoolerConfig {bad} are not supported (no token-wise "
-                                      "pooling, chunked processing or step rewards); leave "
-                                      "them unset.")
-
-    @property
-    def pooling(self) -> str:
-        return self.seq_pooling_type
 
 
 def load_pooler_config(folder: str) -> PoolerConfig:
@@ -205,7 +149,7 @@ class PoolingRunner(WorkerRPCMixin):
     """Loads a pooling model and its tokenizer; `run` turns token ids into pooled outputs.
     It is also a pooling LLM's one worker for collective_rpc (get_model, apply_model, ...)."""
 
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, pooler_config: Optional[PoolerConfig] = None):
         self.config = config
         self.model_config = mc = config.model_config
         self.scheduler_config = config.scheduler_config
@@ -214,8 +158,9 @@ class PoolingRunner(WorkerRPCMixin):
         self.model = self._load_model()
         classifier = hasattr(self.model, "compute_head")
         self.supported_tasks: tuple[str, ...] = ("classify",) if classifier else ("embed",)
-        self.pooler_config = load_pooler_config(mc.model_path) if not classifier \
-            else PoolerConfig()
+        folder = load_pooler_config(mc.model_path) if not classifier else PoolerConfig()
+        # LLM(pooler_config=...) overrides the folder's choices field by field, as in vLLM
+        self.pooler_config = folder.overridden_by(pooler_config)
         if self.pooler_config.seq_pooling_type is None:
             self.pooler_config.seq_pooling_type = getattr(self.model, "default_pooling_type",
                                                           "CLS")

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from runner.engine import LLM
 from runner.engine.outputs import (ClassificationRequestOutput, EmbeddingRequestOutput,
                                    PoolingRequestOutput, ScoringRequestOutput)
-from runner.engine.pooling import PoolerConfig
+from runner.engine.pooler_config import PoolerConfig
 from runner.engine.pooling_params import PoolingParams
 
 TEXTS = ["Hello world!", "The quick brown fox jumps over the lazy dog.",
@@ -227,3 +227,29 @@ def test_classifier_activation_follows_config():
     torch.testing.assert_close(ident(x), x)
     with pytest.raises(ValueError, match="restricted to torch.nn.modules"):
         classifier_activation(NS(num_labels=1, sentence_transformers={"activation_fn": "os.system"}))
+
+
+def test_pooler_config_overrides_the_folder(tiny_bert, tiny_bert_classifier, tiny_llama):
+    from transformers import BertForSequenceClassification, BertModel
+    tok = _tok(tiny_bert)
+    batch = tok(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = _hf(BertModel, tiny_bert)(**batch).last_hidden_state          # [B, T, h]
+    mask = batch.attention_mask.unsqueeze(-1).float()
+    mean = (hidden * mask).sum(1) / mask.sum(1)
+    llm = LLM(tiny_bert, device="cpu",
+              pooler_config=PoolerConfig(pooling_type="MEAN", use_activation=False))
+    got = torch.tensor([o.outputs.embedding for o in llm.embed(TEXTS, use_tqdm=False)])
+    torch.testing.assert_close(got, mean, atol=1e-5, rtol=1e-5)
+    # Platt scaling of classifier logits: activation((logit - mean) / sigma)
+    cls = LLM(tiny_bert_classifier, device="cpu",
+              pooler_config={"logit_mean": 0.5, "logit_sigma": 2.0})
+    with torch.no_grad():
+        logits = _hf(BertForSequenceClassification, tiny_bert_classifier)(
+            **_tok(tiny_bert_classifier)(TEXTS, padding=True, return_tensors="pt")).logits
+    probs = torch.tensor([o.outputs.probs for o in cls.classify(TEXTS, use_tqdm=False)])
+    torch.testing.assert_close(probs, ((logits - 0.5) / 2.0).softmax(-1), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="pooler_config is for pooling models"):
+        LLM(tiny_llama, device="cpu", max_model_len=64, pooler_config={"pooling_type": "LAST"})
+    with pytest.raises(ValueError, match="unknown keys"):
+        LLM(tiny_bert, device="cpu", pooler_config={"normalize": True})
