@@ -139,7 +139,7 @@ class LocalBackend:
     def encode(self, texts: list[str]) -> list[list[float]]:
         if not self.is_embedding_model:
             raise ValueError("encode() needs an embedding model")
-        outs = self.llm.encode(list(texts), use_tqdm=False)
+        outs = self.llm.embed(list(texts), use_tqdm=False)
         return [list(o.outputs.embedding) for o in outs]
 
     def close(self) -> None:

@@ -17,6 +17,8 @@ from typing import Any, Optional
 
 import torch
 
+from runner.engine.pooler_config import PoolerConfig  # noqa: F401  (vllm.config.PoolerConfig)
+
 logger = logging.getLogger("runner.engine")
 
 _STR_TO_DTYPE = {

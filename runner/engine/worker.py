@@ -28,6 +28,7 @@ from runner.engine.custom_all_reduce import MAX_BYTES
 from runner.engine.distributed import (EXECUTE, TensorParallelGroup, init_tensor_parallel,
                                        recv_step)
 from runner.engine.model_runner import ModelRunner
+from runner.engine.worker_rpc import WorkerRPCMixin
 
 logger = logging.getLogger("runner.engine")
 
@@ -53,10 +54,11 @@ def rank_device(config: EngineConfig, rank: int) -> torch.device:
     return device
 
 
-class Worker:
+class Worker(WorkerRPCMixin):
     def __init__(self, config: EngineConfig, rank: int = 0,
                  tp: Optional[TensorParallelGroup] = None, eos_token_ids: tuple = ()):
         self.config = config
+        self.model_config = config.model_config
         self.rank, self.tp = rank, tp
         self.device = rank_device(config, rank)
         self.block_size = config.cache_config.block_size
@@ -91,6 +93,10 @@ class Worker:
                         "swap space %d blocks", str(mr.cache_dtype).replace("torch.", ""),
                         self.num_blocks, self.block_size, self.num_blocks * self.block_size,
                         self.num_blocks * mr.block_bytes / 2**20, self.num_cpu_blocks)
+
+    def get_model(self) -> torch.nn.Module:
+        """The model (LLM.apply_model / collective_rpc reach it through here)."""
+        return self.model_runner.model
 
     # ---------------------------------------------------------------- KV sizing
     def _check_free_memory(self) -> None:

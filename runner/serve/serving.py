@@ -337,7 +337,7 @@ async def embeddings(request: Request) -> Response:
     llm = state.engine.llm
     try:
         outputs = await state.engine.run_in_engine_thread(
-            lambda: llm.encode(engine_prompts, pooling, use_tqdm=False))
+            lambda: llm.embed(engine_prompts, pooling_params=pooling, use_tqdm=False))
     except (ValueError, NotImplementedError) as exc:
         raise APIError(400, str(exc), "input") from None
     return JSONResponse(embedding_response(model, outputs, f.get("encoding_format", "float")))
