@@ -2,7 +2,7 @@
 
     load_pairs("builtin:NAME" | "jsonl:PATH", limit) -> items
     items [{"id", "sentence1", "sentence2", "score" (gold, 0-5)}]
-      -> LLM.encode(every distinct sentence, once) -> cosine similarity per pair
+      -> LLM.embed(every distinct sentence, once) -> cosine similarity per pair
       -> Spearman (and Pearson) correlation between the cosines and the gold scores -> metrics
 
 The builtin set is runner/data/sts_mini.jsonl (`builtin:sts_mini`): 30 sentence pairs written
@@ -119,7 +119,7 @@ def score_pairs(llm, items: Sequence[dict], pooling_params=None,
                              f"{missing}; each needs {list(REQUIRED_FIELDS)}.")
     sentences = list(dict.fromkeys(s for it in items for s in (it["sentence1"],
                                                               it["sentence2"])))
-    outs = llm.encode(sentences, pooling_params, use_tqdm=use_tqdm)
+    outs = llm.embed(sentences, pooling_params=pooling_params, use_tqdm=use_tqdm)
     emb = {s: o.outputs.embedding for s, o in zip(sentences, outs)}
     return [cosine(emb[it["sentence1"]], emb[it["sentence2"]]) for it in items]
 

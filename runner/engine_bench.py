@@ -55,6 +55,7 @@ from typing import Optional
 import torch
 
 from runner.engine.config import KV_CACHE_DTYPES
+from runner.engine_bench_eval import _sync, run_mc, run_prefix
 
 MODEL_SHAPES = {
     "llama2_7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
@@ -162,13 +163,15 @@ def _time_cuda(fn, iters: int) -> float:
 
 
 # ---------------------------------------------------------------------------- workloads
-def run_throughput(llm, prompts: list, output_len: int) -> dict:
+def run_throughput(llm, prompts: list, output_len: int, lora: Optional[list] = None) -> dict:
+    """`lora`: one LoRARequest per prompt (--lora-adapters), or None for the base model."""
     from runner.engine import SamplingParams
     sp = SamplingParams(temperature=1.0, top_p=1.0, ignore_eos=True, max_tokens=output_len,
                         detokenize=False)
+    kw = {} if lora is None else {"lora_request": lora[:len(prompts)]}
     _sync()
     start = time.perf_counter()
-    outs = llm.generate(prompts, sp, use_tqdm=False)
+    outs = llm.generate(prompts, sp, use_tqdm=False, **kw)
     _sync()
     elapsed = time.perf_counter() - start
     n_in = sum(len(o.prompt_token_ids) for o in outs)
@@ -215,93 +218,6 @@ def run_latency(llm, batch_size: int, input_len: int, output_len: int, warmup: i
             "latencies_s": times, "output_tokens_per_s": batch_size * output_len / med}
 
 
-def peer_rng_prompts(rng: random.Random, n: int, input_len: int, vocab: int) -> list[list[int]]:
-    """vllm_peer.py's random prompts: ids in [10, vocab - 10)."""
-    return [[rng.randrange(10, vocab - 10) for _ in range(input_len)] for _ in range(n)]
-
-
-def _prefix_stats(llm) -> dict:
-    stats = llm.llm_engine.get_stats()
-    return {k: stats[k] for k in ("prefix_cache_queries", "prefix_cache_hits",
-                                  "num_prompt_tokens", "num_steps")}
-
-
-def _timed_generate(llm, prompts: list, sp) -> tuple[list, float, dict]:
-    """generate() timed, with the prefix-cache counters and computed prompt tokens of just
-    this run."""
-    before = _prefix_stats(llm)
-    _sync()
-    start = time.perf_counter()
-    outs = llm.generate(prompts, sp, use_tqdm=False)
-    _sync()
-    elapsed = time.perf_counter() - start
-    after = _prefix_stats(llm)
-    delta = {k: after[k] - before[k] for k in after}
-    delta["computed_prompt_tokens"] = delta.pop("num_prompt_tokens")
-    delta["prefix_cache_hit_rate"] = (delta["prefix_cache_hits"] / delta["prefix_cache_queries"]
-                                      if delta["prefix_cache_queries"] else 0.0)
-    return outs, elapsed, delta
-
-
-def run_prefix(llm, prefix_len: int, input_len: int, output_len: int, num_prompts: int,
-               vocab: int, seed: int) -> dict:
-    """The shared-prefix workload, prompts as vllm_peer.py's `prefix` builds them."""
-    from runner.engine import SamplingParams
-    sp = SamplingParams(temperature=1.0, top_p=1.0, ignore_eos=True, max_tokens=output_len,
-                        detokenize=False)
-    rng = random.Random(seed)
-    shared = [rng.randrange(10, vocab - 10) for _ in range(prefix_len)]
-
-    def own(n):
-        return [{"prompt_token_ids": shared + p}
-                for p in peer_rng_prompts(rng, n, input_len, vocab)]
-
-    llm.generate(own(min(64, num_prompts)), sp, use_tqdm=False)   # warm-up (caches the prefix)
-    llm.reset_prefix_cache()
-    outs, elapsed, cache = _timed_generate(llm, own(num_prompts), sp)
-    gen = sum(len(o.outputs[0].token_ids) for o in outs)
-    n_in = num_prompts * (prefix_len + input_len)
-    return {"elapsed_s": elapsed, "num_requests": num_prompts, "prefix_len": prefix_len,
-            "input_len": input_len, "prompt_tokens": n_in, "output_tokens": gen,
-            "total_tokens_per_s": (n_in + gen) / elapsed,
-            "requests_per_s": num_prompts / elapsed, **cache}
-
-
-def mc_prompts(rng: random.Random, num_items: int, context_len: int, choice_len: int,
-               num_choices: int, vocab: int) -> list[dict]:
-    """num_items items of one context and num_choices continuations each, flattened: item i's
-    choices are prompts i * num_choices ... (i + 1) * num_choices - 1."""
-    prompts = []
-    for _ in range(num_items):
-        ctx = [rng.randrange(10, vocab - 10) for _ in range(context_len)]
-        prompts += [{"prompt_token_ids": ctx + [rng.randrange(10, vocab - 10)
-                                                for _ in range(choice_len)]}
-                    for _ in range(num_choices)]
-    return prompts
-
-
-def run_mc(llm, num_items: int, context_len: int, choice_len: int, num_choices: int,
-           vocab: int, seed: int) -> dict:
-    """The multiple-choice workload: every choice's prompt logprobs, one token out."""
-    from runner.engine import SamplingParams
-    sp = SamplingParams(temperature=0, prompt_logprobs=1, max_tokens=1, detokenize=False)
-    rng = random.Random(seed)
-    shape = (context_len, choice_len, num_choices, vocab)
-    llm.generate(mc_prompts(rng, min(16, num_items), *shape), sp, use_tqdm=False)   # warm-up
-    llm.reset_prefix_cache()
-    prompts = mc_prompts(rng, num_items, *shape)
-    outs, elapsed, cache = _timed_generate(llm, prompts, sp)
-    n_in = sum(len(p["prompt_token_ids"]) for p in prompts)
-    if any(len(o.prompt_logprobs) != len(p["prompt_token_ids"]) for o, p in zip(outs, prompts)):
-        raise RuntimeError("a request came back without a logprob for every prompt token")
-    n_out = sum(len(o.outputs[0].token_ids) for o in outs)
-    return {"elapsed_s": elapsed, "num_items": num_items, "num_requests": len(prompts),
-            "context_len": context_len, "choice_len": choice_len, "num_choices": num_choices,
-            "prompt_tokens": n_in, "output_tokens": n_out,
-            "total_tokens_per_s": (n_in + n_out) / elapsed, "items_per_s": num_items / elapsed,
-            "requests_per_s": len(prompts) / elapsed, **cache}
-
-
 def run_hf_throughput(folder: str, prompts: list, output_len: int, batch_size: int,
                       dtype: torch.dtype, device: torch.device) -> dict:
     """HF transformers generate on the same shapes (its own random weights), batch by batch."""
@@ -338,11 +254,6 @@ def run_hf_throughput(folder: str, prompts: list, output_len: int, batch_size: i
             "total_tokens_per_s": (n_in + n_out) / elapsed, "output_tokens_per_s": n_out / elapsed}
 
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def _close(llm, res: dict | None = None) -> None:
     """Stop the engine's tensor-parallel workers (the caller then drops its reference and
     calls _free). The run's numbers go to stderr first, so a teardown that fails still leaves
@@ -375,6 +286,8 @@ def build_llm(folder: str, args, enforce_eager: bool):
               quantization=getattr(args, "quantization", None),
               cpu_offload_gb=getattr(args, "cpu_offload_gb", 0),
               enable_prefix_caching=not getattr(args, "no_prefix_caching", False))
+    if getattr(args, "lora_adapters", 0):
+        kw.update(enable_lora=True, max_loras=args.lora_adapters, max_lora_rank=args.lora_rank)
     if args.max_num_batched_tokens:
         kw["max_num_batched_tokens"] = args.max_num_batched_tokens
     if args.max_model_len:
@@ -450,14 +363,23 @@ def run(args) -> dict:
     vocab = hf_config.vocab_size
     if args.workload == "throughput":
         prompts = random_prompts(args.num_prompts, args.input_len, vocab, args.seed)
+        lora = None
+        if args.lora_adapters:
+            from runner.engine_bench_lora import lora_requests, write_random_adapters
+            where = tempfile.mkdtemp(prefix="bench-lora-")
+            lora = lora_requests(write_random_adapters(
+                hf_config, args.lora_adapters, args.lora_rank, where, args.seed,
+                getattr(torch, args.dtype)), len(prompts))
+            result["lora"] = {"adapters": args.lora_adapters, "rank": args.lora_rank,
+                              "targets": "q,k,v,o,gate,up,down", "assignment": "round robin"}
         llm = build_llm(folder, args, args.enforce_eager)
         # Warm-up: the workload scaled down, wide enough that steps mix decodes with prompt
         # chunks that have a cached prefix, so the timed run meets no step shape first (the
         # kernels themselves no longer recompile for step-varying arguments)
         budget = llm.llm_engine.scheduler_config.max_num_batched_tokens
         num_warm = min(len(prompts), max(64, 2 * budget // max(args.input_len, 1)), 1024)
-        run_throughput(llm, prompts[:num_warm], min(args.output_len, 32))
-        res = run_throughput(llm, prompts, args.output_len)
+        run_throughput(llm, prompts[:num_warm], min(args.output_len, 32), lora)
+        res = run_throughput(llm, prompts, args.output_len, lora)
         res.update(engine_facts(llm))
         result["engine"] = res
         if "matmul_tflops" in result["ceilings"]:
@@ -579,6 +501,10 @@ def parse_args(argv: Optional[list] = None):
                          "weights in that checkpoint layout (4 bits, groups of 128)")
     ap.add_argument("--cpu-offload-gb", type=float, default=0,
                     help="GiB of weights kept in pinned CPU memory, streamed in per layer")
+    ap.add_argument("--lora-adapters", type=int, default=0,
+                    help="throughput: this many random LoRA adapters (all projections), one "
+                         "per prompt round robin, in mixed batches (0: the base model)")
+    ap.add_argument("--lora-rank", type=int, default=16, help="rank of --lora-adapters")
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--disable-async-output-proc", action="store_true",
                     help="process each step's outputs before the next step starts")
@@ -597,7 +523,14 @@ def parse_args(argv: Optional[list] = None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="outputs/bench")
     ap.add_argument("--command", default=None, help=argparse.SUPPRESS)
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.lora_adapters < 0 or args.lora_rank < 1:
+        ap.error("--lora-adapters must be >= 0 and --lora-rank >= 1")
+    if args.lora_adapters and args.workload != "throughput":
+        ap.error(f"--lora-adapters runs with --workload throughput only, not {args.workload}")
+    if args.lora_adapters and args.hf_num_prompts:
+        ap.error("--hf-num-prompts compares the base model; leave it out with --lora-adapters")
+    return args
 
 
 def main(argv: Optional[list] = None) -> dict:

@@ -148,3 +148,15 @@ def weight_hashes(weight_files: list[str], resolved_dir: Optional[str]) -> list[
             entry.update(sha256=None, how="missing")
         out.append(entry)
     return out
+
+
+def adapter_hashes(folder: str) -> list[dict]:
+    """[{file, size, sha256, how, lora}] for the files of a LoRA adapter folder (its config and
+    weights), as weight_hashes gives them for the base model."""
+    out = []
+    for name in sorted(os.listdir(folder)):
+        p = Path(folder) / name
+        if p.is_file() and (name.endswith((".json", ".safetensors", ".bin"))):
+            out.append({"file": os.fspath(p), "size": p.stat().st_size,
+                        "sha256": sha256_file(p), "how": "hashed", "lora": True})
+    return out

@@ -60,6 +60,9 @@ class ModelConfig:
     revision: Optional[str] = None
     tokenizer_revision: Optional[str] = None
     max_model_len: Optional[int] = None
+    # a PEFT LoRA adapter folder: every request runs with it (the engine's enable_lora turns on;
+    # its path and files' sha256 go into manifest.json). Sweep adapters with -m model.lora=A,B
+    lora: Optional[str] = None
 
 
 @dataclass
@@ -100,6 +103,12 @@ class EngineConfig:
     max_logprobs: int = 20
     download_dir: Optional[str] = None
     disable_log_stats: bool = True
+    # LoRA adapters (vLLM's names and defaults): slots per step, their rank, adapters kept in
+    # host memory (null: max_loras)
+    enable_lora: bool = False
+    max_loras: int = 1
+    max_lora_rank: int = 16
+    max_cpu_loras: Optional[int] = None
     # backend=remote (engine=remote): an OpenAI-compatible server instead of a local LLM
     url: Optional[str] = None
     api_key: Optional[str] = None  # null: $OPENAI_API_KEY; never written to a run folder

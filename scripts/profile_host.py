@@ -21,6 +21,7 @@ import gc
 import time
 
 from runner import engine_bench as eb
+from runner import engine_bench_eval as eb_eval
 
 
 def main() -> None:
@@ -62,7 +63,7 @@ def main() -> None:
     gc.callbacks.append(on_gc)
 
     rec: dict = {}
-    timed_generate = eb._timed_generate
+    timed_generate = eb_eval._timed_generate
 
     def measured(llm, prompts, sp):
         for g in gc_time:
@@ -79,16 +80,16 @@ def main() -> None:
         rec["forward"] = runner.times["forward_s"] - fwd
         rec["phases"] = {k: round(engine.step_times[k] - v, 2) for k, v in phases.items()}
         return result
-    eb._timed_generate = measured
+    eb_eval._timed_generate = measured
 
     hosts = []
     for r in range(a.reps):
         if a.cprofile and r == a.reps - 1:
             rec["profile"] = cProfile.Profile()
         if a.workload == "mc":
-            out = eb.run_mc(llm, a.num_prompts, 512, 16, 4, vocab, 0)
+            out = eb_eval.run_mc(llm, a.num_prompts, 512, 16, 4, vocab, 0)
         else:
-            out = eb.run_prefix(llm, 1024, 256, 64, a.num_prompts, vocab, 0)
+            out = eb_eval.run_prefix(llm, 1024, 256, 64, a.num_prompts, vocab, 0)
         host = rec["cpu"] - rec["forward"]
         hosts.append(host)
         print(f"run {r}: wall {out['elapsed_s']:.2f} s, cpu {rec['cpu']:.2f} s, forward "

@@ -46,6 +46,31 @@ def tiny_llama(tiny_model_factory):
     return tiny_model_factory("llama")
 
 
+# pooling models (LLM.embed / classify / score / reward): tiny BERTs and a Llama classifier
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    from tests.tiny_models import make_tiny_bert
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_classifier(tmp_path_factory):
+    from tests.tiny_models import make_tiny_bert
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert_cls"), "seq_cls", num_labels=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_cross_encoder(tmp_path_factory):
+    from tests.tiny_models import make_tiny_bert
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert_ce"), "seq_cls", num_labels=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_classifier(tmp_path_factory):
+    from tests.tiny_models import make_tiny_llama_classifier
+    return make_tiny_llama_classifier(tmp_path_factory.mktemp("tiny_llama_cls"), num_labels=1)
+
+
 def pytest_collection_modifyitems(config, items):
     try:
         import torch

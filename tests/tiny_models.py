@@ -114,3 +114,55 @@ def make_tiny_model(path, arch: str = "llama", *, safetensors: bool = True, seed
         st.unlink()
     make_tokenizer(vocab_size).save_pretrained(path)
     return os.fspath(path)
+
+
+def make_bert_tokenizer(path):
+    """A BertTokenizerFast (WordPiece vocab of the corpus' words and characters): [CLS] a [SEP]
+    for one text, [CLS] a [SEP] b [SEP] with token_type_ids for a pair."""
+    import re
+
+    from transformers import BertTokenizerFast
+
+    words = sorted({w for line in _CORPUS for w in re.findall(r"\w+|[^\w\s]", line.lower())})
+    chars = sorted({c for w in words for c in w})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words + \
+        [c for c in chars if c not in words] + [f"##{c}" for c in chars]
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)})
+    tok.save_pretrained(path)
+    return tok
+
+
+def make_tiny_bert(path, head: str = "model", *, num_labels: int = 2, seed: int = 0,
+                   **overrides) -> str:
+    """A tiny random BERT with its tokenizer: head 'model' (BertModel, embeddings) or 'seq_cls'
+    (BertForSequenceClassification with num_labels; 1 label: a cross-encoder)."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    path = Path(path)
+    tok = make_bert_tokenizer(path)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=48, num_hidden_layers=2,
+                     num_attention_heads=3, intermediate_size=96, max_position_embeddings=128,
+                     initializer_range=0.2, num_labels=num_labels, **overrides)
+    torch.manual_seed(seed)
+    model = BertModel(cfg) if head == "model" else BertForSequenceClassification(cfg)
+    model.eval().save_pretrained(path)
+    return os.fspath(path)
+
+
+def make_tiny_llama_classifier(path, *, num_labels: int = 1, seed: int = 0) -> str:
+    """A tiny random LlamaForSequenceClassification (a reward model / cross-encoder with one
+    label) with the BPE tokenizer."""
+    import torch
+    from transformers import LlamaForSequenceClassification
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = _config("llama", 384, num_labels=num_labels)
+    torch.manual_seed(seed)
+    LlamaForSequenceClassification(cfg).eval().save_pretrained(path)
+    make_tokenizer(384).save_pretrained(path)
+    return os.fspath(path)

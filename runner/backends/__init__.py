@@ -62,6 +62,11 @@ def build_backend(cfg: Any, source: Any, engine_overrides: Optional[dict] = None
 
     `engine_overrides` replace EngineArgs fields for this backend only (bench's
     compare_eager builds a second, eager engine this way)."""
+    lora = getattr(cfg.model, "lora", None)
+    if lora and cfg.engine.backend == "remote":
+        raise ValueError(f"model.lora={lora!r} needs the local engine; a remote server selects "
+                         "its adapter by model name (serve --lora-modules NAME=PATH, then "
+                         "engine.served_model_name=NAME).")
     if cfg.engine.backend == "remote":
         from runner.backends.remote import RemoteBackend
 
@@ -77,7 +82,11 @@ def build_backend(cfg: Any, source: Any, engine_overrides: Optional[dict] = None
     if cfg.engine.backend == "ray" or args.data_parallel_size > 1:
         from runner.backends.ray import RayBackend
 
+        if lora:
+            raise NotImplementedError(f"model.lora={lora!r} is not supported on the Ray backend "
+                                      "yet; use engine.backend=local, data_parallel_size=1.")
+
         # a replica's CPU threads: cpu_threads when set, else its Ray CPU share (ray_cluster.py)
         return RayBackend(args, cfg.cpu_threads, cfg.distributed)
     threads = cpu_threads(cfg.cpu_threads) if runs_on_cpu(args.device) else None
-    return LocalBackend(args, cpu_threads=threads)
+    return LocalBackend(args, cpu_threads=threads, lora_path=lora)

@@ -47,6 +47,8 @@ def engine_args(model_cfg: ModelConfig, engine_cfg: EngineConfig, seed: int, sou
     for key in BACKEND_KEYS:
         plain.pop(key)
     kwargs.update(plain)
+    if getattr(model_cfg, "lora", None):
+        kwargs["enable_lora"] = True        # model.lora: the adapter needs the LoRA layers
     if not source.has_tokenizer and model_cfg.tokenizer is None:
         kwargs["skip_tokenizer_init"] = True
     if kwargs["max_num_batched_tokens"] is None and kwargs["enable_chunked_prefill"] is not False \

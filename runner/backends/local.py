@@ -2,6 +2,7 @@
 
     LocalBackend(EngineArgs)  -> LLM(**args): validates every argument and loads the model
       submit(id, Request)     -> LLMEngine.add_request(id, {"prompt_token_ids": ...}, params)
+                                 (with the run's LoRA adapter, model.lora, when it has one)
       results()               -> LLMEngine.step(): the outputs of every request that progressed
       abort(ids)              -> LLMEngine.abort_request(ids)
       stats()                 -> LLMEngine.get_stats()
@@ -27,8 +28,12 @@ log = logging.getLogger("runner.backend")
 class LocalBackend:
     kind = "local"
 
-    def __init__(self, args: Any, cpu_threads: Optional[int] = None):
+    def __init__(self, args: Any, cpu_threads: Optional[int] = None,
+                 lora_path: Optional[str] = None):
+        import os
+
         from runner.engine import LLM
+        from runner.engine.lora.request import LoRARequest
 
         from runner.backends.engine_args import apply_cpu_threads
 
@@ -46,6 +51,13 @@ class LocalBackend:
         self._in_flight: set[str] = set()
         self._error: Optional[BaseException] = None
         self._closed = False
+        self.lora_request = None
+        if lora_path:
+            path = os.path.abspath(os.path.expanduser(lora_path))
+            self.lora_request = LoRARequest(os.path.basename(path.rstrip(os.sep)) or "lora", 1,
+                                            path)
+            if self.engine is not None:     # check the folder now, before any request
+                self.engine.executor.model_runner.lora_manager.get_adapter(self.lora_request)
 
     # ------------------------------------------------------------------ what the run needs
     @property
@@ -73,6 +85,8 @@ class LocalBackend:
             "vocab_size": getattr(hf, "vocab_size", None),
             "weight_files": list(getattr(mc, "weight_files", []) or []),
             "load_seconds": round(self.load_seconds, 3),
+            "lora": None if self.lora_request is None else {
+                "name": self.lora_request.lora_name, "path": self.lora_request.lora_path},
         }
 
     @property
@@ -84,7 +98,7 @@ class LocalBackend:
     def submit(self, request_id: str, request: Request) -> None:
         self._generative("submit")
         self.engine.add_request(request_id, {"prompt_token_ids": list(request.prompt_token_ids)},
-                                request.params)
+                                request.params, lora_request=self.lora_request)
         self._in_flight.add(request_id)
 
     def results(self) -> list:
@@ -125,7 +139,7 @@ class LocalBackend:
     def encode(self, texts: list[str]) -> list[list[float]]:
         if not self.is_embedding_model:
             raise ValueError("encode() needs an embedding model")
-        outs = self.llm.encode(list(texts), use_tqdm=False)
+        outs = self.llm.embed(list(texts), use_tqdm=False)
         return [list(o.outputs.embedding) for o in outs]
 
     def close(self) -> None:

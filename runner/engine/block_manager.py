@@ -181,7 +181,8 @@ class BlockManager:
         upto = min(num_tokens, seq.num_known_tokens, len(seq.block_table) * bs) // bs
         if upto <= seq.num_cached_blocks:
             return
-        extend_block_hashes(seq.block_hashes, seq.token_ids, upto * bs, bs)
+        extend_block_hashes(seq.block_hashes, seq.token_ids, upto * bs, bs,
+                            seq.group.hash_extra_keys)
         first_written = seq.num_computed_tokens // bs
         for i in range(seq.num_cached_blocks, upto):
             block = seq.block_table[i]

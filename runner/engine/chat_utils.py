@@ -2,7 +2,10 @@
 
     messages (one conversation or a list of them) -> validate_conversation (roles, contents)
       -> load_chat_template (None, a template string, or a file holding one)
-      -> render_conversation: tokenizer.apply_chat_template(tokenize=False, tools=...) -> text
+      -> render_conversation: "developer" messages become "system" ones (merged into one first
+         system message) when the template does not name the developer role, as vLLM 0.24
+         does -> tokenizer.apply_chat_template(tokenize=False, tools=...,
+         **chat_template_kwargs) -> text
       -> tokenizer(text, add_special_tokens=False) -> {"prompt": text, "prompt_token_ids": ids}
 
 The template already writes any BOS it wants, so the text is tokenized without special tokens
@@ -13,7 +16,9 @@ from __future__ import annotations
 import os
 from typing import Any, Optional, Sequence, Union
 
-ALLOWED_ROLES = ("system", "user", "assistant", "tool")
+ALLOWED_ROLES = ("system", "developer", "user", "assistant", "tool")
+# chat_template_kwargs that would fight the renderer's own arguments (vLLM 0.24 refuses them)
+_UNEXPECTED_KWARGS = {"chat_template", "tokenize"}
 
 Conversation = list[dict[str, Any]]
 
@@ -97,22 +102,55 @@ def parse_conversations(messages: Any) -> tuple[list[Conversation], bool]:
     return [validate_conversation(messages)], False
 
 
+def _template_text(tokenizer, chat_template: Optional[str]) -> str:
+    template = chat_template or getattr(tokenizer, "chat_template", None) or ""
+    return template if isinstance(template, str) else " ".join(map(str, template.values()))
+
+
+def developer_to_system(conversation: Conversation) -> Conversation:
+    """vLLM 0.24's fallback for templates without a developer role: developer messages become
+    system messages (their tools dropped), and every system message is merged, in order and
+    newline-joined, into one system message at the front."""
+    converted = []
+    for msg in conversation:
+        if msg["role"] == "developer":
+            msg = {k: v for k, v in msg.items() if k != "tools"}
+            msg["role"] = "system"
+        converted.append(msg)
+    systems = [i for i, m in enumerate(converted) if m["role"] == "system"]
+    if systems == [0] or not systems:
+        return converted
+    texts = [c for i in systems if (c := _content_text(converted[i]["content"], i))]
+    rest = [m for m in converted if m["role"] != "system"]
+    return ([{"role": "system", "content": "\n".join(texts)}] if texts else []) + rest
+
+
 def render_conversation(tokenizer, conversation: Conversation, chat_template: Optional[str],
                         add_generation_prompt: bool, continue_final_message: bool,
-                        tools: Optional[Sequence[dict]] = None) -> str:
+                        tools: Optional[Sequence[dict]] = None,
+                        chat_template_kwargs: Optional[dict] = None) -> str:
     """One validated conversation -> the prompt text the template writes."""
     if chat_template is None and not getattr(tokenizer, "chat_template", None):
         raise ValueError("the tokenizer has no chat template and no chat_template was given; "
                          "pass chat_template= (a Jinja string or a file path).")
+    kwargs = dict(chat_template_kwargs or {})
+    bad = _UNEXPECTED_KWARGS & set(kwargs)
+    if bad:
+        raise ValueError(f"Found unexpected chat template kwargs from request: {bad}")
+    kwargs.setdefault("add_generation_prompt", add_generation_prompt)
+    kwargs.setdefault("continue_final_message", continue_final_message)
+    text = _template_text(tokenizer, chat_template)
+    if any(m["role"] == "developer" for m in conversation) and \
+            '"developer"' not in text and "'developer'" not in text:
+        conversation = developer_to_system(conversation)
     return tokenizer.apply_chat_template(
-        conversation, tools=tools, chat_template=chat_template, tokenize=False,
-        add_generation_prompt=add_generation_prompt,
-        continue_final_message=continue_final_message)
+        conversation, tools=tools, chat_template=chat_template, tokenize=False, **kwargs)
 
 
 def render_prompts(tokenizer, messages: Any, chat_template=None,
                    add_generation_prompt: bool = True, continue_final_message: bool = False,
-                   tools: Optional[Sequence[dict]] = None) -> list[dict]:
+                   tools: Optional[Sequence[dict]] = None,
+                   chat_template_kwargs: Optional[dict] = None) -> list[dict]:
     """messages -> one {"prompt": text, "prompt_token_ids": ids} per conversation."""
     if add_generation_prompt and continue_final_message:
         raise ValueError("add_generation_prompt=True and continue_final_message=True cannot be "
@@ -126,7 +164,7 @@ def render_prompts(tokenizer, messages: Any, chat_template=None,
     prompts = []
     for conv in conversations:
         text = render_conversation(tokenizer, conv, template, add_generation_prompt,
-                                   continue_final_message, tools)
+                                   continue_final_message, tools, chat_template_kwargs)
         ids = tokenizer(text, add_special_tokens=False).input_ids
         prompts.append({"prompt": text, "prompt_token_ids": ids})
     return prompts

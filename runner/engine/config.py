@@ -17,6 +17,8 @@ from typing import Any, Optional
 
 import torch
 
+from runner.engine.pooler_config import PoolerConfig  # noqa: F401  (vllm.config.PoolerConfig)
+
 logger = logging.getLogger("runner.engine")
 
 _STR_TO_DTYPE = {
@@ -96,6 +98,8 @@ class SchedulerConfig:
     # blocks swapped to CPU memory ("swap", and None: the default) or dropped and computed
     # again ("recompute"); a single sequence is always recomputed
     preemption_mode: Optional[str] = None
+    # LoRA (None: off): at most this many distinct adapters in one step
+    max_loras: Optional[int] = None
 
 
 @dataclass
@@ -127,6 +131,7 @@ class EngineConfig:
     disable_async_output_proc: bool
     kernel_backend: str = "torch"     # resolved: 'triton' or 'torch'
     async_scheduling: bool = True
+    lora_config: Optional[Any] = None   # runner/engine/lora/config.py LoRAConfig; None: off
 
 
 @dataclass
@@ -174,6 +179,11 @@ class EngineArgs:
     # tensor parallelism: how long a collective may wait for the other ranks before the engine
     # declares a worker hung (a dead worker is reported at once)
     distributed_timeout_s: float = 600.0
+    # LoRA adapters (vLLM's names and defaults; runner/engine/lora/)
+    enable_lora: bool = False
+    max_loras: int = 1
+    max_lora_rank: int = 16
+    max_cpu_loras: Optional[int] = None
 
     @classmethod
     def field_names(cls) -> set:
@@ -328,6 +338,7 @@ class EngineArgs:
                            "off (enforce_eager=True).", self.cpu_offload_gb)
             enforce_eager = True
         kernel_backend = self._resolve_kernel_backend(device)
+        lora_config = self._resolve_lora_config(hf_config)
         cache_dtype = self._resolve_cache_dtype(dtype, device, kernel_backend)
         return EngineConfig(
             model_config=model_config,
@@ -340,7 +351,8 @@ class EngineArgs:
             scheduler_config=SchedulerConfig(
                 max_num_batched_tokens=max_batched, max_num_seqs=self.max_num_seqs,
                 max_model_len=max_model_len, enable_chunked_prefill=chunked,
-                preemption_mode=self.preemption_mode),
+                preemption_mode=self.preemption_mode,
+                max_loras=lora_config.max_loras if lora_config else None),
             device_config=DeviceConfig(device),
             parallel_config=ParallelConfig(self.tensor_parallel_size, self.pipeline_parallel_size,
                                            self.disable_custom_all_reduce,
@@ -348,7 +360,31 @@ class EngineArgs:
             enforce_eager=enforce_eager, max_seq_len_to_capture=self.max_seq_len_to_capture,
             disable_async_output_proc=self.disable_async_output_proc,
             async_scheduling=self.async_scheduling,
-            kernel_backend=kernel_backend)
+            kernel_backend=kernel_backend, lora_config=lora_config)
+
+    def _resolve_lora_config(self, hf_config):
+        from runner.engine.lora.config import resolve_lora_config
+        lora_config = resolve_lora_config(self.enable_lora, self.max_loras, self.max_lora_rank,
+                                          self.max_cpu_loras)
+        if lora_config is None:
+            return None
+        if self.tensor_parallel_size > 1:
+            raise NotImplementedError(
+                f"enable_lora=True with tensor_parallel_size={self.tensor_parallel_size} is not "
+                "supported yet (adapters run on one device); use tensor_parallel_size=1.")
+        from runner.engine.models import get_model_class, is_embedding_model
+        if is_embedding_model(hf_config):
+            raise NotImplementedError("enable_lora=True: LoRA adapters for embedding models "
+                                      "are not supported; use enable_lora=False.")
+        model_class = get_model_class(hf_config)
+        if not getattr(model_class, "supported_lora_modules", None):
+            raise NotImplementedError(
+                f"enable_lora=True: {model_class.__name__} has no LoRA support yet (the Llama "
+                "family has: Llama, Mistral, Qwen2, Qwen3); use enable_lora=False.")
+        if self.cpu_offload_gb:
+            raise NotImplementedError("enable_lora=True with cpu_offload_gb > 0 is not "
+                                      "supported; use cpu_offload_gb=0.")
+        return lora_config
 
     def _resolve_cache_dtype(self, dtype: torch.dtype, device: torch.device,
                              kernel_backend: str) -> torch.dtype:

@@ -52,7 +52,8 @@ class KVCacheManager:
         if (not self.enable_caching or seq.block_table
                 or seq.sampling_params.skip_reading_prefix_cache):
             return [], 0, None
-        extend_block_hashes(seq.block_hashes, seq.token_ids, seq.num_known_tokens, bs)
+        extend_block_hashes(seq.block_hashes, seq.token_ids, seq.num_known_tokens, bs,
+                            seq.group.hash_extra_keys)
         blocks = bm.find_cached_prefix(seq.block_hashes)
         num_hit = min(len(blocks) * bs, seq.num_tokens - 1)
         served = None
@@ -106,7 +107,8 @@ class KVCacheManager:
         bs = self.block_size
         # logits up to position end - 1 give the entries of tokens up to `end`
         upto = min(end + 1, seq.prompt_len) // bs
-        extend_block_hashes(seq.block_hashes, seq.token_ids, upto * bs, bs)
+        extend_block_hashes(seq.block_hashes, seq.token_ids, upto * bs, bs,
+                            seq.group.hash_extra_keys)
         k = group.sampling_params.prompt_logprobs
         # from the first block not stored yet: its entries may be older than its hash (a
         # block is registered once full, its entries are complete one token earlier)
@@ -124,7 +126,8 @@ class KVCacheManager:
         upto = min(len(group.prompt_logprobs), seq.prompt_len) // bs
         if upto <= group.num_logprob_blocks:
             return
-        extend_block_hashes(seq.block_hashes, seq.token_ids, upto * bs, bs)
+        extend_block_hashes(seq.block_hashes, seq.token_ids, upto * bs, bs,
+                            seq.group.hash_extra_keys)
         k = group.sampling_params.prompt_logprobs
         entries = group.prompt_logprobs
         i = group.num_logprob_blocks

@@ -18,9 +18,10 @@ counting frees everything as before; only reference cycles that become garbage d
 wait until it returns to be collected. A process that manages collection itself (collection
 disabled, or objects frozen already) is left as it is.
 
-An encoder architecture (BertModel) is an embedding model: __init__ builds a PoolingRunner
-(runner/engine/pooling.py: no KV cache, no scheduler) instead of the LLMEngine, and encode()
-returns one EmbeddingRequestOutput per prompt; generate/chat/beam_search refuse it.
+A pooling architecture (BertModel, BertForSequenceClassification, LlamaForSequenceClassification,
+...) builds a PoolingRunner (runner/engine/pooling.py: no KV cache, no scheduler) instead of the
+LLMEngine; embed/classify/score/reward/encode (runner/engine/pooling_api.py) run on it and
+generate/chat/beam_search refuse it.
 """
 from __future__ import annotations
 
@@ -30,11 +31,14 @@ from typing import Optional, Sequence, Union
 
 from runner.engine.config import EngineArgs
 from runner.engine.chat_utils import render_prompts
+from runner.engine.engine_control import EngineControl
 from runner.engine.llm_engine import LLMEngine
 from runner.engine.models import is_embedding_model
-from runner.engine.outputs import (BeamSearchOutput, BeamSearchSequence,
-                                   EmbeddingRequestOutput, PoolingParams, RequestOutput)
+from runner.engine import pooling_api
+from runner.engine.outputs import BeamSearchOutput, BeamSearchSequence, RequestOutput
+from runner.engine.pooler_config import PoolerConfig
 from runner.engine.pooling import PoolingRunner
+from runner.engine.profiler import ProfilerConfig
 from runner.engine.sampling_params import BeamSearchParams, SamplingParams
 
 
@@ -48,6 +52,15 @@ class LLM:
                  cpu_offload_gb: float = 0, enforce_eager: Optional[bool] = None,
                  max_seq_len_to_capture: int = 8192, disable_custom_all_reduce: bool = False,
                  disable_async_output_proc: bool = False, **kwargs) -> None:
+        # vLLM 0.24's profiler_config (start_profile / stop_profile), read by EngineControl
+        profiler_config = ProfilerConfig.from_arg(kwargs.pop("profiler_config", None))
+        # vLLM 0.24's pooler_config (pooling models: runner/engine/pooler_config.py)
+        pooler_config = PoolerConfig.from_arg(kwargs.pop("pooler_config", None))
+        # vLLM 0.24's enable_sleep_mode: sleep() / wake_up() need it
+        enable_sleep_mode = kwargs.pop("enable_sleep_mode", False)
+        if not isinstance(enable_sleep_mode, bool):
+            raise ValueError(f"enable_sleep_mode must be True or False, got "
+                             f"{enable_sleep_mode!r}.")
         unknown = set(kwargs) - EngineArgs.field_names()
         if unknown:
             raise TypeError(f"LLM() got unexpected engine arguments {sorted(unknown)}; see "
@@ -77,11 +90,16 @@ class LLM:
                 raise ValueError(
                     f"kv_cache_dtype={config.cache_config.kv_cache_dtype!r}: embedding models "
                     "keep no KV cache; use kv_cache_dtype='auto'.")
-            self.pooling_runner = PoolingRunner(config)
+            self.pooling_runner = PoolingRunner(config, pooler_config)
         else:
+            if pooler_config is not None:
+                raise ValueError(f"pooler_config is for pooling models; "
+                                 f"{config.model_config.architecture} is generative.")
             self.llm_engine = LLMEngine(config)
         self.model_name = model
         self.request_counter = 0
+        self.log_stats = not engine_args.disable_log_stats
+        self._control = EngineControl(self, profiler_config, enable_sleep_mode)
 
     @property
     def is_embedding_model(self) -> bool:
@@ -100,12 +118,14 @@ class LLM:
         if self.pooling_runner is not None:
             raise ValueError(f"model {self.model_name!r} is an embedding model "
                              f"({self.pooling_runner.model_config.architecture}); {api}() needs "
-                             "a generative model: use encode().")
+                             "a generative model: use embed(), classify(), score() or encode().")
 
     # ------------------------------------------------------------------ generate
     def generate(self, prompts: Union[str, dict, Sequence[Union[str, dict]]],
                  sampling_params: Optional[Union[SamplingParams, Sequence[SamplingParams]]] = None,
-                 use_tqdm: bool = True) -> list[RequestOutput]:
+                 use_tqdm: bool = True, lora_request=None) -> list[RequestOutput]:
+        """`lora_request`: a LoRARequest for every prompt, or a list with one per prompt
+        (None entries run the base model); needs enable_lora=True."""
         self._check_generative("generate")
         if isinstance(prompts, (str, dict)):
             prompts = [prompts]
@@ -121,13 +141,21 @@ class LLM:
             if len(params) != len(prompts):
                 raise ValueError(f"got {len(params)} sampling_params for {len(prompts)} prompts; "
                                  "give one, or one per prompt.")
-        return self._run_engine(self._add_requests(prompts, params), use_tqdm)
+        return self._run_engine(self._add_requests(prompts, params, lora_request=lora_request),
+                                use_tqdm)
 
-    def _add_requests(self, prompts: list, params: list, **kwargs) -> list[str]:
+    def _add_requests(self, prompts: list, params: list, lora_request=None,
+                      **kwargs) -> list[str]:
+        self._control.check_awake("generate")
+        loras = _per_prompt(lora_request, len(prompts), "lora_request")
         ids = []
         try:
-            for prompt, p in zip(prompts, params):
+            for prompt, p, lora in zip(prompts, params, loras):
                 rid = str(self.request_counter)
+                if lora is not None:
+                    kwargs["lora_request"] = lora
+                else:
+                    kwargs.pop("lora_request", None)
                 self.llm_engine.add_request(rid, prompt, p, **kwargs)
                 self.request_counter += 1
                 ids.append(rid)
@@ -180,7 +208,8 @@ class LLM:
 
     # --------------------------------------------------------------- beam search
     def beam_search(self, prompts: Union[str, dict, Sequence[Union[str, dict]]],
-                    params: BeamSearchParams, use_tqdm: bool = False) -> list[BeamSearchOutput]:
+                    params: BeamSearchParams, lora_request=None,
+                    use_tqdm: bool = False) -> list[BeamSearchOutput]:
         """vLLM 0.24's beam search (runner/engine/beam_search_vllm.py) inside the engine: the
         beams of every prompt decode together, sharing their prompt's KV blocks. Returns, per
         prompt, a BeamSearchOutput of beam_width BeamSearchSequences, best first by
@@ -200,7 +229,8 @@ class LLM:
         # (the engine decodes nothing: the text is made below, from all the tokens)
         sp = SamplingParams(n=params.beam_width, temperature=1.0, max_tokens=params.max_tokens,
                             ignore_eos=params.ignore_eos, detokenize=False)
-        ids = self._add_requests(prompts, [sp] * len(prompts), beam_params=params)
+        ids = self._add_requests(prompts, [sp] * len(prompts), lora_request=lora_request,
+                                 beam_params=params)
         outputs = self._run_engine(ids, use_tqdm)
         tok = self.get_tokenizer()
         results = []
@@ -230,43 +260,115 @@ class LLM:
                                                               Sequence[SamplingParams]]] = None,
              use_tqdm: bool = True, chat_template: Optional[str] = None,
              add_generation_prompt: bool = True, continue_final_message: bool = False,
-             tools: Optional[list[dict]] = None) -> list[RequestOutput]:
+             tools: Optional[list[dict]] = None,
+             chat_template_kwargs: Optional[dict] = None,
+             lora_request=None) -> list[RequestOutput]:
         """Generate replies to one conversation (a list of {"role", "content"} messages) or a
         list of conversations, rendered with the tokenizer's chat template or `chat_template`
-        (a Jinja string or a file path); `tools` are passed to the template. Returns one
-        RequestOutput per conversation, in order."""
+        (a Jinja string or a file path); `tools` and `chat_template_kwargs` are passed to the
+        template; "developer" messages become system ones for templates without that role.
+        Returns one RequestOutput per conversation, in order."""
         self._check_generative("chat")
         prompts = render_prompts(self.get_tokenizer(), messages, chat_template,
-                                 add_generation_prompt, continue_final_message, tools)
-        return self.generate(prompts, sampling_params, use_tqdm)
+                                 add_generation_prompt, continue_final_message, tools,
+                                 chat_template_kwargs)
+        return self.generate(prompts, sampling_params, use_tqdm, lora_request=lora_request)
 
-    # -------------------------------------------------------------------- encode
-    def encode(self, prompts: Union[str, dict, Sequence[Union[str, dict]]],
-               pooling_params: Optional[Union[PoolingParams, Sequence[PoolingParams]]] = None,
-               use_tqdm: bool = True) -> list[EmbeddingRequestOutput]:
-        """Embed prompts (str, {"prompt": ...} or {"prompt_token_ids": [...]}) with an embedding
-        model; one EmbeddingRequestOutput per prompt, in order. Pooling and normalization follow
-        the model folder's sentence-transformers config; PoolingParams(normalize=...) overrides."""
-        if self.pooling_runner is None:
-            raise ValueError(
-                f"model {self.model_name!r} ({self.llm_engine.model_config.architecture}) is "
-                "generative; encode() needs an embedding model (an encoder such as BertModel). "
-                "Use generate() or chat().")
-        if isinstance(prompts, (str, dict)):
-            prompts = [prompts]
-        prompts = list(prompts)
-        if not prompts:
-            raise ValueError("prompts is empty: give at least one prompt.")
-        if pooling_params is None:
-            pooling_params = PoolingParams()
-        if isinstance(pooling_params, PoolingParams):
-            params = [pooling_params] * len(prompts)
-        else:
-            params = list(pooling_params)
-            if len(params) != len(prompts) or not all(isinstance(p, PoolingParams)
-                                                      for p in params):
-                raise ValueError(f"got {len(params)} pooling_params for {len(prompts)} prompts; "
-                                 "give one PoolingParams, or one per prompt.")
-        ids = [str(self.request_counter + i) for i in range(len(prompts))]
-        self.request_counter += len(prompts)
-        return self.pooling_runner.encode(prompts, params, ids, use_tqdm)
+    # ------------------------------------------------------------------- pooling
+    # vLLM 0.24's pooling methods; their logic lives in runner/engine/pooling_api.py
+    def encode(self, prompts, pooling_params=None, *, use_tqdm=True, lora_request=None,
+               pooling_task: Optional[str] = None, tokenization_kwargs=None):
+        """Pooled outputs (PoolingRequestOutput, data a tensor) for `pooling_task`
+        ("embed" or "classify"; required, as in vLLM 0.24), one per prompt, in order."""
+        return pooling_api.encode(self, prompts, pooling_params, use_tqdm=use_tqdm,
+                                  lora_request=lora_request, pooling_task=pooling_task,
+                                  tokenization_kwargs=tokenization_kwargs)
+
+    def embed(self, prompts, *, use_tqdm=True, pooling_params=None, lora_request=None,
+              tokenization_kwargs=None):
+        """One EmbeddingRequestOutput per prompt (L2-normalized unless use_activation=False
+        or the model folder's sentence-transformers modules have no Normalize)."""
+        return pooling_api.embed(self, prompts, use_tqdm=use_tqdm,
+                                 pooling_params=pooling_params, lora_request=lora_request,
+                                 tokenization_kwargs=tokenization_kwargs)
+
+    def classify(self, prompts, *, pooling_params=None, use_tqdm=True, lora_request=None,
+                 tokenization_kwargs=None):
+        """One ClassificationRequestOutput (class probabilities) per prompt."""
+        return pooling_api.classify(self, prompts, pooling_params=pooling_params,
+                                    use_tqdm=use_tqdm, lora_request=lora_request,
+                                    tokenization_kwargs=tokenization_kwargs)
+
+    def score(self, data_1, data_2, /, *, use_tqdm=True, pooling_params=None,
+              lora_request=None, tokenization_kwargs=None, chat_template=None):
+        """Similarity of each pair (1:1, 1:N or N:N): cosine of embeddings (bi-encoder) or a
+        one-label classifier over the text pair (cross-encoder)."""
+        return pooling_api.score(self, data_1, data_2, use_tqdm=use_tqdm,
+                                 pooling_params=pooling_params, lora_request=lora_request,
+                                 tokenization_kwargs=tokenization_kwargs,
+                                 chat_template=chat_template)
+
+    def reward(self, prompts, *, pooling_params=None, use_tqdm=True, lora_request=None,
+               tokenization_kwargs=None):
+        """A reward model's raw score per prompt (PoolingRequestOutput); see pooling_api."""
+        return pooling_api.reward(self, prompts, pooling_params=pooling_params,
+                                  use_tqdm=use_tqdm, lora_request=lora_request,
+                                  tokenization_kwargs=tokenization_kwargs)
+
+    # ------------------------------------------------------- workers and control
+    # vLLM 0.24's engine control; the logic lives in runner/engine/engine_control.py
+    @classmethod
+    def from_engine_args(cls, engine_args: EngineArgs) -> "LLM":
+        """An LLM from EngineArgs (vLLM's: every field becomes a keyword argument)."""
+        return cls(**vars(engine_args))
+
+    def collective_rpc(self, method, timeout: Optional[float] = None, args: tuple = (),
+                       kwargs: Optional[dict] = None) -> list:
+        """Call `method` (a worker method's name, or a callable taking the worker first) on
+        every worker; one result per worker."""
+        return self._control.collective_rpc(method, timeout, args, kwargs)
+
+    def apply_model(self, func) -> list:
+        """func(model) in every worker; one result per worker."""
+        return self._control.apply_model(func)
+
+    def start_profile(self, profile_prefix: Optional[str] = None) -> None:
+        """Start the torch profiler (needs LLM(profiler_config={"profiler": "torch",
+        "torch_profiler_dir": DIR}))."""
+        self._control.start_profile(profile_prefix)
+
+    def stop_profile(self) -> None:
+        """Stop the profiler; its trace is written into torch_profiler_dir."""
+        self._control.stop_profile()
+
+    def sleep(self, level: int = 1, mode: str = "abort") -> None:
+        """Level 0: pause; 1: weights to host memory, KV cache freed; 2: weights discarded too
+        (after wake_up(["weights"]), collective_rpc("reload_weights"))."""
+        self._control.sleep(level, mode)
+
+    def wake_up(self, tags: Optional[list[str]] = None) -> None:
+        """Bring back "weights", "kv_cache" and "scheduling" (all when tags is None)."""
+        self._control.wake_up(tags)
+
+    def get_metrics(self) -> list:
+        """vLLM 0.24-style metrics (runner.engine.v1.metrics.reader); needs
+        LLM(disable_log_stats=False), as vLLM's does."""
+        from runner.engine.v1.metrics.reader import get_metrics_snapshot
+        if not self.log_stats:
+            raise RuntimeError("Stat logging disabled: build the LLM with "
+                               "disable_log_stats=False to use get_metrics().")
+        if self.llm_engine is None:
+            raise NotImplementedError("get_metrics() on a pooling model is not supported (no "
+                                      "scheduler): use a generative model.")
+        return get_metrics_snapshot(self.llm_engine, self.model_name)
+
+
+def _per_prompt(value, n: int, name: str) -> list:
+    """One value for every prompt, or a list of one per prompt (vLLM's rule for
+    lora_request)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(f"got {len(value)} {name}s for {n} prompts; give one, or one per "
+                             "prompt.")
+        return list(value)
+    return [value] * n

@@ -120,10 +120,11 @@ class LLMEngine:
         return parse_prompt(prompt, self.tokenizer, self.model_config.hf_config.vocab_size)
 
     def add_request(self, request_id: str, prompt: PromptType, params: SamplingParams,
-                    arrival_time: Optional[float] = None,
+                    arrival_time: Optional[float] = None, lora_request=None,
                     beam_params: Optional[BeamSearchParams] = None) -> None:
         """Queue one request. `beam_params` (from LLM.beam_search) runs it as a beam search;
-        so does params.use_beam_search=True (the legacy form: best_of beams, n returned)."""
+        so does params.use_beam_search=True (the legacy form: best_of beams, n returned).
+        `lora_request` (a LoRARequest) runs it with that adapter, loaded here on first use."""
         if not isinstance(params, SamplingParams):
             raise ValueError(f"params must be SamplingParams, got {type(params).__name__}.")
         if request_id in self.requests:
@@ -144,7 +145,9 @@ class LLMEngine:
             raise ValueError(f"prompt of request {request_id!r} has {len(ids)} tokens, more than "
                              f"max_model_len={max_len} allows (it needs room for at least one "
                              "generated token); shorten it or raise max_model_len.")
+        self._check_lora_request(lora_request)
         group = SequenceGroup(request_id, text, ids, params, arrival_time)
+        group.set_lora_request(lora_request)
         if params.structured_outputs is not None:
             group.grammar = self._structured_outputs().compile(params.structured_outputs)
             group.grammar_vocab_size = self.model_config.hf_config.vocab_size
@@ -184,6 +187,22 @@ class LLMEngine:
             for name, num in resolved.items():
                 setattr(params, name, num)
         return params
+
+    def _check_lora_request(self, lora_request) -> None:
+        """A LoRARequest needs enable_lora; its adapter is loaded and checked now (lazily:
+        once per adapter, then from the host cache), so a bad folder fails at add_request."""
+        if lora_request is None:
+            return
+        from runner.engine.lora.request import LoRARequest
+        if not isinstance(lora_request, LoRARequest):
+            raise ValueError(f"lora_request must be a LoRARequest (runner.engine.lora.request), "
+                             f"got {type(lora_request).__name__}.")
+        manager = self.executor.model_runner.lora_manager
+        if manager is None:
+            raise ValueError(f"lora_request {lora_request.lora_name!r} was given but LoRA is "
+                             "off; build the engine with enable_lora=True (LLM(model, "
+                             "enable_lora=True, max_lora_rank=...)).")
+        manager.get_adapter(lora_request)
 
     def _init_beam(self, group: SequenceGroup, params: SamplingParams,
                    beam_params: Optional[BeamSearchParams], room: int) -> None:

@@ -93,6 +93,14 @@ class ModelRunner:
         t0 = time.perf_counter()
         self.model = get_model(config.model_config, device, pc)
         self.load_seconds = time.perf_counter() - t0
+        # LoRA (enable_lora): the adapters' layers, host cache and device slots
+        self.lora_manager = None
+        if config.lora_config is not None:
+            from runner.engine.lora.manager import LoRAManager
+            sched = config.scheduler_config
+            self.lora_manager = LoRAManager(
+                self.model, config.lora_config, device, config.model_config.dtype,
+                max(sched.max_num_batched_tokens, 4 * sched.max_num_seqs), self.use_triton)
         # the model says what its paged KV cache looks like (per tensor-parallel rank)
         self.num_layers = self.model.num_layers
         self.num_kv_heads = self.model.num_kv_heads
@@ -145,6 +153,8 @@ class ModelRunner:
         self.capture_sizes = capture_batch_sizes(sched.max_num_seqs)
         if self.device.type == "cuda" and not config.enforce_eager:
             if self.use_triton:
+                if self.lora_manager is not None:    # the graphs hold the LoRA kernels too
+                    self.lora_manager.prepare_capture()
                 self.graph_runner = CUDAGraphRunner(
                     self.model, self.kv_caches, sched.max_num_seqs, self.capture_len,
                     self.block_size, self.device)
@@ -173,6 +183,8 @@ class ModelRunner:
         if out.scheduled:
             shape = inputs.stage(out)
             qsl = inputs.query_start_loc(shape[1])
+            if self.lora_manager is not None:
+                self.lora_manager.prepare(out, np.diff(np.asarray(qsl, np.int64)))
             rows, num_prompt, sample_rows, prompt_rows, targets, k = self._logit_rows(out, qsl)
             fill = self._placeholder_fill(out, qsl, shape[0])
             if num_prompt:

@@ -3,8 +3,9 @@
 Data moves in one direction: the engine's step loop fills a `CompletionOutput` per sequence
 (text from the detokenizer, token ids and `Logprob`s from the sampler), groups the n sequences of
 a request into a `RequestOutput` (with prompt data and `RequestMetrics`), and `LLM.generate`
-returns those in prompt order. `LLM.encode` returns `EmbeddingRequestOutput`s built from
-`PoolingParams`; `LLM.beam_search` returns `BeamSearchOutput`s of `BeamSearchSequence`s.
+returns those in prompt order. The pooling outputs (PoolingRequestOutput, EmbeddingRequestOutput,
+...) live in runner/engine/pooling_outputs.py and PoolingParams in runner/engine/pooling_params.py;
+both are re-exported here, as vllm.outputs does. `LLM.beam_search` returns `BeamSearchOutput`s of `BeamSearchSequence`s.
 These are plain containers: no torch tensors, nothing that needs the engine to read them.
 """
 from __future__ import annotations
@@ -88,53 +89,6 @@ class RequestOutput:
 
 
 @dataclass
-class PoolingParams:
-    """Parameters of `LLM.encode`: whether to L2-normalize and how many leading dims to keep."""
-
-    normalize: bool | None = None
-    dimensions: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.normalize is not None and not isinstance(self.normalize, bool):
-            raise ValueError(
-                f"normalize must be True, False or None, got {self.normalize!r}.")
-        if self.dimensions is not None and (
-                isinstance(self.dimensions, bool) or not isinstance(self.dimensions, int)
-                or self.dimensions < 1):
-            raise ValueError(
-                f"dimensions must be an int of at least 1 or None, got {self.dimensions!r}.")
-
-    def clone(self) -> PoolingParams:
-        return PoolingParams(normalize=self.normalize, dimensions=self.dimensions)
-
-
-@dataclass(repr=False)
-class EmbeddingOutput:
-    """The pooled embedding of one prompt."""
-
-    embedding: list[float]
-
-    def __repr__(self) -> str:
-        # Printing thousands of floats helps no one; the size is what a reader checks.
-        return f"EmbeddingOutput(hidden_size={len(self.embedding)})"
-
-
-@dataclass(repr=False)
-class EmbeddingRequestOutput:
-    """What `LLM.encode` returns per prompt."""
-
-    request_id: str
-    outputs: EmbeddingOutput
-    prompt_token_ids: list[int]
-    finished: bool
-
-    def __repr__(self) -> str:
-        return (f"EmbeddingRequestOutput(request_id={self.request_id!r}, "
-                f"outputs={self.outputs!r}, prompt_token_ids={self.prompt_token_ids}, "
-                f"finished={self.finished})")
-
-
-@dataclass
 class BeamSearchSequence:
     """One beam: all its tokens (prompt included, as in vLLM), per-token logprobs and score."""
 
@@ -151,3 +105,12 @@ class BeamSearchOutput:
     """What `LLM.beam_search` returns per prompt: the best beam_width sequences, best first."""
 
     sequences: list[BeamSearchSequence]
+
+
+# pooling models' outputs and params, importable from here as from vllm.outputs
+from runner.engine.pooling_outputs import (ClassificationOutput,  # noqa: E402,F401
+                                           ClassificationRequestOutput, EmbeddingOutput,
+                                           EmbeddingRequestOutput, PoolingOutput,
+                                           PoolingRequestOutput, ScoringOutput,
+                                           ScoringRequestOutput)
+from runner.engine.pooling_params import PoolingParams  # noqa: E402,F401

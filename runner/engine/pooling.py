@@ -1,15 +1,22 @@
-"""Pooling runner: the engine path of embedding models (LLM.encode).
+"""Pooling runner: the engine path of pooling models (LLM.embed / classify / score / encode).
 
-    prompts -> token ids (tokenizer, special tokens added) -> sorted by length, cut into batches
-      (max_num_seqs prompts, max_num_batched_tokens padded tokens) -> encoder forward
-      [B, T, hidden] -> pool per prompt (mean / CLS / last token / max) [B, hidden]
-      -> optional dimensions cut -> optional L2 normalize -> EmbeddingRequestOutput per prompt
+    prompts (or cross-encoder text pairs) -> token ids (tokenizer, special tokens added; a pair
+      also gets its token_type_ids) -> sorted by length, cut into batches (max_num_seqs prompts,
+      max_num_batched_tokens padded tokens) -> model.hidden_states [B, T, hidden]
+      -> pool per prompt (seq_pooling_type: CLS / LAST / MEAN, or MAX / MEAN_SQRT_LEN from a
+         sentence-transformers folder) [B, hidden]
+      -> task "embed": optional matryoshka cut, L2 normalize when use_activation
+         task "classify": model.compute_head -> logits [B, num_labels] -> (logit - logit_mean)
+         / logit_sigma -> the activation (softmax, sigmoid with one label, or what config.json's
+         problem_type / sentence_transformers.activation_fn says) when use_activation
+      -> PoolingRequestOutput(PoolingOutput(data)) per prompt, in prompt order
 
-An encoder reads each prompt once, so there is no KV cache, block manager or scheduler here.
-How to pool and whether to normalize come from the model folder's sentence-transformers files
-(modules.json, the Pooling module's config.json, a Normalize module); a folder without them
-pools the CLS token and normalizes, as vLLM does for BERT. PoolingParams(normalize=...) overrides
-the folder's choice per request.
+An encoder reads each prompt once, so there is no KV cache, block manager or scheduler here
+(a decoder classifier builds a scratch cache for the one call: models/seq_cls.py).
+The PoolerConfig (vLLM 0.24's fields, runner/engine/pooler_config.py) comes from the model
+folder: the sentence-transformers files (modules.json, the Pooling module's config.json, a
+Normalize module) for embedding models, else the architecture's default pooling (CLS for BERT,
+LAST for decoders); LLM(pooler_config=...) overrides it field by field.
 """
 from __future__ import annotations
 
@@ -23,12 +30,14 @@ import torch
 import torch.nn.functional as F
 
 from runner.engine.config import EngineConfig
-from runner.engine.outputs import EmbeddingOutput, EmbeddingRequestOutput, PoolingParams
+from runner.engine.pooler_config import POOLING_TYPES, PoolerConfig
+from runner.engine.pooling_outputs import PoolingOutput, PoolingRequestOutput
+from runner.engine.pooling_params import PoolingModelInfo, PoolingParams
 from runner.engine.tokenizer import load_tokenizer, parse_prompt
+from runner.engine.worker_rpc import WorkerRPCMixin
 
 logger = logging.getLogger("runner.engine")
 
-POOLING_TYPES = ("MEAN", "CLS", "LAST", "MAX", "MEAN_SQRT_LEN")
 # sentence-transformers' Pooling config keys -> our pooling types
 _ST_POOLING_KEYS = {
     "pooling_mode_mean_tokens": "MEAN", "pooling_mode_cls_token": "CLS",
@@ -36,13 +45,6 @@ _ST_POOLING_KEYS = {
     "pooling_mode_mean_sqrt_len_tokens": "MEAN_SQRT_LEN",
 }
 _ST_PREFIX = "sentence_transformers.models."
-
-
-@dataclass
-class PoolerConfig:
-    pooling_type: str = "CLS"
-    normalize: bool = True
-    max_seq_length: Optional[int] = None     # sentence_bert_config.json's cap, if any
 
 
 def load_pooler_config(folder: str) -> PoolerConfig:
@@ -54,7 +56,7 @@ def load_pooler_config(folder: str) -> PoolerConfig:
         with open(sbert) as fh:
             max_len = json.load(fh).get("max_seq_length")
     if not os.path.isfile(modules_file):
-        return PoolerConfig("CLS", True, max_len)
+        return PoolerConfig(max_seq_length=max_len)
     with open(modules_file) as fh:
         modules = json.load(fh)
     pooling_type, normalize = None, False
@@ -71,7 +73,8 @@ def load_pooler_config(folder: str) -> PoolerConfig:
             raise NotImplementedError(
                 f"sentence-transformers module {m.get('type')!r} in {modules_file} is not "
                 "supported; supported modules: Transformer, Pooling, Normalize.")
-    return PoolerConfig(pooling_type or "CLS", normalize, max_len)
+    return PoolerConfig(seq_pooling_type=pooling_type, use_activation=normalize,
+                        max_seq_length=max_len)
 
 
 def _read_st_pooling(path: str) -> str:
@@ -113,38 +116,114 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling_type: str) -> torch.T
     raise ValueError(f"pooling_type must be one of {list(POOLING_TYPES)}, got {pooling_type!r}.")
 
 
-class PoolingRunner:
-    """Loads an encoder and its tokenizer; `encode` turns prompts into embeddings."""
+def classifier_activation(hf_config):
+    """The activation vLLM 0.24 applies to classification logits (get_act_fn): config.json's
+    problem_type, else a cross-encoder's sentence_transformers.activation_fn (torch.nn.modules
+    only), else softmax, or sigmoid with fewer than two labels."""
+    num_labels = getattr(hf_config, "num_labels", 0)
+    problem = getattr(hf_config, "problem_type", None) or ""
+    if problem == "regression":
+        return lambda x: x
+    if problem == "multi_label_classification":
+        return torch.sigmoid
+    name = None
+    st = getattr(hf_config, "sentence_transformers", None)
+    if problem != "single_label_classification":
+        if isinstance(st, dict) and "activation_fn" in st:
+            name = st["activation_fn"]
+        elif getattr(hf_config, "sbert_ce_default_activation_function", None) is not None:
+            name = hf_config.sbert_ce_default_activation_function
+    if name is not None:
+        if not name.startswith("torch.nn.modules."):
+            raise ValueError("Loading of activation functions is restricted to "
+                             f"torch.nn.modules for security reasons, got {name!r}")
+        import importlib
+        module, _, cls = name.rpartition(".")
+        return getattr(importlib.import_module(module), cls)()
+    if num_labels < 2:
+        return torch.sigmoid
+    return lambda x: F.softmax(x, dim=-1)
 
-    def __init__(self, config: EngineConfig):
+
+class PoolingRunner(WorkerRPCMixin):
+    """Loads a pooling model and its tokenizer; `run` turns token ids into pooled outputs.
+    It is also a pooling LLM's one worker for collective_rpc (get_model, apply_model, ...)."""
+
+    def __init__(self, config: EngineConfig, pooler_config: Optional[PoolerConfig] = None):
         self.config = config
         self.model_config = mc = config.model_config
         self.scheduler_config = config.scheduler_config
         self.device = config.device_config.device
         self.tokenizer = None if mc.skip_tokenizer_init else load_tokenizer(mc)
-        self.pooler_config = load_pooler_config(mc.model_path)
+        self.model = self._load_model()
+        classifier = hasattr(self.model, "compute_head")
+        self.supported_tasks: tuple[str, ...] = ("classify",) if classifier else ("embed",)
+        folder = load_pooler_config(mc.model_path) if not classifier else PoolerConfig()
+        # LLM(pooler_config=...) overrides the folder's choices field by field, as in vLLM
+        self.pooler_config = folder.overridden_by(pooler_config)
+        if self.pooler_config.seq_pooling_type is None:
+            self.pooler_config.seq_pooling_type = getattr(self.model, "default_pooling_type",
+                                                          "CLS")
+        self.pooling_task = self.pooler_config.task or self.supported_tasks[0]
+        if self.pooling_task not in self.supported_tasks:
+            raise ValueError(f"PoolerConfig(task={self.pooling_task!r}) is not supported by "
+                             f"{mc.architecture}; supported tasks: {list(self.supported_tasks)}.")
+        self.activation = classifier_activation(mc.hf_config) if classifier else None
         self.max_model_len = mc.max_model_len
         if self.pooler_config.max_seq_length:
             self.max_model_len = min(self.max_model_len, self.pooler_config.max_seq_length)
-        self.model = self._load_model()
         self.stats = {"num_prompt_tokens": 0, "num_forward_passes": 0}
 
     def _load_model(self) -> torch.nn.Module:
         from runner.engine.model_loader import get_model
-        return get_model(self.model_config, self.device)     # the registry's encoder class
+        return get_model(self.model_config, self.device)     # the registry's pooling class
 
     def get_tokenizer(self):
         return self.tokenizer
 
+    def get_model(self) -> torch.nn.Module:
+        return self.model
+
+    def model_info(self) -> PoolingModelInfo:
+        hf = self.model_config.hf_config
+        return PoolingModelInfo(
+            name=self.model_config.model, embedding_size=hf.hidden_size,
+            is_matryoshka=bool(getattr(hf, "matryoshka_dimensions", None))
+            or bool(getattr(hf, "is_matryoshka", False)),
+            matryoshka_dimensions=getattr(hf, "matryoshka_dimensions", None),
+            default_use_activation=self.pooler_config.use_activation,
+            default_dimensions=self.pooler_config.dimensions)
+
     # ------------------------------------------------------------------ inputs
-    def _tokenize(self, prompt) -> list[int]:
-        _, ids = parse_prompt(prompt, self.tokenizer, self.model_config.hf_config.vocab_size)
+    def _check_len(self, ids: list[int]) -> list[int]:
         if not ids:
-            raise ValueError("a prompt has no tokens; an embedding needs at least one.")
+            raise ValueError("a prompt has no tokens; pooling needs at least one.")
         if len(ids) > self.max_model_len:
-            raise ValueError(f"a prompt has {len(ids)} tokens, more than this embedding model's "
+            raise ValueError(f"a prompt has {len(ids)} tokens, more than this pooling model's "
                              f"maximum length {self.max_model_len}; shorten it.")
         return ids
+
+    def tokenize(self, prompt, tokenization_kwargs: Optional[dict] = None) -> list[int]:
+        if tokenization_kwargs and isinstance(prompt, (str, dict)) and (
+                isinstance(prompt, str) or "prompt_token_ids" not in prompt):
+            text = prompt if isinstance(prompt, str) else prompt["prompt"]
+            if self.tokenizer is None:
+                raise ValueError("a text prompt needs a tokenizer (skip_tokenizer_init=True).")
+            return self._check_len(list(self.tokenizer(text, **tokenization_kwargs).input_ids))
+        _, ids = parse_prompt(prompt, self.tokenizer, self.model_config.hf_config.vocab_size)
+        return self._check_len(list(ids))
+
+    def tokenize_pair(self, text_1: str, text_2: str,
+                      tokenization_kwargs: Optional[dict] = None):
+        """A cross-encoder's input: the tokenizer's text pair -> (ids, token_type_ids)."""
+        if self.tokenizer is None:
+            raise ValueError("score() on a cross-encoder needs a tokenizer "
+                             "(skip_tokenizer_init=True was given).")
+        if not isinstance(text_1, str) or not isinstance(text_2, str):
+            raise ValueError("score() inputs must be strings for a cross-encoder.")
+        enc = self.tokenizer(text=text_1, text_pair=text_2, **(tokenization_kwargs or {}))
+        tt = enc.get("token_type_ids")
+        return self._check_len(list(enc["input_ids"])), (list(tt) if tt is not None else None)
 
     def _batches(self, lengths: list[int]) -> list[list[int]]:
         """Indices grouped into batches: longest first, at most max_num_seqs prompts and at most
@@ -165,39 +244,62 @@ class PoolingRunner:
 
     # ----------------------------------------------------------------- forward
     @torch.inference_mode()
-    def embed_padded(self, batch_ids: list[list[int]]) -> torch.Tensor:
-        """Token id lists -> pooled, un-normalized embeddings [B, hidden] (padded batch)."""
+    def pooled(self, batch_ids: list[list[int]],
+               batch_tt: Optional[list[Optional[list[int]]]] = None) -> torch.Tensor:
+        """Token id lists (and token type ids) -> pooled hidden states [B, hidden]."""
         B, T = len(batch_ids), max(len(x) for x in batch_ids)
         input_ids = torch.zeros(B, T, dtype=torch.long)
         mask = torch.zeros(B, T, dtype=torch.long)
+        tt = torch.zeros(B, T, dtype=torch.long)
         for b, ids in enumerate(batch_ids):
             input_ids[b, :len(ids)] = torch.tensor(ids)
             mask[b, :len(ids)] = 1
-        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        positions = torch.arange(T, device=self.device).expand(B, T)           # [B, T]
-        attn = mask.bool()[:, None, None, :]                                   # [B, 1, 1, T]
-        hidden = self.model(input_ids, positions, attn)                        # [B, T, h]
+            if batch_tt is not None and batch_tt[b] is not None:
+                tt[b, :len(ids)] = torch.tensor(batch_tt[b])
+        input_ids, mask, tt = (x.to(self.device) for x in (input_ids, mask, tt))
+        hidden = self.model.hidden_states(input_ids, mask, tt)                 # [B, T, h]
         self.stats["num_forward_passes"] += 1
-        return pool(hidden.float(), mask, self.pooler_config.pooling_type)
+        return pool(hidden.float(), mask, self.pooler_config.seq_pooling_type)  # [B, h]
 
-    def encode(self, prompts: list, params: list[PoolingParams], request_ids: list[str],
-               use_tqdm: bool = False) -> list[EmbeddingRequestOutput]:
-        token_ids = [self._tokenize(p) for p in prompts]
-        hidden_size = self.model_config.hf_config.hidden_size
+    @torch.inference_mode()
+    def _finish(self, pooled: torch.Tensor, p: PoolingParams) -> torch.Tensor:
+        """One prompt's pooled state [h] -> its PoolingOutput data, by task."""
+        if p.task == "embed":
+            if p.dimensions is not None:        # matryoshka cut, before normalizing
+                pooled = pooled[:p.dimensions]
+            return F.normalize(pooled, p=2, dim=-1) if p.use_activation else pooled
+        logits = self.model.compute_head(pooled[None].to(self.model_config.dtype))[0].float()
+        if self.pooler_config.logit_mean is not None:
+            logits = logits - self.pooler_config.logit_mean
+        if self.pooler_config.logit_sigma is not None:
+            logits = logits / self.pooler_config.logit_sigma
+        return self.activation(logits) if p.use_activation else logits
+
+    def run(self, token_ids: list[list[int]], params: list[PoolingParams],
+            request_ids: list[str], token_type_ids: Optional[list] = None,
+            use_tqdm=False) -> list[PoolingRequestOutput]:
+        """Pool every prompt (params already verified for a task); outputs in prompt order."""
+        info = self.model_info()
         for p in params:
-            if p.dimensions is not None and p.dimensions > hidden_size:
-                raise ValueError(f"dimensions={p.dimensions} is larger than the model's "
-                                 f"embedding size {hidden_size}.")
-        results: list[Optional[EmbeddingRequestOutput]] = [None] * len(prompts)
+            if p.task not in self.supported_tasks:
+                raise ValueError(f"pooling task {p.task!r} is not supported by "
+                                 f"{self.model_config.architecture}; supported tasks: "
+                                 f"{list(self.supported_tasks)}.")
+            p.verify(info)
+        results: list[Optional[PoolingRequestOutput]] = [None] * len(token_ids)
         bar = None
         if use_tqdm:
             from tqdm.auto import tqdm
-            bar = tqdm(total=len(prompts), desc="Processed prompts", dynamic_ncols=True)
+            make = use_tqdm if callable(use_tqdm) else tqdm
+            bar = make(total=len(token_ids), desc="Processed prompts", dynamic_ncols=True)
         try:
             for batch in self._batches([len(x) for x in token_ids]):
-                emb = self.embed_padded([token_ids[i] for i in batch])          # [B, h]
-                for row, i in zip(emb, batch):
-                    results[i] = self._make_output(request_ids[i], row, token_ids[i], params[i])
+                tts = None if token_type_ids is None else [token_type_ids[i] for i in batch]
+                pooled = self.pooled([token_ids[i] for i in batch], tts)          # [B, h]
+                for row, i in zip(pooled, batch):
+                    data = self._finish(row, params[i]).cpu()
+                    results[i] = PoolingRequestOutput(request_ids[i], PoolingOutput(data),
+                                                      token_ids[i], 0, True)
                 self.stats["num_prompt_tokens"] += sum(len(token_ids[i]) for i in batch)
                 if bar is not None:
                     bar.update(len(batch))
@@ -205,17 +307,6 @@ class PoolingRunner:
             if bar is not None:
                 bar.close()
         return results
-
-    def _make_output(self, request_id: str, emb: torch.Tensor, ids: list[int],
-                     p: PoolingParams) -> EmbeddingRequestOutput:
-        if p.dimensions is not None:        # Matryoshka-style cut, before normalizing
-            emb = emb[:p.dimensions]
-        normalize = self.pooler_config.normalize if p.normalize is None else p.normalize
-        if normalize:
-            emb = F.normalize(emb, p=2, dim=-1)
-        return EmbeddingRequestOutput(request_id=request_id,
-                                      outputs=EmbeddingOutput(embedding=emb.cpu().tolist()),
-                                      prompt_token_ids=ids, finished=True)
 
     def get_stats(self) -> dict:
         return {**self.stats, "device": str(self.device),

@@ -43,7 +43,8 @@ def scheduled_seq(seq: Sequence, start: int, num_new_tokens: int) -> ScheduledSe
     return ScheduledSeq(seq.seq_id, group.request_id, start, token_ids[start:end],
                         table, placeholder, sample,
                         None if group.prompt_logprobs is None else
-                        prompt_logprob_spec(seq, start, end))
+                        prompt_logprob_spec(seq, start, end),
+                        0 if group.lora_request is None else group.lora_request.lora_int_id)
 
 
 def sample_spec(seq: Sequence) -> SampleSpec:

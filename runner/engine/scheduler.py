@@ -220,11 +220,17 @@ class Scheduler:
         Returns the budget left."""
         bm, cpu = self.block_manager, self.cpu_block_manager
         used_slots = sum(self._seq_slots(s) for s in self.running)
+        loras = self._running_loras()
         while self.swapped and budget > 0:
             unit = self.swapped[0]
             need = bm.num_distinct_blocks(unit) + len(unit)
             if need > bm.num_free_blocks or used_slots + len(unit) > self.config.max_num_seqs:
                 break
+            lora = unit[0].group.lora_request
+            if loras is not None and lora is not None and lora.lora_int_id not in loras:
+                if len(loras) >= self.config.max_loras:
+                    break                     # its adapter waits for a free slot
+                loras.add(lora.lora_int_id)
             self.swapped.popleft()
             out.blocks_to_swap_in += bm.swap_in(unit, cpu)
             self.num_swapped_in += len(unit)
@@ -322,6 +328,9 @@ class Scheduler:
                 "gpu_memory_utilization or lower max_model_len.")
         now = time.time()
         out.scheduled = [self._plain(c, now) for c in chunks]
+        if self.config.max_loras is not None:
+            out.lora_requests = {r.lora_int_id: r for r in (
+                c.seq.group.lora_request for c in chunks) if r is not None}
         # (a structured request's next mask needs this step's token: no async step for it)
         out.async_sample = self.async_scheduling and all(
             s.prompt_logprobs is None and (s.sample is None or (
@@ -333,8 +342,17 @@ class Scheduler:
         kv = self.kv_cache
         used_slots = sum(self._seq_slots(s) for s in self.running)
         held: list[Sequence] = []
+        loras = self._running_loras()
         while self.waiting and budget > 0:
             seq = self.waiting[0]
+            lora = seq.group.lora_request
+            if loras is not None and lora is not None and lora.lora_int_id not in loras:
+                if len(loras) >= self.config.max_loras:
+                    # a step holds at most max_loras adapters: it waits for a free one, and
+                    # requests behind it with adapters of running ones (or none) go first
+                    held.append(self.waiting.popleft())
+                    continue
+                loras.add(lora.lora_int_id)
             if seq.group.beam is not None and seq.group.forked:
                 admitted, budget = self._admit_beam_unit(seq, chunks, out, budget, used_slots)
                 if not admitted:
@@ -361,6 +379,13 @@ class Scheduler:
             kv.allocate(seq, hit)
             budget -= self._take(seq, k, chunks, out)
         self.waiting.extendleft(reversed(held))
+
+    def _running_loras(self) -> Optional[set]:
+        """The adapter ids of the running sequences (None when LoRA is off)."""
+        if self.config.max_loras is None:
+            return None
+        return {s.group.lora_request.lora_int_id for s in self.running
+                if s.group.lora_request is not None}
 
     def _take(self, seq: Sequence, k: int, chunks: list[_Chunk], out: SchedulerOutput) -> int:
         """Slots for an admitted sequence's next k tokens; returns k."""

@@ -86,6 +86,7 @@ class ScheduledSeq:
     placeholder_step: int = -1       # >= 0: its last input id is that step's unread sample
     sample: Optional[SampleSpec] = None
     prompt_logprobs: Optional[PromptLogprobSpec] = None
+    lora_int_id: int = 0             # its LoRA adapter (SchedulerOutput.lora_requests); 0: none
 
     @property
     def num_new_tokens(self) -> int:
@@ -102,6 +103,8 @@ class SchedulerOutput:
     finished_req_ids: list[str] = field(default_factory=list)   # forget their generators
     # the step's samples stay on the device until the next step is launched
     async_sample: bool = False
+    # the LoRA adapters the step's sequences use, by lora_int_id (at most max_loras)
+    lora_requests: dict = field(default_factory=dict)
 
     @property
     def num_batched_tokens(self) -> int:

@@ -193,6 +193,16 @@ class SequenceGroup:
         # of those, the leading full blocks already offered to the prefix cache's store
         self.num_logprob_blocks = 0
         self.prompt_logprob_dicts: list = []     # the entries as vLLM's Logprob dicts
+        self.lora_request = None                 # its LoRA adapter (a LoRARequest), if any
+        # what besides the tokens names its KV blocks in the prefix cache: the adapter
+        self.hash_extra_keys: Optional[bytes] = None
+
+    def set_lora_request(self, lora_request) -> None:
+        """Run the request with a LoRA adapter: its KV differs from the base model's, so its
+        blocks are hashed apart from other adapters' and the base's."""
+        self.lora_request = lora_request
+        self.hash_extra_keys = None if lora_request is None else (
+            f"lora:{lora_request.lora_int_id}:{lora_request.lora_name}".encode())
 
     @property
     def n(self) -> int:

@@ -28,6 +28,7 @@ from runner.engine.custom_all_reduce import MAX_BYTES
 from runner.engine.distributed import (EXECUTE, TensorParallelGroup, init_tensor_parallel,
                                        recv_step)
 from runner.engine.model_runner import ModelRunner
+from runner.engine.worker_rpc import WorkerRPCMixin
 
 logger = logging.getLogger("runner.engine")
 
@@ -53,13 +54,20 @@ def rank_device(config: EngineConfig, rank: int) -> torch.device:
     return device
 
 
-class Worker:
+class Worker(WorkerRPCMixin):
     def __init__(self, config: EngineConfig, rank: int = 0,
                  tp: Optional[TensorParallelGroup] = None, eos_token_ids: tuple = ()):
         self.config = config
+        self.model_config = config.model_config
         self.rank, self.tp = rank, tp
         self.device = rank_device(config, rank)
         self.block_size = config.cache_config.block_size
+        # what this process already holds on the device (another engine, the user's tensors):
+        # the KV sizing counts only what this engine adds on top of it
+        self.baseline_bytes = 0
+        if self.device.type == "cuda":
+            self.baseline_bytes = torch.cuda.memory_allocated(self.device)
+            self._check_free_memory()
         self.model_runner = mr = ModelRunner(config, rank, tp, self.device, eos_token_ids)
         if tp is not None and not config.parallel_config.disable_custom_all_reduce:
             # decode's all-reduces are [num_seqs, hidden]: size the buffer for the largest
@@ -86,7 +94,26 @@ class Worker:
                         self.num_blocks, self.block_size, self.num_blocks * self.block_size,
                         self.num_blocks * mr.block_bytes / 2**20, self.num_cpu_blocks)
 
+    def get_model(self) -> torch.nn.Module:
+        """The model (LLM.apply_model / collective_rpc reach it through here)."""
+        return self.model_runner.model
+
     # ---------------------------------------------------------------- KV sizing
+    def _check_free_memory(self) -> None:
+        """vLLM's start-up check: the gpu_memory_utilization share must be free on the card
+        now, or the cache would be sized for memory that others (another engine in this
+        process, other processes) hold."""
+        util = self.config.cache_config.gpu_memory_utilization
+        if self.config.cache_config.num_gpu_blocks_override is not None:
+            return
+        free, total = torch.cuda.mem_get_info(self.device)
+        if free < util * total:
+            raise ValueError(
+                f"free memory on {self.device} at start-up ({free / 2**30:.2f} of "
+                f"{total / 2**30:.2f} GiB) is less than gpu_memory_utilization={util} "
+                f"({util * total / 2**30:.2f} GiB): lower gpu_memory_utilization or free the "
+                "memory other engines (del llm) or processes hold.")
+
     def _determine_num_blocks(self) -> int:
         cache = self.config.cache_config
         if cache.num_gpu_blocks_override is not None:
@@ -138,22 +165,29 @@ class Worker:
         graph_reserve = self._profile_graph_pool(tmp_caches)
         del tmp_caches
         torch.cuda.empty_cache()
-        _, total = torch.cuda.mem_get_info()
+        free, total = torch.cuda.mem_get_info(self.device)
         budget = total * self.config.cache_config.gpu_memory_utilization
         # the custom all-reduce's buffer lives outside PyTorch's allocator statistics
         ca = self.tp.custom_all_reduce if self.tp is not None else None
-        available = budget - (peak - tmp_bytes) - graph_reserve - (ca.max_bytes if ca else 0)
+        extra = graph_reserve + (ca.max_bytes if ca else 0)
+        # this engine's weights and forward-pass peak, without what the process held before
+        own = peak - tmp_bytes - self.baseline_bytes
+        # and the card must really have it: other engines and processes hold memory too
+        transient = peak - tmp_bytes - torch.cuda.memory_allocated(self.device)
+        available = min(budget - own - extra, free - transient - extra)
         num_blocks = int(available // mr.block_bytes)
-        logger.info("memory profile: peak %.2f GiB without cache, CUDA-graph reserve %.2f GiB, "
-                    "budget %.2f GiB -> %d blocks", (peak - tmp_bytes) / 2**30,
-                    graph_reserve / 2**30, budget / 2**30, num_blocks)
+        logger.info("memory profile: weights + peak %.2f GiB without cache, CUDA-graph reserve "
+                    "%.2f GiB, budget %.2f GiB, free %.2f GiB -> %d blocks", own / 2**30,
+                    graph_reserve / 2**30, budget / 2**30, free / 2**30, num_blocks)
         if num_blocks < 1:
             raise ValueError(
                 f"no memory left for the KV cache: the model and a forward pass of "
-                f"{num_tokens} tokens take {(peak - tmp_bytes) / 2**30:.2f} GiB of the "
+                f"{num_tokens} tokens take {own / 2**30:.2f} GiB of the "
                 f"{budget / 2**30:.2f} GiB that gpu_memory_utilization="
-                f"{self.config.cache_config.gpu_memory_utilization} allows. Raise it or lower "
-                "max_num_batched_tokens.")
+                f"{self.config.cache_config.gpu_memory_utilization} allows, and "
+                f"{free / 2**30:.2f} GiB of the card is free (other engines or processes hold "
+                "the rest). Raise gpu_memory_utilization, lower max_num_batched_tokens, or free "
+                "the other engine first (del llm).")
         return num_blocks
 
     def _profile_graph_pool(self, tmp_caches: list[torch.Tensor]) -> int:

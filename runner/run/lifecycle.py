@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from runner import manifest as mf
-from runner.model_source import resolve_model_source, weight_hashes
+from runner.model_source import adapter_hashes, resolve_model_source, weight_hashes
 from runner.run.folder import RunFolder, plan_location
 from runner.run.interrupts import RunInterrupted, interrupts
 from runner.run.modes import get_mode
@@ -200,9 +200,14 @@ class _Run:
         cfg, folder = self.cfg, self.folder
         info = self.backend.model_info()
         weights = weight_hashes(info.get("weight_files") or [], info.get("local_path"))
+        lora = info.get("lora")
+        if lora:    # the adapter's files count as weights: content_hash covers them
+            weights += adapter_hashes(lora["path"])
         source_info = {"kind": source.kind, "model": source.model, "gguf_path": source.gguf_path,
                        "hub_id": cfg.model.model}
         model = mf.model_entry(cfg.model.name, source_info, info, weights)
+        if lora:
+            model["lora"] = {**lora, "files": [w for w in weights if w.get("lora")]}
         if existing is not None:
             self.manifest = existing
             self.was_complete = existing.get("status") == "completed"

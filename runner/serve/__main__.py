@@ -1,6 +1,7 @@
 """`python -m runner.serve`: the command line, the only place of the server that knows Hydra.
 
-    argv -> `serve.gpus=0,1` quoted (Hydra would read an unquoted comma list as a sweep)
+    argv -> `serve.gpus=0,1` quoted (Hydra would read an unquoted comma list as a sweep);
+            vLLM's `--lora-modules NAME=PATH ...` -> serve.lora_modules=[...]
          -> hydra.main composes conf/serve.yaml (model/, engine/, sampling/ groups of conf/ +
             the serve node) against runner/serve/config.py
          -> DictConfig -> ServeRunConfig dataclasses -> runner.serve.server.serve(cfg)
@@ -29,13 +30,40 @@ def quote_gpus(argv: list[str]) -> list[str]:
     return out
 
 
+_ROOT_KEYS = ("model", "engine", "sampling", "serve", "seed", "hydra")
+
+
+def lora_modules_flag(argv: list[str]) -> list[str]:
+    """vLLM's `--lora-modules NAME=PATH [NAME=PATH ...]` -> serve.lora_modules=[...]."""
+    out, specs, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--lora-modules" or arg.startswith("--lora-modules="):
+            if "=" in arg.split("--lora-modules", 1)[1][:1]:
+                specs.append(arg.split("=", 1)[1])
+            i += 1
+            # NAME=PATH entries follow until an option or a config override (a dotted key,
+            # or one of the root config's keys: model=..., engine=..., seed=...)
+            while i < len(argv) and not argv[i].startswith(("-", "+", "~")) and "=" in argv[i] \
+                    and "." not in argv[i].split("=", 1)[0] \
+                    and argv[i].split("=", 1)[0] not in _ROOT_KEYS:
+                specs.append(argv[i])
+                i += 1
+            continue
+        out.append(arg)
+        i += 1
+    if specs:
+        out.append("serve.lora_modules=[" + ",".join(f"'{s}'" for s in specs) + "]")
+    return out
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     import hydra
     from hydra.core.config_store import ConfigStore
 
     from runner.serve.config import register_configs
 
-    argv = quote_gpus(list(sys.argv[1:] if argv is None else argv))
+    argv = quote_gpus(lora_modules_flag(list(sys.argv[1:] if argv is None else argv)))
     register_configs(ConfigStore.instance())
     failed: list = []
 

@@ -93,6 +93,10 @@ async def list_models(request: Request) -> Response:
              "root": state.served_model_names[-1], "parent": None,
              "max_model_len": state.max_model_len, "permission": []}
             for name in state.served_model_names]
+    data += [{"id": name, "object": "model", "created": state.created, "owned_by": "runner",
+              "root": lora.lora_path, "parent": state.model_name,
+              "max_model_len": state.max_model_len, "permission": []}
+             for name, lora in state.lora_requests.items()]
     return JSONResponse({"object": "list", "data": data})
 
 

@@ -109,6 +109,7 @@ class _Add:
     stream: RequestStream
     accepted: asyncio.Future
     arrival_time: float
+    lora_request: Any = None   # a served LoRA adapter (serve.lora_modules)
 
 
 @dataclass
@@ -194,7 +195,8 @@ class AsyncLLMEngine:
     def new_request_id(self, prefix: str) -> str:
         return f"{prefix}-{next(self._ids)}"
 
-    async def add_request(self, request_id: str, prompt: Any, params: Any) -> RequestStream:
+    async def add_request(self, request_id: str, prompt: Any, params: Any,
+                          lora_request: Any = None) -> RequestStream:
         """Queue a request; raises ValueError (bad input), EngineRequestError,
         EngineShutdownError or EngineOverloadedError before any output is produced."""
         if not self._accepting or not self.is_running:
@@ -207,7 +209,8 @@ class AsyncLLMEngine:
         loop = asyncio.get_running_loop()
         stream = RequestStream(request_id, loop, self)
         accepted = loop.create_future()
-        self._inbox.put(_Add(request_id, prompt, params, stream, accepted, time.time()))
+        self._inbox.put(_Add(request_id, prompt, params, stream, accepted, time.time(),
+                             lora_request))
         try:
             await accepted
         except asyncio.CancelledError:
@@ -250,7 +253,9 @@ class AsyncLLMEngine:
                 if not self._accepting:
                     raise EngineShutdownError("the server is shutting down; request refused")
                 self.engine.add_request(cmd.request_id, cmd.prompt, cmd.params,
-                                        arrival_time=cmd.arrival_time)
+                                        arrival_time=cmd.arrival_time,
+                                        **({} if cmd.lora_request is None
+                                           else {"lora_request": cmd.lora_request}))
             except (ValueError, NotImplementedError, EngineShutdownError) as exc:
                 self._resolve(cmd.accepted, loop, exc=exc)  # the handler answers 400 / 503
                 return

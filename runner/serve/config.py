@@ -11,7 +11,7 @@ every field a request leaves out (as vLLM's --generation-config does).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
@@ -56,6 +56,10 @@ class ServeConfig:
     # GET /tokenizer_info (vLLM's --enable-tokenizer-info-endpoint): the tokenizer's config
     # and chat template, as lm-eval's remote tokenizer reads them.
     enable_tokenizer_info_endpoint: bool = False
+    # LoRA adapters served beside the base model (vLLM's --lora-modules NAME=PATH): a request
+    # whose "model" is NAME runs with the PEFT adapter folder PATH; the engine's enable_lora
+    # turns on (engine.max_loras adapters per step, engine.max_lora_rank their rank).
+    lora_modules: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -96,8 +100,34 @@ def llm_engine_kwargs(cfg: ServeRunConfig, model_path: str) -> dict:
     from runner.backends.engine_args import engine_args
     from runner.model_source import ModelSource
 
+    if cfg.model.lora:
+        raise ValueError(f"model.lora={cfg.model.lora!r} is the runner's; a server serves "
+                         "adapters by name: serve.lora_modules=[NAME=PATH] (--lora-modules).")
     args = engine_args(cfg.model, cfg.engine, cfg.seed, ModelSource(model=model_path, kind="local"))
+    if cfg.serve.lora_modules:
+        args = dataclasses.replace(args, enable_lora=True)
     return dataclasses.asdict(args)
+
+
+def lora_requests(lora_modules: list) -> dict:
+    """serve.lora_modules (["NAME=PATH", ...]) -> {NAME: LoRARequest(NAME, i, PATH)}, ids
+    1, 2, ... in order."""
+    import os
+
+    from runner.engine.lora.request import LoRARequest
+
+    out: dict = {}
+    for i, spec in enumerate(lora_modules or [], start=1):
+        name, eq, path = str(spec).partition("=")
+        name, path = name.strip(), path.strip()
+        if not eq or not name or not path:
+            raise ValueError(f"serve.lora_modules entry {spec!r} is not NAME=PATH (vLLM's "
+                             "--lora-modules sql=/path/to/adapter).")
+        if name in out:
+            raise ValueError(f"serve.lora_modules names {name!r} twice; give each adapter its "
+                             "own name.")
+        out[name] = LoRARequest(name, i, os.path.abspath(os.path.expanduser(path)))
+    return out
 
 
 def default_sampling(cfg: ServeRunConfig) -> dict:

@@ -23,7 +23,7 @@ import threading
 from typing import Any, Optional
 
 from runner.serve.config import (ServeConfig, ServeRunConfig, default_sampling, gpu_list,
-                                 llm_engine_kwargs)
+                                 llm_engine_kwargs, lora_requests)
 
 logger = logging.getLogger("runner.serve")
 
@@ -106,6 +106,8 @@ def serve(cfg: ServeRunConfig) -> None:
         raise ValueError(f"sampling preset: {exc}") from None
     source = resolve_model_source(cfg.model)
     llm = LLM(**llm_engine_kwargs(cfg, source.model))
+    for lora in lora_requests(cfg.serve.lora_modules).values():    # bad folders fail now
+        llm.llm_engine.executor.model_runner.lora_manager.get_adapter(lora)
     server = make_server(llm, served_names(cfg), defaults, cfg.serve)
     # uvicorn handles SIGINT/SIGTERM while it runs, then re-raises the signal under the
     # handlers it found; these make that a normal exit (status 0) after the graceful shutdown.

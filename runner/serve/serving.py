@@ -76,10 +76,12 @@ async def _add_all(state: ServerState, response_id: str, req: GenerationRequest,
                    prompts: list[dict]) -> list[RequestStream]:
     params = [req.params_for(len(p["prompt_token_ids"]), state.max_model_len) for p in prompts]
     base = state.engine.new_request_id(response_id)
+    lora = state.lora_requests.get(req.model) if req.model is not None else None
     streams: list[RequestStream] = []
     try:
         for i, (p, sp) in enumerate(zip(prompts, params)):
-            streams.append(await state.engine.add_request(f"{base}-{i}", p, sp))
+            streams.append(await state.engine.add_request(f"{base}-{i}", p, sp,
+                                                          lora_request=lora))
     except BaseException as exc:
         for s in streams:
             s.abort()
@@ -335,7 +337,7 @@ async def embeddings(request: Request) -> Response:
     llm = state.engine.llm
     try:
         outputs = await state.engine.run_in_engine_thread(
-            lambda: llm.encode(engine_prompts, pooling, use_tqdm=False))
+            lambda: llm.embed(engine_prompts, pooling_params=pooling, use_tqdm=False))
     except (ValueError, NotImplementedError) as exc:
         raise APIError(400, str(exc), "input") from None
     return JSONResponse(embedding_response(model, outputs, f.get("encoding_format", "float")))

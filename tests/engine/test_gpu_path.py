@@ -145,6 +145,24 @@ def test_kv_cache_sizing_stays_under_the_memory_fraction(small_model):
     assert torch.cuda.max_memory_allocated() <= 0.3 * total
 
 
+def test_a_second_engine_sizes_its_cache_without_the_first(small_model):
+    """gpu_memory_utilization is this engine's share of the card (vLLM's meaning): an engine
+    alive in the same process does not count against it, and what the card does not have
+    (0.3 + 0.8 > 1) is an error naming the free memory, not a cache past the card."""
+    import gc
+    gc.collect()
+    total = torch.cuda.get_device_properties(0).total_memory
+    first = LLM(small_model, dtype="bfloat16", gpu_memory_utilization=0.3, max_model_len=1024)
+    second = LLM(small_model, dtype="bfloat16", gpu_memory_utilization=0.3, max_model_len=1024)
+    a, b = (x.llm_engine.get_stats()["kv_cache_bytes"] for x in (first, second))
+    assert b > 0.5 * 0.3 * total and abs(a - b) < 0.05 * a
+    assert _tokens(first, _prompts(n=4)) == _tokens(second, _prompts(n=4))
+    with pytest.raises(ValueError, match="free"):
+        LLM(small_model, dtype="bfloat16", gpu_memory_utilization=0.8, max_model_len=1024)
+    del first, second
+    gc.collect()
+
+
 def test_fp8_kv_cache_holds_twice_the_tokens_and_keeps_the_torch_reference_tokens(small_model):
     """kv_cache_dtype='fp8' on the Triton path with CUDA graphs: twice the bf16 cache's tokens
     in the same memory fraction, and (fp32 weights) the greedy tokens of the torch reference

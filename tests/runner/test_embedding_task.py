@@ -53,7 +53,7 @@ def test_sts_mini_set():
 
 
 class _FakeEmbedder:
-    """encode() -> 2-d unit vectors at an angle given per sentence (cosine = cos(angle diff))."""
+    """embed() -> 2-d unit vectors at an angle given per sentence (cosine = cos(angle diff))."""
 
     class _Out:
         def __init__(self, emb):
@@ -62,7 +62,7 @@ class _FakeEmbedder:
     def __init__(self, angles):
         self.angles, self.calls = angles, []
 
-    def encode(self, prompts, pooling_params=None, use_tqdm=True):
+    def embed(self, prompts, *, pooling_params=None, use_tqdm=True):
         self.calls.append(list(prompts))
         return [self._Out([math.cos(self.angles[p]), math.sin(self.angles[p])]) for p in prompts]
 

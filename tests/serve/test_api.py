@@ -185,7 +185,7 @@ def test_embeddings_with_embedding_model(tmp_path):
         llm = LLM(str(tmp_path), skip_tokenizer_init=True)
         prompts = [[2, 5, 9, 11, 3], [2, 7, 3]]
         want = [o.outputs.embedding for o in
-                llm.encode([{"prompt_token_ids": p} for p in prompts], use_tqdm=False)]
+                llm.embed([{"prompt_token_ids": p} for p in prompts], use_tqdm=False)]
     except (NotImplementedError, TypeError, ValueError) as exc:
         pytest.skip(f"LLM.encode for embedding models is not available: {exc}")
     port = free_port()

@@ -178,12 +178,16 @@ def test_sigterm_past_grace_period_subprocess(tiny_model):
             except httpx.TransportError as exc:
                 whole.append((None, repr(exc)))
 
+        # the stream goes first: queued behind 64 sequences it would start only when two of
+        # the whole requests had finished (tens of seconds on a loaded CI machine)
+        stream = threading.Thread(target=_stream_events, args=(base, body, events, started))
+        stream.start()
+        assert started.wait(60)
         threads = [threading.Thread(target=call) for _ in range(8)]
-        threads.append(threading.Thread(target=_stream_events, args=(base, body, events,
-                                                                     started)))
         for t in threads:
             t.start()
-        assert started.wait(30)
+        time.sleep(1.0)  # the whole requests reach the server, some run, the rest wait
+        threads.append(stream)
         proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(60)

@@ -10,10 +10,11 @@ listed here is a ValueError that names the supported ones.
 """
 from __future__ import annotations
 
-from runner.engine.models.bert import BertModel
+from runner.engine.models.bert import BertForSequenceClassification, BertModel
 from runner.engine.models.gpt2 import GPT2LMHeadModel
 from runner.engine.models.llama import LlamaForCausalLM
 from runner.engine.models.opt import OPTForCausalLM
+from runner.engine.models.seq_cls import LlamaForSequenceClassification
 
 # generative models: paged KV cache, scheduler, sampler
 _DECODERS = {
@@ -24,9 +25,15 @@ _DECODERS = {
     "OPTForCausalLM": OPTForCausalLM,
     "GPT2LMHeadModel": GPT2LMHeadModel,
 }
-# embedding (pooling) models: no KV cache, each prompt encoded once (runner/engine/pooling.py)
+# pooling models: no persistent KV cache, each prompt encoded once (runner/engine/pooling.py)
 _ENCODERS = {
     "BertModel": BertModel,
+    # classification / cross-encoder / reward models (LLM.classify, score): pooling path too
+    "BertForSequenceClassification": BertForSequenceClassification,
+    "LlamaForSequenceClassification": LlamaForSequenceClassification,
+    "MistralForSequenceClassification": LlamaForSequenceClassification,
+    "Qwen2ForSequenceClassification": LlamaForSequenceClassification,
+    "Qwen3ForSequenceClassification": LlamaForSequenceClassification,
 }
 _MODELS = {**_DECODERS, **_ENCODERS}
 

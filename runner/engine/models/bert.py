@@ -1,10 +1,14 @@
-"""BERT-family encoder (HF `BertModel` architecture) for embedding models.
+"""BERT-family encoder (HF `BertModel` architecture) for embedding models, and
+`BertForSequenceClassification` (the encoder + BERT's pooler + a linear classifier) for
+classification and cross-encoder (LLM.score) models.
 
     input_ids [B, T], token_type_ids [B, T], positions [B, T], attention_mask [B, 1, Tq, Tk]
       -> embeddings: word + position + token_type, LayerNorm            [B, T, hidden]
       -> N x BertLayer: bidirectional self-attention + residual + LayerNorm (post-norm),
                         GELU FFN + residual + LayerNorm                 [B, T, hidden]
       -> last hidden states (no pooler head: pooling lives in runner/engine/pooling.py)
+    BertForSequenceClassification.compute_head(CLS hidden [B, hidden])
+      -> dense + tanh (BERT's pooler) -> classifier                      [B, num_labels]
 
 There is no KV cache: an encoder sees each prompt once, in a padded batch ([B, T] with a
 key-padding mask [B, 1, 1, T], built by runner/engine/pooling.py).
@@ -111,6 +115,14 @@ class BertModel(nn.Module):
             x = layer(x, attention_mask)
         return x
 
+    def hidden_states(self, input_ids: torch.Tensor, mask: torch.Tensor,
+                      token_type_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The pooling runner's entry: a padded batch input_ids/mask [B, T] (prompts
+        left-aligned, mask 1 on real tokens) -> last hidden states [B, T, hidden]."""
+        B, T = input_ids.shape
+        positions = torch.arange(T, device=input_ids.device).expand(B, T)     # [B, T]
+        return self(input_ids, positions, mask.bool()[:, None, None, :], token_type_ids)
+
     # ----------------------------------------------------------------- weights
     def _target(self, name: str) -> Optional[tuple[str, Optional[int]]]:
         """Checkpoint name -> (this module's parameter name, qkv shard index or None);
@@ -163,3 +175,47 @@ class BertModel(nn.Module):
             filled.setdefault(name, set()).add(shard)
         # a fused qkv parameter counts as loaded only when all three shards came
         return {n for n, s in filled.items() if None in s or s >= {0, 1, 2}}
+
+
+class BertForSequenceClassification(nn.Module):
+    """HF's BertForSequenceClassification: CLS hidden state -> pooler (dense + tanh) ->
+    classifier [num_labels]. The pooling runner pools CLS and calls compute_head."""
+
+    default_pooling_type = "CLS"
+
+    def __init__(self, config, pc=None):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size)        # BertPooler
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+
+    def hidden_states(self, input_ids, mask, token_type_ids=None) -> torch.Tensor:
+        return self.bert.hidden_states(input_ids, mask, token_type_ids)
+
+    def compute_head(self, pooled: torch.Tensor) -> torch.Tensor:
+        # pooled [B, hidden] -> logits [B, num_labels]; dropout is identity at inference
+        return self.classifier(torch.tanh(self.pooler(pooled)))
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        head = {"bert.pooler.dense.weight": "pooler.weight", "bert.pooler.dense.bias":
+                "pooler.bias", "classifier.weight": "classifier.weight",
+                "classifier.bias": "classifier.bias"}
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+
+        def encoder_weights():
+            for name, tensor in weights:
+                if name in head:
+                    dst = params[head[name]]
+                    if dst.shape != tensor.shape:
+                        raise ValueError(f"checkpoint tensor {name!r} has shape "
+                                         f"{tuple(tensor.shape)}, expected {tuple(dst.shape)}.")
+                    with torch.no_grad():
+                        dst.copy_(tensor.to(dst.dtype))
+                    loaded.add(head[name])
+                else:
+                    yield name, tensor
+
+        loaded |= {"bert." + n for n in self.bert.load_weights(encoder_weights())}
+        return loaded

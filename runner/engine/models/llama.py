@@ -218,6 +218,8 @@ class LlamaForCausalLM(nn.Module):
     # fused parameter -> its checkpoint parts (quantization ignore lists name the parts)
     packed_modules_mapping = {"qkv_proj": ["q_proj", "k_proj", "v_proj"],
                               "gate_up_proj": ["gate_proj", "up_proj"]}
+    # the layers that take LoRA adapters (runner/engine/lora/); the fused ones' HF parts above
+    supported_lora_modules = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
     # checkpoint name fragment -> (fused parameter fragment, shard id)
     stacked_params_mapping = [
         (".qkv_proj", ".q_proj", "q"), (".qkv_proj", ".k_proj", "k"),
