@@ -40,6 +40,7 @@ from runner.engine.outputs import RequestOutput
 from runner.engine.sampling_params import BeamSearchParams, SamplingParams
 from runner.engine.scheduler import Scheduler
 from runner.engine.sequence import SequenceGroup
+from runner.engine.stat_logger import StatLogger
 from runner.engine.tokenizer import load_tokenizer, parse_prompt
 
 logger = logging.getLogger("runner.engine")
@@ -83,6 +84,9 @@ class LLMEngine:
         self.step_times = {"schedule_s": 0.0, "execute_s": 0.0, "process_s": 0.0}
         self._inflight = None          # async scheduling: (SchedulerOutput, unread results)
         self._in_output_work = False
+        # disable_log_stats=False: a stats line in the log every few seconds (vLLM's)
+        self.stat_logger = StatLogger(self.scheduler, self.block_manager) \
+            if config.log_stats else None
 
     @classmethod
     def from_engine_args(cls, engine_args: EngineArgs) -> "LLMEngine":
@@ -113,6 +117,12 @@ class LLMEngine:
     def get_tokenizer(self):
         return self.tokenizer
 
+    def set_tokenizer(self, tokenizer) -> None:
+        """Tokenize prompts and decode outputs (text, Logprob.decoded_token) with `tokenizer`
+        from now on; between requests (running ones keep their detokenizers)."""
+        self.tokenizer = tokenizer
+        self.output_processor.set_tokenizer(tokenizer)
+
     # ------------------------------------------------------------------ requests
     def _tokenize(self, prompt: PromptType) -> tuple[Optional[str], list[int]]:
         return parse_prompt(prompt, self.tokenizer, self.model_config.hf_config.vocab_size)
@@ -132,7 +142,7 @@ class LLMEngine:
         max_logprobs = self.model_config.max_logprobs
         for name in ("logprobs", "prompt_logprobs"):
             val = getattr(params, name)
-            if val is not None and val > max_logprobs:
+            if val is not None and max_logprobs != -1 and val > max_logprobs:
                 raise ValueError(f"{name}={val} exceeds max_logprobs={max_logprobs}; lower it "
                                  "or raise the engine's max_logprobs.")
         if params.detokenize is False and params.stop:
@@ -189,7 +199,10 @@ class LLMEngine:
     # ---------------------------------------------------------------------- step
     def step(self) -> list[RequestOutput]:
         try:
-            return self._step()
+            outputs = self._step()
+            if self.stat_logger is not None:
+                self.stat_logger.maybe_log()
+            return outputs
         except BaseException:
             # the last good step's outputs stay available to take_held_outputs(): requests
             # that finished there are finished work, whatever broke afterwards

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from runner.engine.config import EngineConfig
 from runner.engine.outputs import EmbeddingOutput, EmbeddingRequestOutput, PoolingParams
 from runner.engine.tokenizer import load_tokenizer, parse_prompt
+from runner.engine.utils.torch_utils import set_random_seed
 
 logger = logging.getLogger("runner.engine")
 
@@ -128,6 +129,7 @@ class PoolingRunner:
             self.max_model_len = min(self.max_model_len, self.pooler_config.max_seq_length)
         self.model = self._load_model()
         self.stats = {"num_prompt_tokens": 0, "num_forward_passes": 0}
+        set_random_seed(mc.seed)      # as vLLM's workers: the global generators start at seed
 
     def _load_model(self) -> torch.nn.Module:
         from runner.engine.model_loader import get_model

@@ -28,6 +28,7 @@ from runner.engine.custom_all_reduce import MAX_BYTES
 from runner.engine.distributed import (EXECUTE, TensorParallelGroup, init_tensor_parallel,
                                        recv_step)
 from runner.engine.model_runner import ModelRunner
+from runner.engine.utils.torch_utils import set_random_seed
 
 logger = logging.getLogger("runner.engine")
 
@@ -59,6 +60,9 @@ class Worker:
         self.config = config
         self.rank, self.tp = rank, tp
         self.device = rank_device(config, rank)
+        # vLLM's workers seed Python's, numpy's and torch's global generators at start-up and
+        # again once the cache is set up, so that loading and warm-up leave no trace in them
+        set_random_seed(config.model_config.seed)
         self.block_size = config.cache_config.block_size
         self.model_runner = mr = ModelRunner(config, rank, tp, self.device, eos_token_ids)
         if tp is not None and not config.parallel_config.disable_custom_all_reduce:
@@ -85,6 +89,7 @@ class Worker:
                         "swap space %d blocks", str(mr.cache_dtype).replace("torch.", ""),
                         self.num_blocks, self.block_size, self.num_blocks * self.block_size,
                         self.num_blocks * mr.block_bytes / 2**20, self.num_cpu_blocks)
+        set_random_seed(config.model_config.seed)
 
     # ---------------------------------------------------------------- KV sizing
     def _determine_num_blocks(self) -> int:

@@ -17,7 +17,7 @@ import pytest
 
 EXAMPLES = Path(__file__).parent / "vllm_examples"
 REPO = Path(__file__).resolve().parents[2]
-TIMEOUT_S = 600
+TIMEOUT_S = 300        # per script; below pytest-timeout's 600 s so the output is shown
 
 
 def read_headers(script: Path) -> dict[str, list[str]]:
@@ -63,8 +63,14 @@ def test_vllm_example_runs(script: Path, request, tmp_path):
     env["PYTHONPATH"] = os.pathsep.join(
         [os.fspath(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.setdefault("OMP_NUM_THREADS", "1")
-    proc = subprocess.run([sys.executable, os.fspath(script)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    try:
+        proc = subprocess.run([sys.executable, os.fspath(script)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired as exc:
+        out = (exc.stdout or b"")[-4000:]
+        err = (exc.stderr or b"")[-6000:]
+        pytest.fail(f"{script.name} ran past {TIMEOUT_S} s\n--- stdout ---\n{out!r}\n"
+                    f"--- stderr ---\n{err!r}")
     tail = f"\n--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}"
     assert proc.returncode == 0, f"{script.name} exited {proc.returncode}{tail}"
     for want in headers.get("expect", []):
