@@ -2,9 +2,12 @@
 
 `EngineArgs` holds every argument vLLM's `LLM` and its engine kwargs accept (the names and
 defaults are vLLM's). `EngineArgs.create_configs()` validates them and resolves what depends on
-the model: the local model folder (hub or GGUF), the HF config, the torch dtype and
-max_model_len. Every value this engine does not support yet raises an error naming the argument;
-nothing is silently ignored.
+the model: the local model folder (hub or GGUF), the HF config (with hf_overrides), the runner
+(generate or pooling), the torch dtype, max_model_len, the generation_config folder and the
+compilation_config's CUDA graph sizes. The helpers that read model files are
+runner/engine/model_files.py's, compilation_config is runner/engine/compilation.py's, and the
+command line of these fields is runner/engine/engine/arg_utils.py's. Every value this engine
+does not support yet raises an error naming the argument; nothing is silently ignored.
 """
 from __future__ import annotations
 
