@@ -102,7 +102,15 @@ class EngineConfig:
     distributed_timeout_s: float = 600.0  # tensor parallelism: a hung worker's error after this
     max_logprobs: int = 20
     download_dir: Optional[str] = None
-    disable_log_stats: bool = True
+    disable_log_stats: bool = True  # false: engine stats in run.log every 10 s (vLLM's)
+    runner: str = "auto"  # auto (from the architecture) | generate | pooling (vLLM 0.24)
+    convert: str = "auto"  # auto | none | embed | classify
+    # the model's generation defaults: auto (its generation_config.json) | vllm (none) | a folder
+    generation_config: str = "auto"
+    override_generation_config: Dict[str, Any] = field(default_factory=dict)
+    hf_overrides: Dict[str, Any] = field(default_factory=dict)  # config.json attributes to set
+    # an int (0: no torch.compile, the only mode here) or a dict: cudagraph_capture_sizes, ...
+    compilation_config: Any = None
     # LoRA adapters (vLLM's names and defaults): slots per step, their rank, adapters kept in
     # host memory (null: max_loras)
     enable_lora: bool = False

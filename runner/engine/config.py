@@ -2,37 +2,40 @@
 
 `EngineArgs` holds every argument vLLM's `LLM` and its engine kwargs accept (the names and
 defaults are vLLM's). `EngineArgs.create_configs()` validates them and resolves what depends on
-the model: the local model folder (hub or GGUF), the HF config, the torch dtype and
-max_model_len. Every value this engine does not support yet raises an error naming the argument;
-nothing is silently ignored.
+the model: the local model folder (hub or GGUF), the HF config (with hf_overrides), the runner
+(generate or pooling), the torch dtype, max_model_len, the generation_config folder and the
+compilation_config's CUDA graph sizes. The helpers that read model files are
+runner/engine/model_files.py's, compilation_config is runner/engine/compilation.py's, and the
+command line of these fields is runner/engine/engine/arg_utils.py's. Every value this engine
+does not support yet raises an error naming the argument; nothing is silently ignored.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
 
 from runner.engine.pooler_config import PoolerConfig  # noqa: F401  (vllm.config.PoolerConfig)
+from runner.engine.compilation import resolve_compilation_config
+from runner.engine.model_files import (_STR_TO_DTYPE, generation_config_folder, load_hf_config,
+                                       read_generation_config, read_json, resolve_dtype,
+                                       resolve_max_model_len, resolve_model_path,
+                                       total_cpu_memory, weight_files_in)
 
 logger = logging.getLogger("runner.engine")
 
-_STR_TO_DTYPE = {
-    "half": torch.float16, "float16": torch.float16, "fp16": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float": torch.float32, "float32": torch.float32, "fp32": torch.float32,
-}
 _LOAD_FORMATS = ("auto", "safetensors", "pt", "dummy", "gguf")
 _DEVICES = ("auto", "cpu", "cuda")
+RUNNER_OPTIONS = ("auto", "generate", "pooling")      # vLLM 0.24's (no 'draft' model here)
+CONVERT_OPTIONS = ("auto", "none", "embed", "classify")
 # kv_cache_dtype -> the cache tensor's dtype (None: the model's). fp8 entries are stored unscaled
 # (vLLM's default k_scale = v_scale = 1.0), saturating at the format's largest finite value.
 KV_CACHE_DTYPES = {"auto": None, "fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn,
                     "fp8_e5m2": torch.float8_e5m2}
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 
 
 @dataclass
@@ -54,19 +57,48 @@ class ModelConfig:
     max_logprobs: int = 20
     quantization: Optional[str] = None   # resolved method (runner/engine/quantization/)
     cpu_offload_gb: float = 0            # GiB of weights kept in pinned CPU memory (CUDA)
+    runner_type: str = "generate"        # resolved runner: 'generate' or 'pooling'
+    # where the generation defaults come from: 'auto' (the model folder), 'vllm' (none) or a
+    # folder; generation_config_path is the folder read (EOS ids come from it in every case)
+    generation_config: str = "auto"
+    generation_config_path: Optional[str] = None
+    override_generation_config: dict = field(default_factory=dict)
 
     @property
     def architecture(self) -> str:
         archs = getattr(self.hf_config, "architectures", None) or []
         return archs[0] if archs else "<none in config.json>"
 
+    def try_get_generation_config(self) -> dict:
+        """generation_config.json's non-default values ({} when there is none)."""
+        return read_generation_config(self.generation_config_path or self.model_path)
+
+    def get_diff_sampling_param(self) -> dict:
+        """The default SamplingParams fields as vLLM derives them: generation_config.json's
+        repetition_penalty, temperature, top_k, top_p, min_p and max_new_tokens (as max_tokens)
+        unless generation_config='vllm', then override_generation_config on top."""
+        config = {} if self.generation_config == "vllm" else self.try_get_generation_config()
+        config.update(self.override_generation_config)
+        keys = ("repetition_penalty", "temperature", "top_k", "top_p", "min_p",
+                "max_new_tokens")
+        diff = {k: config[k] for k in keys if config.get(k) is not None}
+        if "max_new_tokens" in diff:
+            diff["max_tokens"] = diff.pop("max_new_tokens")
+        if diff and self.generation_config != "vllm":
+            logger.info("default sampling parameters from %s: %s (generation_config='vllm' "
+                        "uses SamplingParams' own)",
+                        "the model's generation_config.json" if self.generation_config == "auto"
+                        else self.generation_config, diff)
+        return diff
+
     def eos_token_ids(self) -> list[int]:
         """Every EOS id the model lists, in order: config.json's eos_token_id, then those of
         generation_config.json (HF generate's source; Llama-3 Instruct lists <|eot_id|>
         there), each an int or a list. Empty when neither lists one."""
         ids: list[int] = []
+        folder = self.generation_config_path or self.model_path
         sources = [getattr(self.hf_config, "eos_token_id", None),
-                   _read_json(os.path.join(self.model_path, "generation_config.json")).get(
+                   read_json(os.path.join(folder, "generation_config.json")).get(
                        "eos_token_id")]
         for value in sources:
             for t in (value if isinstance(value, (list, tuple)) else [value]):
@@ -132,6 +164,10 @@ class EngineConfig:
     kernel_backend: str = "torch"     # resolved: 'triton' or 'torch'
     async_scheduling: bool = True
     lora_config: Optional[Any] = None   # runner/engine/lora/config.py LoRAConfig; None: off
+    # decode batch sizes to capture as CUDA graphs (compilation_config's
+    # cudagraph_capture_sizes); None: the engine's buckets (runner/engine/cuda_graphs.py)
+    cudagraph_capture_sizes: Optional[list] = None
+    log_stats: bool = False           # not disable_log_stats: periodic stats in the log
 
 
 @dataclass
@@ -184,10 +220,36 @@ class EngineArgs:
     max_loras: int = 1
     max_lora_rank: int = 16
     max_cpu_loras: Optional[int] = None
+    # vLLM 0.24's model runner: 'auto' (from the architecture), 'generate' or 'pooling'; and
+    # convert: 'auto', 'none', or adapting a model to a pooling task ('embed', 'classify')
+    runner: str = "auto"
+    convert: str = "auto"
+    # generation defaults: 'auto' (the model's generation_config.json), 'vllm' (SamplingParams'
+    # own) or a folder with a generation_config.json; override_generation_config on top
+    generation_config: str = "auto"
+    override_generation_config: dict = field(default_factory=dict)
+    hf_overrides: Any = field(default_factory=dict)   # config.json attributes, or a callable
+    # an int (vLLM's compilation mode: only 0, no torch.compile, runs here) or a dict with mode /
+    # level, cudagraph_capture_sizes, max_cudagraph_capture_size, cudagraph_mode
+    compilation_config: Optional[Any] = None
 
     @classmethod
     def field_names(cls) -> set:
         return {f.name for f in dataclasses.fields(cls)}
+
+    @staticmethod
+    def add_cli_args(parser):
+        """vLLM's: one command-line option per field (runner/engine/engine/arg_utils.py);
+        returns the parser."""
+        from runner.engine.engine.arg_utils import add_engine_cli_args
+        return add_engine_cli_args(parser)
+
+    @classmethod
+    def from_cli_args(cls, args) -> "EngineArgs":
+        """vLLM's: the fields an argparse Namespace (from add_cli_args) has; others are left
+        at their defaults."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{name: getattr(args, name) for name in names if hasattr(args, name)})
 
     # ---------------------------------------------------------------- validation
     def _check_unsupported(self) -> None:
@@ -209,9 +271,24 @@ class EngineArgs:
         if self.enable_prefix_caching not in (None, True, False):
             raise ValueError(f"enable_prefix_caching must be True, False or None (on), got "
                              f"{self.enable_prefix_caching!r}.")
-        if self.tokenizer_mode not in ("auto", "slow"):
+        if self.tokenizer_mode not in ("auto", "hf", "slow"):
             raise NotImplementedError(
-                f"tokenizer_mode={self.tokenizer_mode!r} is not supported; use 'auto' or 'slow'.")
+                f"tokenizer_mode={self.tokenizer_mode!r} is not supported; use 'auto' or 'hf' "
+                "(the fast HF tokenizer when there is one) or 'slow'.")
+        if self.runner not in RUNNER_OPTIONS:
+            raise ValueError(f"runner must be one of {list(RUNNER_OPTIONS)}, got "
+                             f"{self.runner!r}.")
+        if self.convert not in CONVERT_OPTIONS:
+            raise ValueError(f"convert must be one of {list(CONVERT_OPTIONS)}, got "
+                             f"{self.convert!r}.")
+        if self.override_generation_config is not None and not isinstance(
+                self.override_generation_config, dict):
+            raise ValueError(f"override_generation_config must be a dict, got "
+                             f"{type(self.override_generation_config).__name__}.")
+        if not isinstance(self.max_logprobs, int) or isinstance(self.max_logprobs, bool) or \
+                self.max_logprobs < -1:
+            raise ValueError(f"max_logprobs must be an int >= 0, or -1 (no limit), got "
+                             f"{self.max_logprobs!r}.")
 
     def _check_values(self) -> None:
         if not isinstance(self.model, str) or not self.model:
@@ -285,7 +362,9 @@ class EngineArgs:
         device = self._resolve_device()
         model_path, weight_files, load_format = resolve_model_path(
             self.model, self.revision, self.load_format, self.download_dir)
-        hf_config = load_hf_config(model_path, self.trust_remote_code)
+        hf_config = load_hf_config(model_path, self.trust_remote_code, self.hf_overrides)
+        runner_type = resolve_runner(self.runner, self.convert, hf_config)
+        gen_folder = generation_config_folder(model_path, self.generation_config)
         dtype = resolve_dtype(self.dtype, hf_config, device)
         from runner.engine.quantization import resolve_quantization
         quantization = resolve_quantization(
@@ -314,7 +393,9 @@ class EngineArgs:
             hf_config=hf_config, load_format=load_format,
             skip_tokenizer_init=self.skip_tokenizer_init, weight_files=weight_files,
             max_logprobs=self.max_logprobs, quantization=quantization,
-            cpu_offload_gb=float(self.cpu_offload_gb))
+            cpu_offload_gb=float(self.cpu_offload_gb), runner_type=runner_type,
+            generation_config=self.generation_config, generation_config_path=gen_folder,
+            override_generation_config=dict(self.override_generation_config or {}))
         chunked = True if self.enable_chunked_prefill is None else bool(self.enable_chunked_prefill)
         max_batched = self.max_num_batched_tokens
         if max_batched is None:
@@ -336,6 +417,11 @@ class EngineArgs:
             # the offloaded layers' stream hooks cannot be frozen into CUDA graphs
             logger.warning("cpu_offload_gb=%s streams weights between layers: CUDA graphs are "
                            "off (enforce_eager=True).", self.cpu_offload_gb)
+            enforce_eager = True
+        capture_sizes, graphs_off = resolve_compilation_config(self.compilation_config,
+                                                               self.max_num_seqs)
+        if graphs_off and not enforce_eager:
+            logger.info("compilation_config turns CUDA graphs off: eager decode steps")
             enforce_eager = True
         kernel_backend = self._resolve_kernel_backend(device)
         lora_config = self._resolve_lora_config(hf_config)
@@ -360,7 +446,8 @@ class EngineArgs:
             enforce_eager=enforce_eager, max_seq_len_to_capture=self.max_seq_len_to_capture,
             disable_async_output_proc=self.disable_async_output_proc,
             async_scheduling=self.async_scheduling,
-            kernel_backend=kernel_backend, lora_config=lora_config)
+            kernel_backend=kernel_backend, lora_config=lora_config,
+            cudagraph_capture_sizes=capture_sizes, log_stats=not self.disable_log_stats)
 
     def _resolve_lora_config(self, hf_config):
         from runner.engine.lora.config import resolve_lora_config
@@ -422,136 +509,23 @@ class EngineArgs:
         return torch.device(self.device)
 
 
-def resolve_model_path(model: str, revision: Optional[str], load_format: str,
-                       download_dir: Optional[str] = None) -> tuple[str, list, str]:
-    """Local folder, GGUF file or hub id -> (local folder, source weight files, load_format)."""
-    if os.path.isfile(model) and model.endswith(".gguf"):
-        from runner.engine.gguf_loader import gguf_to_hf_dir
-        folder = gguf_to_hf_dir(model)
-        fmt = "safetensors" if load_format in ("auto", "gguf") else load_format
-        return folder, [os.path.abspath(model)], fmt
-    if load_format == "gguf":
-        raise ValueError(f"load_format='gguf' needs model to be a .gguf file, got {model!r}.")
-    if os.path.isdir(model):
-        folder = os.path.abspath(model)
-    else:
-        looks_local = model.startswith(("/", "./", "../", "~")) or os.sep + os.sep in model \
-            or not _REPO_ID.match(model)
-        if looks_local:
-            raise ValueError(f"model folder not found: {model!r} (no such directory; give a "
-                             "local folder with config.json, a .gguf file or a hub id).")
-        folder = _snapshot_download(model, revision, load_format, download_dir)
-    if not os.path.isfile(os.path.join(folder, "config.json")):
-        raise ValueError(f"model folder {folder!r} has no config.json; it is not a HF-format "
-                         "model folder.")
-    return folder, weight_files_in(folder, load_format), load_format
-
-
-def _snapshot_download(repo_id: str, revision: Optional[str], load_format: str,
-                       download_dir: Optional[str]) -> str:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import HfHubHTTPError
-
-    patterns = ["*.json", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
-    if load_format in ("auto", "safetensors"):
-        patterns.append("*.safetensors")
-    if load_format in ("auto", "pt"):
-        patterns.append("*.bin")
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-    try:
-        return snapshot_download(repo_id, revision=revision, allow_patterns=patterns,
-                                 cache_dir=download_dir)
-    except (HfHubHTTPError, OSError, ValueError) as exc:   # includes LocalEntryNotFoundError
-        where = "the local hub cache (HF_HUB_OFFLINE=1)" if offline else "the hub or local cache"
-        raise ValueError(
-            f"model {repo_id!r} (revision {revision or 'main'}) is not a local folder and could "
-            f"not be loaded from {where}: {type(exc).__name__}: {exc}") from None
-
-
-def weight_files_in(folder: str, load_format: str) -> list:
-    files = sorted(os.listdir(folder))
-    st = [os.path.join(folder, f) for f in files if f.endswith(".safetensors")]
-    pt = [os.path.join(folder, f) for f in files
-          if f.endswith(".bin") and not f.startswith("training_args")]
-    if load_format == "dummy":
-        return []
-    if load_format in ("auto", "safetensors") and st:
-        return st
-    if load_format in ("auto", "pt") and pt:
-        return pt
-    wanted = {"auto": "*.safetensors or *.bin", "safetensors": "*.safetensors",
-              "pt": "*.bin"}[load_format]
-    raise ValueError(f"no weight files ({wanted}) in model folder {folder!r} for "
-                     f"load_format={load_format!r}; use load_format='dummy' for random weights.")
-
-
-def total_cpu_memory() -> int:
-    """The machine's physical memory in bytes (0 when it cannot be told)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 0
-
-
-def _read_json(path: str) -> dict:
-    if not os.path.isfile(path):
-        return {}
-    import json
-    try:
-        with open(path) as fh:
-            data = json.load(fh)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"cannot read {path!r}: {exc}") from None
-    return data if isinstance(data, dict) else {}
-
-
-def load_hf_config(folder: str, trust_remote_code: bool):
-    from transformers import AutoConfig
-    try:
-        return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    except ValueError as exc:
-        raise ValueError(f"cannot read config.json in {folder!r}: {exc}") from None
-
-
-def _config_dtype(hf_config) -> Optional[torch.dtype]:
-    dt = getattr(hf_config, "dtype", None) or getattr(hf_config, "torch_dtype", None)
-    if isinstance(dt, str):
-        dt = _STR_TO_DTYPE.get(dt.lower())
-    return dt if isinstance(dt, torch.dtype) else None
-
-
-def resolve_dtype(dtype, hf_config, device: torch.device) -> torch.dtype:
-    """vLLM's rule: 'auto' keeps the checkpoint's dtype, but float32 becomes float16 on GPU.
-
-    On CPU 'auto' is float32 (half-precision matmuls are slow there and tests compare with
-    float32 HF references); an explicit dtype is always honoured.
-    """
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    key = str(dtype).lower()
-    if key != "auto":
-        return _STR_TO_DTYPE[key]
-    if device.type == "cpu":
-        return torch.float32
-    cfg = _config_dtype(hf_config) or torch.float32
-    return torch.float16 if cfg == torch.float32 else cfg
-
-
-def resolve_max_model_len(hf_config, max_model_len: Optional[int]) -> int:
-    derived = None
-    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
-        val = getattr(hf_config, key, None)
-        if isinstance(val, int) and val > 0:
-            derived = val
-            break
-    if derived is None:
-        derived = 2048
-        logger.warning("config has no max_position_embeddings; assuming %d", derived)
-    if max_model_len is None:
-        return derived
-    if max_model_len < 1:
-        raise ValueError(f"max_model_len must be >= 1, got {max_model_len}.")
-    if max_model_len > derived:
-        raise ValueError(f"max_model_len={max_model_len} is larger than the model's maximum "
-                         f"length ({derived}, from its config); lower max_model_len.")
-    return max_model_len
+def resolve_runner(runner: str, convert: str, hf_config) -> str:
+    """vLLM 0.24's runner / convert -> the runner this model runs on: 'generate' (the LLMEngine)
+    or 'pooling' (an encoder's PoolingRunner). 'auto' follows the architecture; a choice the
+    model cannot take raises naming it."""
+    from runner.engine.models import is_embedding_model
+    native = "pooling" if is_embedding_model(hf_config) else "generate"
+    arch = (getattr(hf_config, "architectures", None) or ["<none>"])[0]
+    if convert in ("embed", "classify") and native == "generate":
+        raise NotImplementedError(
+            f"convert={convert!r}: adapting the generative model {arch} to a pooling task is "
+            "not supported; give an embedding model (an encoder such as BertModel).")
+    if convert == "classify":
+        raise NotImplementedError(
+            f"convert='classify' is not supported for {arch}; use convert='auto'.")
+    wanted = "pooling" if runner == "auto" and convert == "embed" else runner
+    if wanted not in ("auto", native):
+        need = "a decoder (generate, chat)" if wanted == "generate" else \
+            "an encoder such as BertModel (encode)"
+        raise ValueError(f"runner={runner!r} needs {need}; {arch} runs as runner={native!r}.")
+    return native

@@ -44,12 +44,13 @@ def capture_batch_sizes(max_num_seqs: int) -> list[int]:
 class CUDAGraphRunner:
     def __init__(self, model, kv_caches: list[torch.Tensor], max_num_seqs: int,
                  max_seq_len_to_capture: int, block_size: int, device: torch.device,
-                 num_pieces: int = 8):
+                 num_pieces: int = 8, batch_sizes: list[int] | None = None):
         self.model = model
         self.num_kv_heads = kv_caches[0].shape[3]
         self.device = device
         self.kv_caches = kv_caches
-        self.batch_sizes = capture_batch_sizes(max_num_seqs)
+        # the buckets (compilation_config's cudagraph_capture_sizes when the user gave them)
+        self.batch_sizes = list(batch_sizes) if batch_sizes else capture_batch_sizes(max_num_seqs)
         self.max_bs = self.batch_sizes[-1]
         self.max_seq_len = max_seq_len_to_capture
         self.max_blocks = -(-max_seq_len_to_capture // block_size)

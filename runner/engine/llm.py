@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import gc
 import time
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 from runner.engine.config import EngineArgs
 from runner.engine.chat_utils import render_prompts
 from runner.engine.engine_control import EngineControl
+from runner.engine.inputs import PromptType, prompt_to_seq
 from runner.engine.llm_engine import LLMEngine
-from runner.engine.models import is_embedding_model
 from runner.engine import pooling_api
 from runner.engine.outputs import BeamSearchOutput, BeamSearchSequence, RequestOutput
 from runner.engine.pooler_config import PoolerConfig
@@ -63,8 +63,10 @@ class LLM:
                              f"{enable_sleep_mode!r}.")
         unknown = set(kwargs) - EngineArgs.field_names()
         if unknown:
-            raise TypeError(f"LLM() got unexpected engine arguments {sorted(unknown)}; see "
-                            "runner.engine.EngineArgs for the supported ones.")
+            hint = " (vLLM 0.24 has no `task`: use runner='generate' | 'pooling' and convert=)" \
+                if "task" in unknown else ""
+            raise TypeError(f"LLM() got unexpected engine arguments {sorted(unknown)}{hint}; "
+                            "see runner.engine.EngineArgs for the supported ones.")
         engine_args = EngineArgs(
             model=model, tokenizer=tokenizer, tokenizer_mode=tokenizer_mode,
             skip_tokenizer_init=skip_tokenizer_init, trust_remote_code=trust_remote_code,
@@ -85,7 +87,7 @@ class LLM:
         # exactly one of the two is set: the generative engine or the embedding (pooling) path
         self.llm_engine: Optional[LLMEngine] = None
         self.pooling_runner: Optional[PoolingRunner] = None
-        if is_embedding_model(config.model_config.hf_config):
+        if config.model_config.runner_type == "pooling":
             if config.cache_config.kv_cache_dtype != "auto":
                 raise ValueError(
                     f"kv_cache_dtype={config.cache_config.kv_cache_dtype!r}: embedding models "
@@ -97,9 +99,11 @@ class LLM:
                                  f"{config.model_config.architecture} is generative.")
             self.llm_engine = LLMEngine(config)
         self.model_name = model
+        self.model_config = config.model_config
         self.request_counter = 0
         self.log_stats = not engine_args.disable_log_stats
         self._control = EngineControl(self, profiler_config, enable_sleep_mode)
+        self.default_sampling_params: Optional[dict] = None    # read once, when first asked
 
     @property
     def is_embedding_model(self) -> bool:
@@ -112,7 +116,22 @@ class LLM:
         return self._engine().get_tokenizer()
 
     def set_tokenizer(self, tokenizer) -> None:
-        self._engine().tokenizer = tokenizer
+        """Use `tokenizer` from now on: for prompts, for output text and for each Logprob's
+        decoded_token (vLLM's older API; 0.24 dropped it). Call it between generate() calls."""
+        engine = self._engine()
+        if hasattr(engine, "set_tokenizer"):
+            engine.set_tokenizer(tokenizer)
+        else:
+            engine.tokenizer = tokenizer
+
+    def get_default_sampling_params(self) -> SamplingParams:
+        """vLLM's: the SamplingParams that generate() uses when given none: the model's
+        generation_config.json defaults (temperature, top_p, top_k, min_p,
+        repetition_penalty, max_new_tokens as max_tokens) with override_generation_config on
+        top, or SamplingParams() with generation_config='vllm'. A new object per call."""
+        if self.default_sampling_params is None:
+            self.default_sampling_params = self.model_config.get_diff_sampling_param()
+        return SamplingParams(**self.default_sampling_params)
 
     def _check_generative(self, api: str) -> None:
         if self.pooling_runner is not None:
@@ -121,19 +140,22 @@ class LLM:
                              "a generative model: use embed(), classify(), score() or encode().")
 
     # ------------------------------------------------------------------ generate
-    def generate(self, prompts: Union[str, dict, Sequence[Union[str, dict]]],
+    def generate(self, prompts: Union[PromptType, Sequence[PromptType]],
                  sampling_params: Optional[Union[SamplingParams, Sequence[SamplingParams]]] = None,
-                 use_tqdm: bool = True, lora_request=None) -> list[RequestOutput]:
-        """`lora_request`: a LoRARequest for every prompt, or a list with one per prompt
-        (None entries run the base model); needs enable_lora=True."""
+                 use_tqdm: Union[bool, Callable] = True,
+                 lora_request=None) -> list[RequestOutput]:
+        """Prompts (runner/engine/inputs.py: str, TextPrompt, TokensPrompt, list[int], or a
+        list of them) -> one RequestOutput each, in order. sampling_params=None uses
+        get_default_sampling_params() (the model's generation_config.json), as vLLM does;
+        use_tqdm may be a tqdm-like class or callable to build the progress bar with.
+        `lora_request`: a LoRARequest for every prompt, or a list with one per prompt (None
+        entries run the base model); needs enable_lora=True."""
         self._check_generative("generate")
-        if isinstance(prompts, (str, dict)):
-            prompts = [prompts]
-        prompts = list(prompts)
+        prompts = prompt_to_seq(prompts)
         if not prompts:
             raise ValueError("prompts is empty: give at least one prompt.")
         if sampling_params is None:
-            sampling_params = SamplingParams()
+            sampling_params = self.get_default_sampling_params()
         if isinstance(sampling_params, SamplingParams):
             params = [sampling_params] * len(prompts)
         else:
@@ -164,15 +186,20 @@ class LLM:
             raise
         return ids
 
-    def _run_engine(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+    def _run_engine(self, ids: list[str], use_tqdm: Union[bool, Callable]
+                    ) -> list[RequestOutput]:
         engine = self.llm_engine
         order = {rid: i for i, rid in enumerate(ids)}
         results: list[Optional[RequestOutput]] = [None] * len(ids)
         bar = None
         if use_tqdm:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=len(ids), desc="Processed prompts", dynamic_ncols=True,
-                       postfix="est. speed input: 0.00 toks/s, output: 0.00 toks/s")
+            # vLLM's: a callable use_tqdm (a tqdm class or a factory) builds the bar
+            if callable(use_tqdm):
+                make_bar = use_tqdm
+            else:
+                from tqdm.auto import tqdm as make_bar
+            bar = make_bar(total=len(ids), desc="Processed prompts", dynamic_ncols=True,
+                           postfix="est. speed input: 0.00 toks/s, output: 0.00 toks/s")
         start = time.perf_counter()
         in_toks = out_toks = 0
         streaming, engine.stream_outputs = engine.stream_outputs, False
@@ -258,7 +285,7 @@ class LLM:
     # ---------------------------------------------------------------------- chat
     def chat(self, messages, sampling_params: Optional[Union[SamplingParams,
                                                               Sequence[SamplingParams]]] = None,
-             use_tqdm: bool = True, chat_template: Optional[str] = None,
+             use_tqdm: Union[bool, Callable] = True, chat_template: Optional[str] = None,
              add_generation_prompt: bool = True, continue_final_message: bool = False,
              tools: Optional[list[dict]] = None,
              chat_template_kwargs: Optional[dict] = None,

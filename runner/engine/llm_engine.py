@@ -41,6 +41,7 @@ from runner.engine.outputs import RequestOutput
 from runner.engine.sampling_params import BeamSearchParams, SamplingParams
 from runner.engine.scheduler import Scheduler
 from runner.engine.sequence import SequenceGroup
+from runner.engine.stat_logger import StatLogger
 from runner.engine.tokenizer import load_tokenizer, parse_prompt
 
 logger = logging.getLogger("runner.engine")
@@ -85,6 +86,9 @@ class LLMEngine:
         self._inflight = None          # async scheduling: (SchedulerOutput, unread results)
         self._so_manager = None        # structured outputs (runner/engine/structured_output.py)
         self._in_output_work = False
+        # disable_log_stats=False: a stats line in the log every few seconds (vLLM's)
+        self.stat_logger = StatLogger(self.scheduler, self.block_manager) \
+            if config.log_stats else None
 
     @classmethod
     def from_engine_args(cls, engine_args: EngineArgs) -> "LLMEngine":
@@ -114,6 +118,12 @@ class LLMEngine:
 
     def get_tokenizer(self):
         return self.tokenizer
+
+    def set_tokenizer(self, tokenizer) -> None:
+        """Tokenize prompts and decode outputs (text, Logprob.decoded_token) with `tokenizer`
+        from now on; between requests (running ones keep their detokenizers)."""
+        self.tokenizer = tokenizer
+        self.output_processor.set_tokenizer(tokenizer)
 
     # ------------------------------------------------------------------ requests
     def _tokenize(self, prompt: PromptType) -> tuple[Optional[str], list[int]]:
@@ -249,7 +259,10 @@ class LLMEngine:
     # ---------------------------------------------------------------------- step
     def step(self) -> list[RequestOutput]:
         try:
-            return self._step()
+            outputs = self._step()
+            if self.stat_logger is not None:
+                self.stat_logger.maybe_log()
+            return outputs
         except BaseException:
             # the last good step's outputs stay available to take_held_outputs(): requests
             # that finished there are finished work, whatever broke afterwards

@@ -150,14 +150,16 @@ class ModelRunner:
                                    sched.max_num_seqs, sched.max_model_len,
                                    for_torch_reference=not self.use_triton)
         self.capture_len = min(config.max_seq_len_to_capture, sched.max_model_len)
-        self.capture_sizes = capture_batch_sizes(sched.max_num_seqs)
+        # compilation_config's cudagraph_capture_sizes when given, else the engine's buckets
+        self.capture_sizes = config.cudagraph_capture_sizes or capture_batch_sizes(
+            sched.max_num_seqs)
         if self.device.type == "cuda" and not config.enforce_eager:
             if self.use_triton:
                 if self.lora_manager is not None:    # the graphs hold the LoRA kernels too
                     self.lora_manager.prepare_capture()
                 self.graph_runner = CUDAGraphRunner(
                     self.model, self.kv_caches, sched.max_num_seqs, self.capture_len,
-                    self.block_size, self.device)
+                    self.block_size, self.device, batch_sizes=self.capture_sizes)
                 self.graph_runner.capture()
             elif self.rank == 0:
                 logger.info("CUDA graphs need kernel_backend='triton': running eager.")

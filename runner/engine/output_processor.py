@@ -56,6 +56,12 @@ class OutputProcessor:
         self.busy = False           # inside the deferred work (its failure is not retried)
         self.output_proc_s = 0.0    # wall time of the deferred work
 
+    def set_tokenizer(self, tokenizer) -> None:
+        """Decode with `tokenizer` from now on: output text and Logprob.decoded_token (the
+        builder's decoded-token cache belongs to the old one and goes with it)."""
+        self.tokenizer = tokenizer
+        self.builder = RequestOutputBuilder(tokenizer)
+
     @property
     def has_pending(self) -> bool:
         return self._deferred is not None or bool(self._ready)

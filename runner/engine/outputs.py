@@ -10,8 +10,11 @@ These are plain containers: no torch tensors, nothing that needs the engine to r
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Any, Union
+
+logger = logging.getLogger("runner.engine")
 
 
 @dataclass
@@ -34,7 +37,9 @@ class CompletionOutput:
     """One generated sequence of a request (there are n of them in a RequestOutput).
 
     finish_reason is "stop" (eos, stop string or stop token) or "length"; stop_reason is the
-    stop string or stop token id that ended it, None for eos or length.
+    stop string or stop token id that ended it, None for eos or length. The fields and their
+    positional order are vLLM 0.24's: routed_experts (MoE routing, which no model here has) is
+    always None and lora_request None until LoRA exists.
     """
 
     index: int
@@ -42,15 +47,17 @@ class CompletionOutput:
     token_ids: list[int]
     cumulative_logprob: float | None
     logprobs: SampleLogprobs | None
+    routed_experts: Any = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    lora_request: Any = None
 
     def finished(self) -> bool:
         return self.finish_reason is not None
 
     def __repr__(self) -> str:
         return (f"CompletionOutput(index={self.index}, text={self.text!r}, "
-                f"token_ids={list(self.token_ids)}, "
+                f"token_ids={list(self.token_ids)}, routed_experts={self.routed_experts}, "
                 f"cumulative_logprob={self.cumulative_logprob}, logprobs={self.logprobs}, "
                 f"finish_reason={self.finish_reason}, stop_reason={self.stop_reason})")
 
@@ -67,25 +74,61 @@ class RequestMetrics:
     finished_time: float | None = None
 
 
-@dataclass(repr=False)
 class RequestOutput:
-    """Everything the engine produced for one prompt: its n completions plus prompt data."""
+    """Everything the engine produced for one prompt: its n completions plus prompt data.
 
-    request_id: str
-    prompt: str | None
-    prompt_token_ids: list[int] | None
-    prompt_logprobs: PromptLogprobs | None
-    outputs: list[CompletionOutput]
-    finished: bool
-    metrics: RequestMetrics | None = None
-    num_cached_tokens: int = 0
+    vLLM 0.24's constructor: the same positional order (request_id, prompt, prompt_token_ids,
+    prompt_logprobs, outputs, finished, metrics, lora_request, encoder_prompt,
+    encoder_prompt_token_ids, num_cached_tokens), kv_transfer_params by keyword only, and
+    unknown keyword arguments (from a newer vLLM) warned about once and dropped, as vLLM's
+    forward compatibility does. encoder_* are None (decoder-only models).
+    """
+
+    def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int] | None,
+                 prompt_logprobs: PromptLogprobs | None, outputs: list[CompletionOutput],
+                 finished: bool, metrics: RequestMetrics | None = None,
+                 lora_request: Any = None, encoder_prompt: str | None = None,
+                 encoder_prompt_token_ids: list[int] | None = None,
+                 num_cached_tokens: int | None = 0, *,
+                 kv_transfer_params: dict | None = None, **kwargs: Any) -> None:
+        if kwargs:
+            _warn_extra_arguments(sorted(kwargs))
+        self.request_id = request_id
+        self.prompt = prompt
+        self.prompt_token_ids = prompt_token_ids
+        self.prompt_logprobs = prompt_logprobs
+        self.outputs = outputs
+        self.finished = finished
+        self.metrics = metrics
+        self.lora_request = lora_request
+        self.encoder_prompt = encoder_prompt
+        self.encoder_prompt_token_ids = encoder_prompt_token_ids
+        self.num_cached_tokens = num_cached_tokens
+        self.kv_transfer_params = kv_transfer_params
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RequestOutput) and vars(self) == vars(other)
 
     def __repr__(self) -> str:
         return (f"RequestOutput(request_id={self.request_id}, prompt={self.prompt!r}, "
                 f"prompt_token_ids={self.prompt_token_ids}, "
+                f"encoder_prompt={self.encoder_prompt!r}, "
+                f"encoder_prompt_token_ids={self.encoder_prompt_token_ids}, "
                 f"prompt_logprobs={self.prompt_logprobs}, outputs={self.outputs}, "
                 f"finished={self.finished}, metrics={self.metrics}, "
+                f"lora_request={self.lora_request}, "
                 f"num_cached_tokens={self.num_cached_tokens})")
+
+
+_WARNED_EXTRA: set = set()     # which extra-argument sets were warned about (once each)
+
+
+def _warn_extra_arguments(names: list[str]) -> None:
+    key = tuple(names)
+    if key not in _WARNED_EXTRA:
+        _WARNED_EXTRA.add(key)
+        logger.warning("RequestOutput: ignoring extra arguments %s (from a newer vLLM's API)",
+                       names)
 
 
 @dataclass

@@ -35,6 +35,7 @@ from runner.engine.pooling_outputs import PoolingOutput, PoolingRequestOutput
 from runner.engine.pooling_params import PoolingModelInfo, PoolingParams
 from runner.engine.tokenizer import load_tokenizer, parse_prompt
 from runner.engine.worker_rpc import WorkerRPCMixin
+from runner.engine.utils.torch_utils import set_random_seed
 
 logger = logging.getLogger("runner.engine")
 
@@ -173,6 +174,7 @@ class PoolingRunner(WorkerRPCMixin):
         if self.pooler_config.max_seq_length:
             self.max_model_len = min(self.max_model_len, self.pooler_config.max_seq_length)
         self.stats = {"num_prompt_tokens": 0, "num_forward_passes": 0}
+        set_random_seed(mc.seed)      # as vLLM's workers: the global generators start at seed
 
     def _load_model(self) -> torch.nn.Module:
         from runner.engine.model_loader import get_model

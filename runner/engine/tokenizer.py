@@ -1,5 +1,6 @@
 """Tokenizer loading and prompt parsing: HF AutoTokenizer from the model folder or an explicit
-one; a prompt (str, {"prompt": ...} or {"prompt_token_ids": [...]}) -> (text, token ids)."""
+one; a prompt (str, {"prompt": ...}, {"prompt_token_ids": [...]} or a list of token ids: the
+forms of runner/engine/inputs.py) -> (text, token ids)."""
 from __future__ import annotations
 
 from typing import Optional, Union
@@ -25,6 +26,9 @@ def parse_prompt(prompt: Union[str, dict], tokenizer, vocab_size: int
     Emptiness and length limits are the caller's to check (they differ by entry point)."""
     if isinstance(prompt, str):
         text, ids = prompt, None
+    elif isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool)
+                                          for t in prompt):
+        text, ids = None, prompt        # vLLM's list[int] prompt: token ids
     elif isinstance(prompt, dict):
         unknown = set(prompt) - {"prompt", "prompt_token_ids", "multi_modal_data"}
         if unknown or ("prompt" not in prompt and "prompt_token_ids" not in prompt):
@@ -34,7 +38,8 @@ def parse_prompt(prompt: Union[str, dict], tokenizer, vocab_size: int
             raise NotImplementedError("multi_modal_data is not supported.")
         text, ids = prompt.get("prompt"), prompt.get("prompt_token_ids")
     else:
-        raise ValueError(f"a prompt must be a str or a dict, got {type(prompt).__name__}.")
+        raise ValueError(f"a prompt must be a str, a dict or a list of token ids, got "
+                         f"{type(prompt).__name__}.")
     if ids is None:
         if tokenizer is None:
             raise ValueError("skip_tokenizer_init=True: give prompts as "

@@ -29,6 +29,7 @@ from runner.engine.distributed import (EXECUTE, TensorParallelGroup, init_tensor
                                        recv_step)
 from runner.engine.model_runner import ModelRunner
 from runner.engine.worker_rpc import WorkerRPCMixin
+from runner.engine.utils.torch_utils import set_random_seed
 
 logger = logging.getLogger("runner.engine")
 
@@ -61,6 +62,9 @@ class Worker(WorkerRPCMixin):
         self.model_config = config.model_config
         self.rank, self.tp = rank, tp
         self.device = rank_device(config, rank)
+        # vLLM's workers seed Python's, numpy's and torch's global generators at start-up and
+        # again once the cache is set up, so that loading and warm-up leave no trace in them
+        set_random_seed(config.model_config.seed)
         self.block_size = config.cache_config.block_size
         # what this process already holds on the device (another engine, the user's tensors):
         # the KV sizing counts only what this engine adds on top of it
@@ -93,6 +97,7 @@ class Worker(WorkerRPCMixin):
                         "swap space %d blocks", str(mr.cache_dtype).replace("torch.", ""),
                         self.num_blocks, self.block_size, self.num_blocks * self.block_size,
                         self.num_blocks * mr.block_bytes / 2**20, self.num_cpu_blocks)
+        set_random_seed(config.model_config.seed)
 
     def get_model(self) -> torch.nn.Module:
         """The model (LLM.apply_model / collective_rpc reach it through here)."""

@@ -253,7 +253,9 @@ def test_one_registry_for_decoders_and_encoders():
             assert get_model_class(cfg) is LlamaForCausalLM
     bert = BertConfig(architectures=["BertModel"])
     assert is_embedding_model(bert) and get_model_class(bert) is BertModel
-    assert llm.is_embedding_model is is_embedding_model
+    assert not hasattr(llm, "is_embedding_model")      # LLM asks the config's runner
+    assert engine_config.resolve_runner("auto", "auto", bert) == "pooling"
+    assert engine_config.resolve_runner("auto", "auto", cfg) == "generate"
     assert not hasattr(pooling, "is_embedding_model") and not hasattr(pooling, "EMBEDDING_MODELS")
     assert "is_embedding_model" not in vars(engine_config)      # imported where it is used
 

@@ -60,7 +60,8 @@ def test_engine_default_has_the_engines_defaults():
     from runner.engine.config import EngineArgs
 
     sig = inspect.signature(LLM.__init__)
-    engine_args = {f.name: f.default for f in dataclasses.fields(EngineArgs)}
+    engine_args = {f.name: f.default if f.default_factory is dataclasses.MISSING
+                   else f.default_factory() for f in dataclasses.fields(EngineArgs)}
     from runner.schemas import BACKEND_KEYS
     default = yaml.safe_load((CONF / "engine" / "default.yaml").read_text())
     for key in BACKEND_KEYS:     # the backend's settings, never passed to LLM(...)

@@ -44,6 +44,8 @@ def test_engine_schema_mirrors_engine_args():
 def _other_value(field: dataclasses.Field):
     """A value of the field's type that is not its default."""
     hint = typing.get_type_hints(EngineConfig)[field.name]
+    if typing.get_origin(hint) is dict:
+        return {"x_key": 1}
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     base = args[0] if args else hint
     default = field.default
@@ -55,7 +57,17 @@ def _other_value(field: dataclasses.Field):
         return (default or 0.0) + 0.25
     if base is str:
         return f"{default}_x" if default else "/tmp/x"
+    if base is typing.Any:      # compilation_config: an int or a dict
+        return 3
     raise AssertionError(f"no test value for {field.name}: {hint}")
+
+
+def _override(key: str, value) -> str:
+    """A command-line override; a free-form mapping's keys are added with `+` (as tags')."""
+    if isinstance(value, dict):
+        (k, v), = value.items()
+        return f"+{key}.{k}={v}"
+    return f"{key}={value}"
 
 
 class _Stop(Exception):
@@ -73,7 +85,7 @@ def test_every_engine_value_reaches_the_engine_args_of_every_mode(mode, monkeypa
 
     values = {f.name: _other_value(f) for f in dataclasses.fields(EngineConfig)
               if f.name not in BACKEND_KEYS}
-    overrides = [f"engine.{k}={v}" for k, v in values.items()]
+    overrides = [_override(f"engine.{k}", v) for k, v in values.items()]
     model = {"tokenizer": "/tmp/tok", "tokenizer_mode": "slow", "trust_remote_code": True,
              "dtype": "bfloat16", "quantization": "awq", "revision": "r1",
              "tokenizer_revision": "r2", "max_model_len": 123}

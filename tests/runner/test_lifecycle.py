@@ -48,7 +48,8 @@ class FakeBackend:
         self.done += 1
         text = "the old sailor" if self.done % 2 else "no"
         return [RequestOutput(rid, request.prompt, list(request.prompt_token_ids), None,
-                              [CompletionOutput(0, text, [5, 6], -1.0, None, "stop")], True)]
+                              [CompletionOutput(0, text, [5, 6], -1.0, None,
+                                                finish_reason="stop")], True)]
 
     def abort(self, ids):
         gone = set(ids)

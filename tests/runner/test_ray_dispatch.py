@@ -113,7 +113,7 @@ class FakeReplica:
         done, self.held = self.held[:self.speed], self.held[self.speed:]
         outs = [RequestOutput(rid, None, list(r.prompt_token_ids), None,
                               [CompletionOutput(0, "", answer(r.prompt_token_ids), None, None,
-                                                "length")], True) for rid, r in done]
+                                                finish_reason="length")], True) for rid, r in done]
         self.tokens = getattr(self, "tokens", 0) + 3 * len(outs)
         return outs, {"num_prompt_tokens": 0, "num_generation_tokens": self.tokens,
                       "device": "cpu", "dtype": "float32"}, 0.01

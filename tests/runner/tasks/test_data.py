@@ -164,7 +164,8 @@ def test_regex_that_never_matches_scores_zero_and_is_counted(tmp_path):
         reqs = task.requests(doc, Tok(), 512)
         out = RequestOutput(request_id=doc.id, prompt=reqs[0].prompt,
                             prompt_token_ids=reqs[0].prompt_token_ids, prompt_logprobs=None,
-                            outputs=[CompletionOutput(0, text, [1], None, None, "stop")],
+                            outputs=[CompletionOutput(0, text, [1], None, None,
+                                                      finish_reason="stop")],
                             finished=True)
         records.append(task.record(doc, reqs, [out]))
     assert [r["scores"]["exact_match,num"] for r in records] == [1.0, 0.0, 0.0]

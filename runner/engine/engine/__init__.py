@@ -1,0 +1,1 @@
+"""runner.engine.engine: vLLM's `vllm.engine` path (arg_utils: EngineArgs and its command line)."""
