@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
+from runner.engine.utils.dataclass_args import dataclass_from_arg
+
 POOLING_TYPES = ("MEAN", "CLS", "LAST", "MAX", "MEAN_SQRT_LEN")
 
 
@@ -69,17 +71,7 @@ class PoolerConfig:
 
     @classmethod
     def from_arg(cls, value) -> Optional["PoolerConfig"]:
-        if value is None or isinstance(value, cls):
-            return value
-        if isinstance(value, dict):
-            known = {f.name for f in dataclasses.fields(cls)}
-            unknown = set(value) - known
-            if unknown:
-                raise ValueError(f"pooler_config got unknown keys {sorted(unknown)}; known: "
-                                 f"{sorted(known)}.")
-            return cls(**value)
-        raise ValueError(f"pooler_config must be a dict or a PoolerConfig, got "
-                         f"{type(value).__name__}.")
+        return dataclass_from_arg(cls, value, "pooler_config")
 
     def overridden_by(self, user: Optional["PoolerConfig"]) -> "PoolerConfig":
         """This config (the model's defaults) with every field `user` set replacing it."""

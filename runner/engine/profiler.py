@@ -15,12 +15,13 @@ engine's step hooks (delay/max/warmup/wait iterations) raise instead of being ig
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
+
+from runner.engine.utils.dataclass_args import dataclass_from_arg
 
 _NOT_ENABLED = ("Profiling is not enabled. Please set --profiler-config to enable profiling. "
                 "Example: '--profiler-config.profiler=torch --profiler-config.torch_profiler_dir"
@@ -72,17 +73,7 @@ class ProfilerConfig:
 
     @classmethod
     def from_arg(cls, value) -> Optional["ProfilerConfig"]:
-        if value is None or isinstance(value, cls):
-            return value
-        if isinstance(value, dict):
-            known = {f.name for f in dataclasses.fields(cls)}
-            unknown = set(value) - known
-            if unknown:
-                raise ValueError(f"profiler_config got unknown keys {sorted(unknown)}; known: "
-                                 f"{sorted(known)}.")
-            return cls(**value)
-        raise ValueError(f"profiler_config must be a dict or a ProfilerConfig, got "
-                         f"{type(value).__name__}.")
+        return dataclass_from_arg(cls, value, "profiler_config")
 
 
 class TorchProfiler:
