@@ -248,9 +248,7 @@ class LLM:
         self._check_generative("beam_search")
         if not isinstance(params, BeamSearchParams):
             raise ValueError(f"params must be BeamSearchParams, got {type(params).__name__}.")
-        if isinstance(prompts, (str, dict)):
-            prompts = [prompts]
-        prompts = list(prompts)
+        prompts = prompt_to_seq(prompts)   # one prompt (a list[int] too) or several
         if not prompts:
             raise ValueError("prompts is empty: give at least one prompt.")
         # (the engine decodes nothing: the text is made below, from all the tokens)

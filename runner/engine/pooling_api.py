@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch.nn.functional as F
 
+from runner.engine.inputs import prompt_to_seq
 from runner.engine.pooling_outputs import (ClassificationRequestOutput, EmbeddingRequestOutput,
                                            PoolingOutput, PoolingRequestOutput,
                                            ScoringRequestOutput)
@@ -39,10 +40,7 @@ def _runner(llm, api: str):
 
 
 def _as_list(prompts) -> list:
-    if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts
-                                            and isinstance(prompts[0], int)):
-        prompts = [prompts]
-    prompts = list(prompts)
+    prompts = prompt_to_seq(prompts)   # one prompt (a list[int] too) or several
     if not prompts:
         raise ValueError("prompts is empty: give at least one prompt.")
     return [{"prompt_token_ids": p} if isinstance(p, list) else p for p in prompts]

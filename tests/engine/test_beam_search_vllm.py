@@ -138,6 +138,10 @@ def test_str_prompts_equal_token_prompts(models):
                         BeamSearchParams(beam_width=2, max_tokens=4))
     assert [[s.tokens for s in o.sequences] for o in a] == \
         [[s.tokens for s in o.sequences] for o in b]
+    # a bare list[int] is one prompt (vllm.inputs' rule), not a list of prompts
+    one = llm.beam_search(tok(PROMPTS[0]).input_ids, BeamSearchParams(beam_width=2, max_tokens=4))
+    assert [[s.tokens for s in o.sequences] for o in one] == \
+        [[s.tokens for s in o.sequences] for o in a[:1]]
 
 
 def test_temperature_adds_one_drawn_candidate(models):
