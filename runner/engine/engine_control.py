@@ -18,6 +18,8 @@ and profiling with tensor_parallel_size > 1 raise NotImplementedError.
 """
 from __future__ import annotations
 
+import weakref
+
 import threading
 from typing import Any, Callable, Optional, Union
 
@@ -42,8 +44,14 @@ def _tensors(model: torch.nn.Module):
 
 
 class EngineControl:
+    @property
+    def llm(self):
+        return self._llm()
+
     def __init__(self, llm, profiler_config=None, enable_sleep_mode: bool = False):
-        self.llm = llm
+        # a weak reference: the LLM owns this object, and a cycle would keep the engine (and its
+        # KV cache) alive after the user's last reference until a full garbage collection
+        self._llm = weakref.ref(llm)
         self.enable_sleep_mode = enable_sleep_mode
         engine = llm.llm_engine
         device = (engine.device_config.device if engine is not None
