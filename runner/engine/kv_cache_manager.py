@@ -84,6 +84,10 @@ class KVCacheManager:
     def allocate(self, seq: Sequence, hit) -> None:
         blocks, num_hit, served = hit
         self.block_manager.allocate(seq, blocks, num_hit)
+        if seq.group.num_cached_tokens is None:
+            # vLLM's RequestOutput.num_cached_tokens: the prefix-cache hit of the request's
+            # first admission (a preempted request keeps it)
+            seq.group.num_cached_tokens = num_hit
         if served:
             group = seq.group
             group.prompt_logprobs.extend(PromptLogprobChunk.concat(served))

@@ -83,7 +83,8 @@ class RequestOutputBuilder:
             request_id=group.request_id, prompt=group.prompt,
             prompt_token_ids=group.prompt_token_ids,
             prompt_logprobs=prompt_logprobs,
-            outputs=completions, finished=finished, metrics=group.metrics)
+            outputs=completions, finished=finished, metrics=group.metrics,
+            num_cached_tokens=group.num_cached_tokens or 0)
 
     def _prompt_logprobs(self, group: SequenceGroup) -> Optional[list]:
         """The request's raw prompt-logprob entries as dicts (built once each, in bulk: the

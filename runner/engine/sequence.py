@@ -194,6 +194,7 @@ class SequenceGroup:
         self.num_logprob_blocks = 0
         self.prompt_logprob_dicts: list = []     # the entries as vLLM's Logprob dicts
         self.lora_request = None                 # its LoRA adapter (a LoRARequest), if any
+        self.num_cached_tokens = None    # prefix-cache hit at first admission (tokens)
         # what besides the tokens names its KV blocks in the prefix cache: the adapter
         self.hash_extra_keys: Optional[bytes] = None
 

@@ -515,6 +515,22 @@ def test_reset_prefix_cache_from_the_llm(tiny_llama):
         llm.reset_prefix_cache(reset_running_requests=True)
 
 
+def test_num_cached_tokens_reports_the_hit(tiny_llama):
+    """vLLM's RequestOutput.num_cached_tokens: the tokens served by the prefix cache, in whole
+    blocks and never the last prompt token; 0 the first time and with caching off."""
+    prompt = {"prompt_token_ids": list(range(10, 24))}         # 14 tokens = 3 blocks of 4 + 2
+    sp = SamplingParams(temperature=0, max_tokens=2)
+    llm = LLM(tiny_llama, block_size=4, max_model_len=96)
+    [first] = llm.generate(prompt, sp, use_tqdm=False)
+    [again] = llm.generate(prompt, sp, use_tqdm=False)
+    longer = {"prompt_token_ids": list(range(10, 26))}         # 16 tokens: 4 full blocks
+    [grown] = llm.generate(longer, sp, use_tqdm=False)
+    assert (first.num_cached_tokens, again.num_cached_tokens, grown.num_cached_tokens) == (0, 12, 12)
+    off = LLM(tiny_llama, block_size=4, max_model_len=96, enable_prefix_caching=False)
+    off.generate(prompt, sp, use_tqdm=False)
+    assert off.generate(prompt, sp, use_tqdm=False)[0].num_cached_tokens == 0
+
+
 # ------------------------------------------------------------------------ on the GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("kv_cache_dtype", ["auto", "fp8"])
