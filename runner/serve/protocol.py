@@ -29,7 +29,7 @@ SAMPLING_FIELDS = (
     "temperature", "top_p", "top_k", "min_p", "seed", "use_beam_search", "length_penalty",
     "early_stopping", "stop", "stop_token_ids", "include_stop_str_in_output", "ignore_eos",
     "max_tokens", "min_tokens", "prompt_logprobs", "skip_special_tokens",
-    "spaces_between_special_tokens", "logit_bias", "allowed_token_ids")
+    "spaces_between_special_tokens", "logit_bias", "allowed_token_ids", "bad_words")
 
 
 @dataclass
@@ -115,7 +115,36 @@ def _values(f: dict, defaults: dict, sampling_fields: frozenset) -> dict:
     if values.get("logit_bias"):
         values["logit_bias"] = _logit_bias(values["logit_bias"])
     values.pop("truncate_prompt_tokens", None)  # the server truncates (runner/serve/prompts.py)
+    structured = _structured_outputs(f)
+    if structured is not None:
+        values["structured_outputs"] = structured
     return values
+
+
+def _structured_outputs(f: dict):
+    """`structured_outputs` and OpenAI's `response_format` -> one StructuredOutputsParams, as
+    vLLM 0.24 merges them (response_format's constraint replaces the same kind; two kinds at
+    once is a 400 from StructuredOutputsParams' own check)."""
+    from runner.engine.sampling_params import StructuredOutputsParams
+
+    so = dict(f.get("structured_outputs") or {})
+    rf = f.get("response_format") or {}
+    kind = rf.get("type", "text")
+    if kind == "json_object":
+        so["json_object"] = True
+    elif kind == "json_schema":
+        schema = (rf.get("json_schema") or {}).get("schema")
+        if schema is None:
+            raise APIError(400, "response_format of type json_schema needs json_schema.schema "
+                                "(the JSON schema the output must follow).", "response_format")
+        so["json"] = schema
+    if not so:
+        return None
+    try:
+        return StructuredOutputsParams(**so)
+    except (ValueError, TypeError) as exc:
+        param = "structured_outputs" if f.get("structured_outputs") else "response_format"
+        raise APIError(400, f"{param}: {exc}", param) from None
 
 
 def _logit_bias(bias: dict) -> dict:

@@ -22,10 +22,10 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 # vLLM request fields this server does not implement: refused by name with this message.
 NOT_IMPLEMENTED = frozenset({
-    "structured_outputs", "guided_json", "guided_regex", "guided_choice", "guided_grammar",
+    "guided_json", "guided_regex", "guided_choice", "guided_grammar",
     "guided_decoding_backend", "guided_whitespace_pattern", "cache_salt", "kv_transfer_params",
     "vllm_xargs", "prompt_embeds", "truncation_side", "repetition_detection",
-    "thinking_token_budget", "bad_words", "logits_processors", "mm_processor_kwargs",
+    "thinking_token_budget", "logits_processors", "mm_processor_kwargs",
     "media_io_kwargs", "documents", "reasoning_effort", "include_reasoning", "audio",
     "modalities", "prediction", "service_tier", "store", "metadata", "web_search_options",
     "parallel_tool_calls", "functions", "function_call", "return_tokens_as_token_ids_only"})
@@ -39,6 +39,7 @@ class ModelFacts:
     max_model_len: int
     max_logprobs: int = 20
     sampling_fields: frozenset = frozenset()  # SamplingParams' field names
+    structured_outputs: bool = False     # the engine can constrain decoding (xgrammar there)
     max_n: int = 128
     max_prompts: int = 256
     max_prompt_tokens: int = 0          # 0: max_model_len - 1
@@ -50,6 +51,13 @@ class ModelFacts:
     @property
     def prompt_tokens(self) -> int:
         return self.max_prompt_tokens or self.max_model_len - 1
+
+
+def structured_outputs_available() -> bool:
+    import importlib.util
+
+    return ("structured_outputs" in sampling_params_fields()
+            and importlib.util.find_spec("xgrammar") is not None)
 
 
 def sampling_params_fields() -> frozenset:
@@ -151,10 +159,12 @@ def sampling_fields(m: ModelFacts) -> dict[str, Field]:
         "request_id": Field("string", "The id the response carries (vLLM).", max_length=256),
         "priority": _int("", 0, 0, unsupported="is not supported: this server has no "
                                                "priority scheduling, only 0"),
-        "response_format": Field("object", "", properties={
-            "type": Field("string", enum=("text",), nullable=False)},
-            unsupported='is not supported beyond {"type": "text"} (no structured outputs)'),
     }
+    if "bad_words" in sp:
+        f["bad_words"] = Field("array", "Words never generated (vLLM).", max_items=m.max_stop,
+                               items=Field("string", min_length=1,
+                                           max_length=m.max_stop_chars, nullable=False))
+    f.update(structured_fields(m))
     if "logit_bias" in sp:
         f["logit_bias"] = Field("object", "Token id (as a string) -> bias in [-100, 100].",
                                 max_properties=1024,
@@ -171,6 +181,44 @@ def sampling_fields(m: ModelFacts) -> dict[str, Field]:
         f["allowed_token_ids"] = Field("array", "", max_items=0,
                                        unsupported="is not supported by this engine")
     return f
+
+
+def structured_fields(m: ModelFacts) -> dict[str, Field]:
+    """vLLM 0.24's structured outputs: `response_format` (OpenAI's json_object / json_schema)
+    and `structured_outputs` (json, regex, choice, grammar, json_object), through the engine's
+    xgrammar; without xgrammar on the server, only {"type": "text"} and the reason."""
+    if not m.structured_outputs:
+        why = ("needs the xgrammar package on the server (pip install 'runner[structured]')"
+               if "structured_outputs" in m.sampling_fields else "is not supported")
+        return {
+            "response_format": Field("object", "", properties={
+                "type": Field("string", enum=("text",), nullable=False)},
+                unsupported=f'beyond {{"type": "text"}} {why}'),
+            "structured_outputs": Field("object", "", max_properties=0, unsupported=why)}
+    text = Field("string", nullable=False, max_length=m.max_body_bytes)
+    schema = Field("object", nullable=False, additional=True, max_properties=4096)
+    return {
+        "response_format": Field("object", "text, json_object (any JSON object) or "
+                                           "json_schema (JSON that follows `schema`).",
+                                 required=("type",), properties={
+            "type": Field("string", enum=("text", "json_object", "json_schema"),
+                          nullable=False),
+            "json_schema": Field("object", required=("name",), properties={
+                "name": Field("string", max_length=256, nullable=False),
+                "description": Field("string", max_length=m.max_body_bytes),
+                "schema": schema,
+                "strict": Field("boolean")})}),
+        "structured_outputs": Field("object", "Constrained decoding (vLLM): one of json, "
+                                              "regex, choice, grammar, json_object.",
+                                    properties={
+            "json": Field(any_of=(schema, text), what="a JSON schema (object or string)"),
+            "regex": text,
+            "choice": Field("array", min_items=1, max_items=4096, items=text),
+            "grammar": text,
+            "json_object": Field("boolean"),
+            "disable_any_whitespace": Field("boolean"),
+            "disable_additional_properties": Field("boolean")}),
+    }
 
 
 def completion_fields(m: ModelFacts) -> dict[str, Field]:

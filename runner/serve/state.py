@@ -27,7 +27,8 @@ from runner.serve.errors import APIError
 from runner.serve.limits import parse_json, read_body
 from runner.serve.prompts import PromptProcessor
 from runner.serve.request_fields import (NOT_IMPLEMENTED, ModelFacts, request_tables,
-                                         sampling_params_fields)
+                                         sampling_params_fields,
+                                         structured_outputs_available)
 from runner.serve.schema import validate
 
 _PARSE_INLINE_BYTES = 256 * 1024  # larger bodies are parsed off the event loop
@@ -69,7 +70,8 @@ def model_facts(llm: Any, tokenizer: Any, cfg: ServeConfig) -> ModelFacts:
     return ModelFacts(
         vocab_size=vocab, max_model_len=max_len,
         max_logprobs=_first(getattr(mc, "max_logprobs", None)) or 20,
-        sampling_fields=sampling_params_fields(), max_n=cfg.max_n,
+        sampling_fields=sampling_params_fields(),
+        structured_outputs=structured_outputs_available(), max_n=cfg.max_n,
         max_prompts=cfg.max_prompts_per_request,
         max_prompt_tokens=min(cfg.max_prompt_tokens or max_len - 1, max_len - 1),
         max_stop=cfg.max_stop, max_stop_chars=cfg.max_stop_chars,

@@ -244,7 +244,7 @@ def test_lm_eval_remote_tokenizer_over_the_server(server, hf):
 
 @pytest.mark.parametrize("field,value", [
     ("suffix", "and then"), ("logit_bias", {"5": 10}), ("priority", 1),
-    ("response_format", {"type": "json_object"}), ("guided_json", {"type": "object"}),
+    ("response_format", {"type": "structural_tag"}), ("guided_json", {"type": "object"}),
     ("cache_salt", "abc"), ("allowed_token_ids", [1, 2]), ("no_such_field", 1),
 ])
 def test_fields_the_server_cannot_honour_are_400_naming_them(server, field, value):
