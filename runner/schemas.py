@@ -102,7 +102,7 @@ class EngineConfig:
     distributed_timeout_s: float = 600.0  # tensor parallelism: a hung worker's error after this
     max_logprobs: int = 20
     download_dir: Optional[str] = None
-    disable_log_stats: bool = True  # false: engine stats in run.log every 10 s (vLLM's)
+    disable_log_stats: bool = False  # engine stats in run.log every 10 s (vLLM's EngineArgs default)
     runner: str = "auto"  # auto (from the architecture) | generate | pooling (vLLM 0.24)
     convert: str = "auto"  # auto | none | embed | classify
     # the model's generation defaults: auto (its generation_config.json) | vllm (none) | a folder

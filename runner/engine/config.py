@@ -210,7 +210,7 @@ class EngineArgs:
     kv_cache_dtype: str = "auto"
     max_logprobs: int = 20
     download_dir: Optional[str] = None
-    disable_log_stats: bool = True
+    disable_log_stats: bool = False   # vLLM's EngineArgs default; LLM() makes it True
     kernel_backend: str = "auto"      # 'auto' (Triton on CUDA), 'triton' or 'torch' (reference)
     # tensor parallelism: how long a collective may wait for the other ranks before the engine
     # declares a worker hung (a dead worker is reported at once)

@@ -61,6 +61,8 @@ class LLM:
         if not isinstance(enable_sleep_mode, bool):
             raise ValueError(f"enable_sleep_mode must be True or False, got "
                              f"{enable_sleep_mode!r}.")
+        # vLLM's LLM logs no stats unless asked (EngineArgs' own default is to log them)
+        kwargs.setdefault("disable_log_stats", True)
         unknown = set(kwargs) - EngineArgs.field_names()
         if unknown:
             hint = " (vLLM 0.24 has no `task`: use runner='generate' | 'pooling' and convert=)" \

@@ -252,6 +252,11 @@ def test_disable_log_stats_false_logs_stats(tiny_llama, caplog):
         llm.generate(["a b", "c"], SamplingParams(**GREEDY), use_tqdm=False)
     lines = [r.getMessage() for r in caplog.records if "Avg prompt throughput" in r.getMessage()]
     assert lines and "Running:" in lines[0] and "KV cache usage" in lines[0]
+    # EngineArgs' default is vLLM's (stats on), so from_engine_args / LLM(**vars(args)) log them
+    from runner.engine import EngineArgs
+    assert EngineArgs(model=tiny_llama).disable_log_stats is False
+    args = EngineArgs(model=tiny_llama, device="cpu", max_model_len=64)
+    assert LLM.from_engine_args(args).llm_engine.stat_logger is not None
 
 
 def test_swap_space_sizes_the_swap_books(tiny_llama):
