@@ -21,6 +21,7 @@ from runner.tasks.group import TaskGroup
 from runner.tasks.sampling import SamplingRuleError, generation, inapplicable
 from runner.tasks.spec import GroupSpec, TaskSpecError, resolve
 from runner.tasks.task import LmEvalTask
+from runner.validation import sampling_errors
 
 
 def build(cfg, *, strict_sampling: bool = True) -> Task:
@@ -48,6 +49,12 @@ def build(cfg, *, strict_sampling: bool = True) -> Task:
         where = f"task {leaf.name}"
         params = generation(leaf.generation_kwargs, sampling, leaf.repeats, None,
                             where)["params"]
+        # the runner's rules first (runner/validation.py: no setting that greedy decoding would
+        # ignore, where SamplingParams quietly resets it as vLLM's does), then the engine's
+        errors = sampling_errors(params)
+        if errors:
+            raise SamplingRuleError(f"{where}: the effective sampling settings are invalid: "
+                                    f"{errors[0]}")
         try:
             SamplingParams(**{**params, "seed": params["seed"] or 0})
         except ValueError as e:
