@@ -18,9 +18,8 @@ and profiling with tensor_parallel_size > 1 raise NotImplementedError.
 """
 from __future__ import annotations
 
-import weakref
-
 import threading
+import weakref
 from typing import Any, Callable, Optional, Union
 
 import torch
@@ -44,10 +43,6 @@ def _tensors(model: torch.nn.Module):
 
 
 class EngineControl:
-    @property
-    def llm(self):
-        return self._llm()
-
     def __init__(self, llm, profiler_config=None, enable_sleep_mode: bool = False):
         # a weak reference: the LLM owns this object, and a cycle would keep the engine (and its
         # KV cache) alive after the user's last reference until a full garbage collection
@@ -60,6 +55,10 @@ class EngineControl:
         self.asleep: set[str] = set()          # the tags that are asleep
         self.level: Optional[int] = None
         self._saved: list[tuple] = []          # (module, name, device, shape, dtype, host copy)
+
+    @property
+    def llm(self):
+        return self._llm()
 
     # ---------------------------------------------------------------- workers
     def workers(self) -> list:
