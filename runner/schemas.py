@@ -117,6 +117,12 @@ class EngineConfig:
     max_loras: int = 1
     max_lora_rank: int = 16
     max_cpu_loras: Optional[int] = None
+    # vLLM 0.24's: a torch trace of the whole run ({profiler: torch, torch_profiler_dir: DIR});
+    # mode=embed's pooling ({pooling_type: MEAN, normalize: true, ...}); a run never puts the
+    # engine to sleep, so enable_sleep_mode=true is refused
+    profiler_config: Any = None
+    pooler_config: Any = None
+    enable_sleep_mode: bool = False
     # backend=remote (engine=remote): an OpenAI-compatible server instead of a local LLM
     url: Optional[str] = None
     api_key: Optional[str] = None  # null: $OPENAI_API_KEY; never written to a run folder

@@ -235,10 +235,35 @@ def _check_backend(cfg: RunConfig) -> None:
         if e.remote_prompt not in ("token_ids", "text"):
             raise ConfigError(f"engine.remote_prompt={e.remote_prompt!r} is not allowed; "
                               "allowed: token_ids | text")
+        local = _local_engine_values(e)
+        if local:
+            raise ConfigError(f"{local[0]} does not apply to engine=remote: the server's own "
+                              "engine runs the model (set it there); remove it from the run")
     elif e.url:
         raise ConfigError(f"engine.url={e.url} is set but engine.backend={e.backend} would "
                           "ignore it; use engine=remote (or engine.backend=remote)")
+    if e.enable_sleep_mode:
+        raise ConfigError("engine.enable_sleep_mode=true is not allowed: a run never puts the "
+                          "engine to sleep (LLM.sleep is for scripts); leave it false")
     _check_distributed(cfg)
+
+
+def _local_engine_values(e) -> list[str]:
+    """`engine.X=V` for every local-engine argument set away from its default (what a remote
+    backend would have to ignore); data_parallel_size has its own message below."""
+    import dataclasses as dc
+
+    from runner.schemas import BACKEND_KEYS, EngineConfig
+
+    out = []
+    for f in dc.fields(EngineConfig):
+        if f.name in BACKEND_KEYS or f.name == "data_parallel_size":
+            continue
+        default = f.default if f.default is not dc.MISSING else f.default_factory()
+        value = to_plain(getattr(e, f.name))
+        if value != default:
+            out.append(f"engine.{f.name}={json.dumps(value)}")
+    return out
 
 
 def _check_distributed(cfg: RunConfig) -> None:

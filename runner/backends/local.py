@@ -7,6 +7,8 @@
       abort(ids)              -> LLMEngine.abort_request(ids)
       stats()                 -> LLMEngine.get_stats()
       close()                 -> LLMEngine.shutdown() (tensor-parallel workers stop now)
+    engine.profiler_config    -> LLM.start_profile() once the model is loaded, stop_profile()
+                                 in close(): one torch trace of the whole run
       encode(texts)           -> LLM.encode (embedding models)
 
 A step that raises may leave outputs of requests that did finish (async output processing
@@ -58,6 +60,11 @@ class LocalBackend:
                                             path)
             if self.engine is not None:     # check the folder now, before any request
                 self.engine.executor.model_runner.lora_manager.get_adapter(self.lora_request)
+        self._profiling = bool(getattr(args, "profiler_config", None))
+        if self._profiling:
+            self.llm.start_profile()
+            log.info("torch profiler on: the trace goes to %s when the run ends",
+                     self.llm._control.profiler.config.torch_profiler_dir)
 
     # ------------------------------------------------------------------ what the run needs
     @property
@@ -149,8 +156,13 @@ class LocalBackend:
         if self._in_flight and self.engine is not None:
             self.engine.abort_request(sorted(self._in_flight))
             self._in_flight.clear()
-        if self.engine is not None:
-            self.engine.shutdown()
+        try:
+            if self._profiling:
+                self._profiling = False
+                self.llm.stop_profile()
+        finally:
+            if self.engine is not None:
+                self.engine.shutdown()
 
     def _generative(self, what: str) -> None:
         if self.engine is None:

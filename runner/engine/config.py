@@ -232,6 +232,12 @@ class EngineArgs:
     # an int (vLLM's compilation mode: only 0, no torch.compile, runs here) or a dict with mode /
     # level, cudagraph_capture_sizes, max_cudagraph_capture_size, cudagraph_mode
     compilation_config: Optional[Any] = None
+    # vLLM 0.24's: sleep() / wake_up() need enable_sleep_mode; profiler_config (a dict or
+    # runner.engine.profiler.ProfilerConfig) for start_profile / stop_profile; pooler_config
+    # (a dict or runner.engine.pooler_config.PoolerConfig) for pooling models. LLM reads them.
+    enable_sleep_mode: bool = False
+    profiler_config: Optional[Any] = None
+    pooler_config: Optional[Any] = None
 
     @classmethod
     def field_names(cls) -> set:

@@ -52,15 +52,6 @@ class LLM:
                  cpu_offload_gb: float = 0, enforce_eager: Optional[bool] = None,
                  max_seq_len_to_capture: int = 8192, disable_custom_all_reduce: bool = False,
                  disable_async_output_proc: bool = False, **kwargs) -> None:
-        # vLLM 0.24's profiler_config (start_profile / stop_profile), read by EngineControl
-        profiler_config = ProfilerConfig.from_arg(kwargs.pop("profiler_config", None))
-        # vLLM 0.24's pooler_config (pooling models: runner/engine/pooler_config.py)
-        pooler_config = PoolerConfig.from_arg(kwargs.pop("pooler_config", None))
-        # vLLM 0.24's enable_sleep_mode: sleep() / wake_up() need it
-        enable_sleep_mode = kwargs.pop("enable_sleep_mode", False)
-        if not isinstance(enable_sleep_mode, bool):
-            raise ValueError(f"enable_sleep_mode must be True or False, got "
-                             f"{enable_sleep_mode!r}.")
         # vLLM's LLM logs no stats unless asked (EngineArgs' own default is to log them)
         kwargs.setdefault("disable_log_stats", True)
         unknown = set(kwargs) - EngineArgs.field_names()
@@ -79,6 +70,14 @@ class LLM:
             max_seq_len_to_capture=max_seq_len_to_capture,
             disable_custom_all_reduce=disable_custom_all_reduce,
             disable_async_output_proc=disable_async_output_proc, **kwargs)
+        # vLLM 0.24's profiler_config (start_profile / stop_profile), read by EngineControl;
+        # pooler_config (pooling models: runner/engine/pooler_config.py); enable_sleep_mode
+        profiler_config = ProfilerConfig.from_arg(engine_args.profiler_config)
+        pooler_config = PoolerConfig.from_arg(engine_args.pooler_config)
+        enable_sleep_mode = engine_args.enable_sleep_mode
+        if not isinstance(enable_sleep_mode, bool):
+            raise ValueError(f"enable_sleep_mode must be True or False, got "
+                             f"{enable_sleep_mode!r}.")
         if isinstance(engine_args.data_parallel_size, int) and engine_args.data_parallel_size > 1:
             # vLLM's LLM refuses this too: one process holds one engine replica
             raise ValueError(

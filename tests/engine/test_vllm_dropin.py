@@ -107,6 +107,33 @@ def test_from_engine_args_builds_an_llm(tiny_llama):
     assert llm.llm_engine.scheduler_config.max_num_seqs == 3
 
 
+def test_sleep_profiler_and_pooler_configs_are_engine_args(tiny_llama, tiny_bert, tmp_path):
+    """vLLM 0.24 declares enable_sleep_mode, profiler_config and pooler_config on EngineArgs:
+    the command line takes them and from_engine_args passes them on."""
+    from runner.engine.utils.argparse_utils import FlexibleArgumentParser
+    parser = EngineArgs.add_cli_args(FlexibleArgumentParser())
+    args = parser.parse_args([
+        "--model", tiny_llama, "--device", "cpu", "--max-model-len", "64", "--enable-sleep-mode",
+        "--profiler-config", '{"profiler": "torch", "torch_profiler_dir": "%s"}' % tmp_path])
+    llm = LLM.from_engine_args(EngineArgs.from_cli_args(args))
+    llm.sleep(level=1)
+    llm.wake_up()
+    llm.start_profile()
+    llm.generate("a b", SamplingParams(**GREEDY), use_tqdm=False)
+    llm.stop_profile()
+    assert any(p.name.endswith(".pt.trace.json.gz") for p in tmp_path.iterdir())
+    plain = LLM.from_engine_args(EngineArgs(model=tiny_llama, device="cpu", max_model_len=64))
+    with pytest.raises(RuntimeError, match="enable_sleep_mode=True"):
+        plain.sleep()
+    mean = LLM.from_engine_args(EngineArgs(model=tiny_bert, device="cpu",
+                                           pooler_config={"pooling_type": "MEAN"}))
+    cls = LLM.from_engine_args(EngineArgs(model=tiny_bert, device="cpu",
+                                          pooler_config={"pooling_type": "CLS"}))
+    text = ["a short sentence here"]
+    assert mean.embed(text, use_tqdm=False)[0].outputs.embedding != \
+        cls.embed(text, use_tqdm=False)[0].outputs.embedding
+
+
 # ------------------------------------------------------------------------ generation_config
 GEN = {"bos_token_id": 1, "eos_token_id": 2, "do_sample": True, "temperature": 0.6,
        "top_p": 0.9, "top_k": 20, "min_p": 0.05, "repetition_penalty": 1.1,

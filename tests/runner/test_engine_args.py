@@ -83,8 +83,9 @@ def test_every_engine_value_reaches_the_engine_args_of_every_mode(mode, monkeypa
     from runner.backends import local
     from runner.run import run
 
+    # (enable_sleep_mode has one value a run takes, false: true is refused, test_validation.py)
     values = {f.name: _other_value(f) for f in dataclasses.fields(EngineConfig)
-              if f.name not in BACKEND_KEYS}
+              if f.name not in BACKEND_KEYS and f.name != "enable_sleep_mode"}
     overrides = [_override(f"engine.{k}", v) for k, v in values.items()]
     model = {"tokenizer": "/tmp/tok", "tokenizer_mode": "slow", "trust_remote_code": True,
              "dtype": "bfloat16", "quantization": "awq", "revision": "r1",
@@ -157,3 +158,26 @@ def test_the_default_run_prefills_in_steps_on_the_cpu():
     gpu = cli.to_run_config(cli.compose(["engine.device=cuda"]))
     assert engine_args(gpu.model, gpu.engine, 0,
                        resolve_model_source(gpu.model)).max_num_batched_tokens is None
+
+
+def test_engine_profiler_config_traces_the_whole_run(tiny_llama, tmp_path):
+    """engine.profiler_config: the local backend profiles from load to close (one torch trace
+    in torch_profiler_dir), and the trace is written even when the run ends early."""
+    from runner.backends.local import LocalBackend
+    from runner.engine import EngineArgs, SamplingParams
+    from runner.tasks.api import Request
+
+    trace_dir = tmp_path / "traces"
+    args = EngineArgs(model=tiny_llama, device="cpu", max_model_len=64,
+                      profiler_config={"profiler": "torch", "torch_profiler_dir": str(trace_dir)})
+    backend = LocalBackend(args)
+    backend.submit("r0", Request([5, 6, 7], SamplingParams(temperature=0, max_tokens=3)))
+    while backend.num_in_flight:
+        backend.results()
+    assert not trace_dir.exists() or not list(trace_dir.iterdir())   # written at the end
+    backend.close()
+    traces = [p.name for p in trace_dir.iterdir()]
+    assert len(traces) == 1 and traces[0].endswith(".pt.trace.json.gz"), traces
+    plain = LocalBackend(EngineArgs(model=tiny_llama, device="cpu", max_model_len=64))
+    assert not plain._profiling
+    plain.close()

@@ -144,3 +144,29 @@ def test_validate_run_missing_jsonl(tmp_path):
     cfg.dataset.source = "jsonl:"
     with pytest.raises(ConfigError, match="names no file"):
         validate_run(cfg)
+
+
+def _validated(argv):
+    from runner import cli
+
+    validate_run(cli.to_run_config(cli.compose(argv)))
+
+
+def test_a_remote_run_refuses_local_engine_values():
+    remote = ["engine=remote", "engine.url=http://127.0.0.1:9/v1"]
+    _validated(remote)                                          # the group's own values: fine
+    _validated(remote + ["engine.served_model_name=m", "engine.max_concurrency=4"])
+    for value, shown in [("engine.max_num_seqs=8", "engine.max_num_seqs=8"),
+                         ("engine.device=cpu", 'engine.device="cpu"'),
+                         ("+engine.hf_overrides.rope_theta=5.0",
+                          'engine.hf_overrides={"rope_theta": 5.0}')]:
+        with pytest.raises(ConfigError, match="does not apply to engine=remote") as e:
+            _validated(remote + [value])
+        assert str(e.value).startswith(shown), e.value
+
+
+def test_sleep_mode_is_refused_and_engine_only_arguments_are_declared():
+    with pytest.raises(ConfigError, match="engine.enable_sleep_mode=true is not allowed"):
+        _validated(["engine.enable_sleep_mode=true"])
+    _validated(["engine.pooler_config={pooling_type: MEAN}",
+                "engine.profiler_config={profiler: torch, torch_profiler_dir: /tmp/x}"])

@@ -93,7 +93,8 @@ def _kwargs(name: str, hint: Any, default: Any) -> dict:
         parse = int
     elif base is float:
         parse = float
-    elif base is dict or name in ("hf_overrides", "override_generation_config"):
+    elif base is dict or name in ("hf_overrides", "override_generation_config",
+                                  "profiler_config", "pooler_config"):
         parse = _json_dict
     else:
         parse = str
