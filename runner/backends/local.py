@@ -63,8 +63,8 @@ class LocalBackend:
         self._profiling = bool(getattr(args, "profiler_config", None))
         if self._profiling:
             self.llm.start_profile()
-            log.info("torch profiler on: the trace goes to %s when the run ends",
-                     self.llm._control.profiler.config.torch_profiler_dir)
+            log.info("torch profiler on (engine.profiler_config): the trace is written when "
+                     "the run ends")
 
     # ------------------------------------------------------------------ what the run needs
     @property
