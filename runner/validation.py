@@ -242,9 +242,6 @@ def _check_backend(cfg: RunConfig) -> None:
     elif e.url:
         raise ConfigError(f"engine.url={e.url} is set but engine.backend={e.backend} would "
                           "ignore it; use engine=remote (or engine.backend=remote)")
-    if e.enable_sleep_mode:
-        raise ConfigError("engine.enable_sleep_mode=true is not allowed: a run never puts the "
-                          "engine to sleep (LLM.sleep is for scripts); leave it false")
     _check_distributed(cfg)
 
 
@@ -326,6 +323,9 @@ def validate_run(cfg: RunConfig) -> None:
     """All checks that need no model and no data rows; raises ConfigError."""
     validate_sampling(cfg.sampling)
     _check_backend(cfg)
+    if cfg.engine.enable_sleep_mode:
+        raise ConfigError("engine.enable_sleep_mode=true is not allowed: a run never puts the "
+                          "engine to sleep (LLM.sleep is for scripts); leave it false")
     check_experiment(cfg.experiment)
     _check_task_or_dataset(cfg)
     path = _jsonl_path(cfg.dataset.source) if cfg.dataset is not None else None
