@@ -9,15 +9,6 @@ batching: the scheduler mixes prefills and decodes of all prompts) and returns t
 RequestOutputs in the order of the prompts. chat() renders conversations with the chat
 template (runner/engine/chat_utils.py) and hands the token ids to generate().
 
-While generate() steps the engine, Python's cyclic garbage collector is told to skip what
-already lived before each step (gc.freeze before each step, gc.unfreeze when generate returns,
-whatever happens): the finished RequestOutputs pile up until generate returns, and a
-prompt_logprobs evaluation makes millions of dicts and Logprobs that every full collection
-would otherwise scan again (most of the host time of a multiple-choice run, measured). Reference
-counting frees everything as before; only reference cycles that become garbage during the call
-wait until it returns to be collected. A process that manages collection itself (collection
-disabled, or objects frozen already) is left as it is.
-
 A pooling architecture (BertModel, BertForSequenceClassification, LlamaForSequenceClassification,
 ...) builds a PoolingRunner (runner/engine/pooling.py: no KV cache, no scheduler) instead of the
 LLMEngine; embed/classify/score/reward/encode (runner/engine/pooling_api.py) run on it and
@@ -25,7 +16,6 @@ generate/chat/beam_search refuse it.
 """
 from __future__ import annotations
 
-import gc
 import time
 from typing import Callable, Optional, Sequence, Union
 
@@ -204,13 +194,8 @@ class LLM:
         start = time.perf_counter()
         in_toks = out_toks = 0
         streaming, engine.stream_outputs = engine.stream_outputs, False
-        # the garbage collector skips what lived before each step (see the module docstring);
-        # not when the process manages it itself (collection off, or objects frozen already)
-        freeze = gc.isenabled() and gc.get_freeze_count() == 0
         try:
             while engine.has_unfinished_requests():
-                if freeze:
-                    gc.freeze()
                 for out in engine.step():
                     if not out.finished or out.request_id not in order:
                         continue
@@ -227,8 +212,6 @@ class LLM:
             engine.take_held_outputs()      # generate() returns nothing on an error
             raise
         finally:
-            if freeze:
-                gc.unfreeze()
             engine.stream_outputs = streaming
             if bar is not None:
                 bar.close()

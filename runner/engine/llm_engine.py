@@ -24,6 +24,9 @@ greedy and seeded requests; unseeded random requests share the sampler's generat
 different batch order (a sequence admitted a step later) can change theirs.
 
 If a step raises, the outputs of the last good step stay available to take_held_outputs().
+
+While requests are in the engine, the garbage collector skips what lived before each step
+(runner/engine/gc_policy.py); the engine gives that back as soon as it has nothing left.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ from runner.engine.beam_search_vllm import VllmBeamSearchState
 from runner.engine.block_manager import BlockManager
 from runner.engine.config import EngineArgs, EngineConfig
 from runner.engine.executor import Executor
+from runner.engine.gc_policy import StepCollector
 from runner.engine.output_processor import OutputProcessor
 from runner.engine.outputs import RequestOutput
 from runner.engine.sampling_params import BeamSearchParams, SamplingParams
@@ -86,6 +90,7 @@ class LLMEngine:
         self._inflight = None          # async scheduling: (SchedulerOutput, unread results)
         self._so_manager = None        # structured outputs (runner/engine/structured_output.py)
         self._in_output_work = False
+        self._collector = StepCollector()
         # disable_log_stats=False: a stats line in the log every few seconds (vLLM's)
         self.stat_logger = StatLogger(self.scheduler, self.block_manager) \
             if config.log_stats else None
@@ -114,6 +119,7 @@ class LLMEngine:
     def shutdown(self) -> None:
         """Stop the tensor-parallel worker processes (also done when the engine is garbage
         collected or the interpreter exits)."""
+        self._collector.idle()
         self.executor.shutdown()
 
     def get_tokenizer(self):
@@ -247,6 +253,8 @@ class LLMEngine:
             if group is not None:
                 self.scheduler.abort_seq_group(group)
         self.output_processor.abort(ids)       # an aborted request gets no more outputs
+        if not self.has_unfinished_requests():
+            self._collector.idle()
 
     def has_unfinished_requests(self) -> bool:
         """Requests still running, or outputs not yet handed out by step()."""
@@ -258,10 +266,13 @@ class LLMEngine:
 
     # ---------------------------------------------------------------------- step
     def step(self) -> list[RequestOutput]:
+        self._collector.before_step()
         try:
             outputs = self._step()
             if self.stat_logger is not None:
                 self.stat_logger.maybe_log()
+            if not self.has_unfinished_requests():
+                self._collector.idle()
             return outputs
         except BaseException:
             # the last good step's outputs stay available to take_held_outputs(): requests
@@ -276,6 +287,8 @@ class LLMEngine:
             self._in_output_work = False
             self.output_processor.drop_deferred()
             self._inflight = None
+            if not self.has_unfinished_requests():
+                self._collector.idle()
             raise
 
     def take_held_outputs(self) -> list[RequestOutput]:

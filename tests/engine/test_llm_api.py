@@ -233,6 +233,38 @@ def test_generate_freezes_the_collector_per_step_and_restores_it(llm):
         gc.enable()
 
 
+def test_a_stepping_caller_gets_the_same_collector_policy_from_the_engine(llm):
+    """The engine, not generate, owns the policy: a caller that steps LLMEngine itself (the
+    runner's backends, a Ray replica, the server) has the collector skip what lived before each
+    step while requests are in, and nothing frozen once the last output is out or the last
+    request aborted."""
+    import gc
+    engine = llm.llm_engine
+    seen = []
+
+    def watch(output_ids, row):
+        seen.append(gc.get_freeze_count())
+        return row
+
+    params = SamplingParams(**GREEDY, logits_processors=[watch])
+    engine.add_request("a", "Paris is", params)
+    engine.add_request("b", "Rome is", params)
+    finished = set()
+    while engine.has_unfinished_requests():
+        assert gc.get_freeze_count() == 0 or seen  # frozen only from the first step on
+        finished.update(o.request_id for o in engine.step() if o.finished)
+    assert finished == {"a", "b"} and len(seen) == 2 * GREEDY["max_tokens"] and min(seen) > 0
+    assert gc.get_freeze_count() == 0
+    # a busy period that ends by abort
+    engine.add_request("c", "Paris is", params)
+    engine.step()
+    assert gc.get_freeze_count() > 0
+    engine.abort_request("c")
+    while engine.has_unfinished_requests():
+        engine.step()
+    assert gc.get_freeze_count() == 0
+
+
 def test_missing_model_folder_and_bad_config(tmp_path):
     with pytest.raises(ValueError, match="model folder not found"):
         LLM(str(tmp_path / "nope"))
