@@ -24,6 +24,7 @@ eos_token_ids, finished, done), so `advance_beams` and the scheduler serve both.
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -33,8 +34,12 @@ from runner.engine.beam_search import BeamCandidate, BeamHypothesis
 def get_beam_search_score(tokens_len: int, cumulative_logprob: float, ends_with_eos: bool,
                           length_penalty: float = 1.0) -> float:
     """vLLM's score of a beam of `tokens_len` tokens (prompt included)."""
+    return cumulative_logprob / _length_norm(tokens_len, ends_with_eos, length_penalty)
+
+
+def _length_norm(tokens_len: int, ends_with_eos: bool, length_penalty: float) -> float:
     seq_len = tokens_len - 1 if ends_with_eos else tokens_len
-    return cumulative_logprob / (seq_len ** length_penalty)
+    return seq_len ** length_penalty
 
 
 @dataclass
@@ -68,18 +73,20 @@ class VllmBeamSearchState:
         (token_id, logprob) pairs, best first (num_candidates of them); gen_len: the tokens each
         live beam has generated. Returns the next beams' parents and tokens, best first."""
         new_len = gen_len + 1
-        running = []
-        for i, cands in enumerate(beam_candidates):
-            for tok, lp in cands:
-                c = BeamCandidate(i, tok, lp, beam_totals[i] + lp)
-                if tok == self.eos_token_id:
-                    c.ends, c.finish_reason = True, None
-                    self._add_finished(c, new_len, True)
-                else:
-                    running.append(c)
-        # one length for all: the score orders as the total does (sorted() is stable)
-        running.sort(key=lambda c: self._score(new_len, c.total, False), reverse=True)
-        running = running[:self.beam_width]
+        eos = self.eos_token_id
+        # the proposals as (parent, token, logprob, total); a BeamCandidate only for the kept
+        flat = [(i, tok, lp, beam_totals[i] + lp)
+                for i, cands in enumerate(beam_candidates) for tok, lp in cands]
+        if eos is not None and any(p[1] == eos for p in flat):
+            for p in flat:
+                if p[1] == eos:
+                    self._add_finished(BeamCandidate(*p, ends=True), new_len, True)
+            flat = [p for p in flat if p[1] != eos]
+        # vLLM's order: sorted by score, best first, stable (nlargest is that sort's head)
+        norm = _length_norm(self.prompt_len + new_len, False, self.length_penalty)
+        scores = [p[3] / norm for p in flat]
+        best = heapq.nlargest(self.beam_width, range(len(scores)), key=scores.__getitem__)
+        running = [BeamCandidate(*flat[j]) for j in best]
         if new_len >= self.max_tokens or not running:
             for c in running:                   # vLLM: the live beams complete at the end
                 self._add_finished(c, new_len, False)

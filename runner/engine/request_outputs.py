@@ -102,6 +102,12 @@ class RequestOutputBuilder:
                                                group.prompt_token_ids[start:len(raw)])
         return list(dicts)
 
+    def _step_dict(self, t, made: dict) -> dict:
+        d = made.get(id(t))
+        if d is None:
+            d = made[id(t)] = self.logprob_dict(t.token_id, t.logprob, t.rank, t.top_logprobs)
+        return d
+
     def _beam_completions(self, group: SequenceGroup, finished: bool) -> list[CompletionOutput]:
         """Finished: the n best hypotheses by length-penalized score. Running: the live beams,
         best first."""
@@ -114,9 +120,11 @@ class RequestOutputBuilder:
                       q.sampled_logprobs if p.logprobs is not None else None, None)
                      for q in group.seqs[:p.n]]
         out = []
+        # beams share their ancestors' steps (one SampledToken each): one dict per step, as
+        # vLLM's beams share their parents' dicts
+        made: dict[int, dict] = {}
         for i, (tokens, cum, raw, reason) in enumerate(items):
-            lps = None if raw is None else [
-                self.logprob_dict(t.token_id, t.logprob, t.rank, t.top_logprobs) for t in raw]
+            lps = None if raw is None else [self._step_dict(t, made) for t in raw]
             text = "" if self.tokenizer is None or not p.detokenize else self.tokenizer.decode(
                 tokens, skip_special_tokens=p.skip_special_tokens)
             out.append(CompletionOutput(index=i, text=text, token_ids=list(tokens),
