@@ -29,13 +29,17 @@ one() {  # name extra-overrides...
 }
 order=(local ray)
 [ "$REPEATS" = 2 ] && order=(local ray ray2 local2)
-# CALL_S=1.0 adds a one-replica run with replica calls of that length (default 0.05 s)
+# CALL_S=1.0 adds a one-replica run with replica calls of that length (default 0.05 s);
+# CPUS=1 one whose replica asks Ray for 8 CPUs (Ray sets the actor's OMP_NUM_THREADS from it)
 [ -n "${CALL_S:-}" ] && order+=(raycall)
+[ -n "${CPUS:-}" ] && order+=(raycpus)
 for name in "${order[@]}"; do
   case $name in
     local*) one "$name" ;;
     raycall) one "$name" engine.backend=ray engine.data_parallel_size=1 \
                  "distributed.replica_call_s=$CALL_S" ;;
+    raycpus) one "$name" engine.backend=ray engine.data_parallel_size=1 \
+                 distributed.num_cpus_per_replica=8 ;;
     ray*) one "$name" engine.backend=ray engine.data_parallel_size=1 ;;
   esac
 done
@@ -45,12 +49,17 @@ tok = {}
 for path in glob.glob(os.path.join(sys.argv[1], "*", "*", "benchmark.json")):
     name = path.split(os.sep)[-3]
     engine = json.load(open(path))["engine"]
+    with open(os.path.join(sys.argv[1], f"{name}.benchmark.json"), "w") as f:
+        json.dump(engine, f, indent=1)      # flat beside the logs: the device tool brings it
     tok.setdefault(name.rstrip("2"), []).append(engine["total_tokens_per_s"])
     print(f"{name:8s} total {engine['total_tokens_per_s']:10.1f} tok/s  output "
           f"{engine['output_tokens_per_s']:10.1f} tok/s  elapsed {engine['elapsed_s']:.2f} s")
+    print("         " + "  ".join(f"{k} {engine[k]}" for k in (
+        "num_steps", "schedule_s", "execute_s", "process_s", "output_proc_s", "prepare_s",
+        "forward_s", "sample_s") if k in engine))
 if "local" in tok:
     local = sum(tok["local"]) / len(tok["local"])
-    for name in ("ray", "raycall"):
+    for name in ("ray", "raycall", "raycpus"):
         if name in tok:
             ray = sum(tok[name]) / len(tok[name])
             print(f"local {local:.1f} tok/s, {name} (1 replica) {ray:.1f} tok/s: ratio "

@@ -11,7 +11,9 @@
 #             fp8 weights 1000 x 256/256; batch 1 32/128 bf16 and AWQ
 #   call 3  carry .peers/c3   bash scripts/device_session.sh c
 #             vLLM's prefix workload with and without its prefix caching; vLLM fp8 throughput
-#   call 4  carry .whl        bash scripts/device_ray.sh   (the Ray driver's overhead)
+#   call 4  carry .whl        bash scripts/device_session.sh d
+#             beam, 8B and 13B throughput again, then the Ray driver's overhead
+#             (scripts/device_ray.sh)
 # Logs land in $OUT (the device tool brings them back); docs/benchmarks.md quotes them.
 source "$(dirname "$0")/device_env.sh"
 export VLLM_CHUNKS=3
@@ -42,5 +44,15 @@ case "${1:-}" in
     PYTHONPATH=/tmp/site:. VLLM_USE_FLASHINFER_SAMPLER=0 timeout 140 python3 scripts/peer_quant.py \
         throughput --quantization fp8 2>&1 | grep -E "^PEER|Error" | tee "$OUT/peer_thr_fp8.log"
     ;;
-  *) echo "usage: $0 a|b|c"; exit 2 ;;
+  d)
+    # after the beam and collector changes: beam, the 8B and 13B no-regression rows, then the
+    # Ray driver's overhead (carry .whl; local, ray, and a replica given 8 CPUs)
+    run beam_8b 100 --model llama3_8b --workload beam --beam-width 4 --num-prompts 100 \
+        --input-len 256 --output-len 256
+    run thr_8b 90 --model llama3_8b $THR_256_256
+    run thr_13b 110 --model llama2_13b $THR_512_128
+    run thr_13b_fp8kv 110 --model llama2_13b $THR_512_128 --kv-cache-dtype fp8 --max-num-seqs 384
+    CPUS=1 bash scripts/device_ray.sh
+    ;;
+  *) echo "usage: $0 a|b|c|d"; exit 2 ;;
 esac

@@ -8,9 +8,10 @@
               data_parallel_size > 1)                                          backends/ray.py
 
     backend.submit(request_id, Request)   queue one request (runner.tasks.api.Request)
-    backend.results() -> [RequestOutput]  what progressed since the last call (vLLM's objects;
-                                          `finished` marks the last one of a request); raises
-                                          when it is called with nothing in flight
+    backend.results() -> [RequestOutput]  the requests that finished since the last call
+                                          (vLLM's objects, finished=True; none is built for a
+                                          request still running); raises when it is called
+                                          with nothing in flight
     backend.abort(request_ids)            drop requests (their outputs never come)
     backend.stats() -> dict               engine counters for benchmark.json
     backend.close()                       release the engine or the connection; always called

@@ -3,7 +3,10 @@
     LocalBackend(EngineArgs)  -> LLM(**args): validates every argument and loads the model
       submit(id, Request)     -> LLMEngine.add_request(id, {"prompt_token_ids": ...}, params)
                                  (with the run's LoRA adapter, model.lora, when it has one)
-      results()               -> LLMEngine.step(): the outputs of every request that progressed
+      results()               -> LLMEngine.step(): the requests that finished (the engine's
+                                 stream_outputs is off, as in LLM.generate: a RequestOutput per
+                                 running request and step was most of the host time of a
+                                 throughput run, and twice that inside a Ray actor; measured)
       abort(ids)              -> LLMEngine.abort_request(ids)
       stats()                 -> LLMEngine.get_stats()
       close()                 -> LLMEngine.shutdown() (tensor-parallel workers stop now)
@@ -49,6 +52,8 @@ class LocalBackend:
         self.load_seconds = time.time() - t0
         self.is_embedding_model = bool(self.llm.is_embedding_model)
         self.engine = self.llm.llm_engine  # None for an embedding model
+        if self.engine is not None:
+            self.engine.stream_outputs = False
         self._pooling = self.llm.pooling_runner
         self._in_flight: set[str] = set()
         self._error: Optional[BaseException] = None

@@ -181,3 +181,34 @@ def test_engine_profiler_config_traces_the_whole_run(tiny_llama, tmp_path):
     plain = LocalBackend(EngineArgs(model=tiny_llama, device="cpu", max_model_len=64))
     assert not plain._profiling
     plain.close()
+
+
+def test_the_local_backend_hands_out_finished_requests_only(tiny_llama):
+    """results() carries the requests that finished since the last call, each once, with the
+    tokens LLM.generate gives for the same prompts; no RequestOutput for a running request."""
+    from runner.backends.local import LocalBackend
+    from runner.engine import EngineArgs, SamplingParams
+    from runner.tasks.api import Request
+
+    args = EngineArgs(model=tiny_llama, device="cpu", max_model_len=64, dtype="float32")
+    backend = LocalBackend(args)
+    try:
+        prompts = {"short": [5, 6, 7], "long": [8, 9, 10, 11]}
+        lengths = {"short": 2, "long": 9}
+        for rid, ids in prompts.items():
+            backend.submit(rid, Request(ids, SamplingParams(temperature=0, ignore_eos=True,
+                                                            max_tokens=lengths[rid])))
+        got, calls = {}, 0
+        while backend.num_in_flight:
+            calls += 1
+            for out in backend.results():
+                assert out.finished and out.request_id not in got
+                got[out.request_id] = out.outputs[0].token_ids
+        assert calls > lengths["long"] - 1 and set(got) == set(prompts)
+        want = backend.llm.generate([{"prompt_token_ids": p} for p in prompts.values()],
+                                    [SamplingParams(temperature=0, ignore_eos=True,
+                                                    max_tokens=lengths[r]) for r in prompts],
+                                    use_tqdm=False)
+        assert [list(got[r]) for r in prompts] == [list(w.outputs[0].token_ids) for w in want]
+    finally:
+        backend.close()
