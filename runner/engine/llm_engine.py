@@ -253,13 +253,16 @@ class LLMEngine:
             if group is not None:
                 self.scheduler.abort_seq_group(group)
         self.output_processor.abort(ids)       # an aborted request gets no more outputs
-        if not self.has_unfinished_requests():
-            self._collector.idle()
+        self._idle_if_empty()
 
     def has_unfinished_requests(self) -> bool:
         """Requests still running, or outputs not yet handed out by step()."""
         return (bool(self.requests) or self.output_processor.has_pending
                 or self._inflight is not None)
+
+    def _idle_if_empty(self) -> None:
+        if not self.has_unfinished_requests():
+            self._collector.idle()           # runner/engine/gc_policy.py
 
     def get_num_unfinished_requests(self) -> int:
         return len(self.requests)
@@ -271,8 +274,7 @@ class LLMEngine:
             outputs = self._step()
             if self.stat_logger is not None:
                 self.stat_logger.maybe_log()
-            if not self.has_unfinished_requests():
-                self._collector.idle()
+            self._idle_if_empty()
             return outputs
         except BaseException:
             # the last good step's outputs stay available to take_held_outputs(): requests
@@ -287,8 +289,7 @@ class LLMEngine:
             self._in_output_work = False
             self.output_processor.drop_deferred()
             self._inflight = None
-            if not self.has_unfinished_requests():
-                self._collector.idle()
+            self._idle_if_empty()
             raise
 
     def take_held_outputs(self) -> list[RequestOutput]:
